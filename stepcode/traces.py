@@ -1,0 +1,123 @@
+"""Ground-truth execution traces: instrument each program, run it twice in the sandbox, record what the anchors print.
+
+    stepcode trace data/raw/programs.jsonl -o data/traces.jsonl          # the CLI
+    from stepcode.traces import trace_file; trace_file("in.jsonl", "out.jsonl", load_params())
+
+A trace row is the program row plus `instrumented_code` (the display source with `print(f'NAME: {NAME}')` anchors),
+`trace` (the printed anchor lines, in order), `output` (repr of the entry point's return value), `status` and
+`reason`. Ground truth is captured per anchor call inside the child (stepcode/runners.py), never by splitting stdout,
+so a value with a newline stays one line and the program's own output can never become an anchor.
+
+Every program ends with exactly one status (no row is ever dropped):
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from typing import Iterable, Iterator
+
+STATUSES = {
+    "ok": "traced; the two runs agree",
+    "syntax_error": "the program does not parse",
+    "unsupported": "the instrumenter cannot anchor it without changing its meaning (reason says why)",
+    "runtime_error": "the program (or its input) raised; or an anchor's value could not be formatted",
+    "timeout": "the wall-clock or CPU limit was hit",
+    "memory": "the memory limit was hit",
+    "output_limit": "too much output: the program's own prints, an anchor line, or the return value's repr",
+    "killed": "the process died or exited without reporting (os._exit, a signal)",
+    "nondeterministic": "the two runs (different PYTHONHASHSEED, fresh random state) printed different traces",
+    "too_long": "more anchor lines than trace.max_lines",
+    "unreproducible": "a printed value holds a memory address (`<... at 0x...>`), which differs between machines",
+    "sandbox_error": "a failure of the engine itself, not of the program",
+}
+__doc__ += "\n".join(f"    {k:17s}{v}" for k, v in STATUSES.items()) + "\n"
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,}")
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"line {i + 1}: {x[:80]!r} vs {y[:80]!r}"
+    return f"{len(a)} vs {len(b)} lines"
+
+
+def trace_one(slot, row: dict, params) -> dict:
+    """Instrument and trace one program row on one sandbox slot. `params` is the full `Params`."""
+    from stepcode.anchors import instrument
+
+    tp = params.trace
+    out = dict(row, instrumented_code=None, trace=[], output=None, status="ok", reason=None)
+    inst = instrument(row["code"])
+    if inst.status != "ok":
+        out.update(status=inst.status, reason=inst.reason)
+        return out
+    out["instrumented_code"] = inst.source
+    payload = {"code": inst.exec_source, "anchor_fn": inst.anchor_fn, "entry_point": row.get("entry_point", "f"),
+               "input": row["input"], "max_lines": tp.max_lines, "max_line_chars": tp.max_line_chars,
+               "max_output_chars": tp.max_output_chars}
+    first = slot.run("trace", payload, hash_seed=tp.hash_seeds[0])
+    out.update(trace=first.get("trace", []), output=first.get("output"), status=first["status"],
+               reason=first.get("reason"))
+    if first["status"] != "ok":
+        return out
+    printed = out["trace"] + [out["output"]]
+    if any(_ADDRESS.search(text) for text in printed):
+        text = next(t for t in printed if _ADDRESS.search(t))
+        out.update(status="unreproducible", reason=f"a printed value holds a memory address: {text[:120]!r}")
+        return out
+    if len(out["trace"]) > tp.max_lines:
+        out.update(status="too_long", reason=f"{len(out['trace'])} anchor lines (max {tp.max_lines})")
+        return out
+    second = slot.run("trace", payload, hash_seed=tp.hash_seeds[1])
+    if (second["status"], second.get("trace"), second.get("output")) != ("ok", out["trace"], out["output"]):
+        if second["status"] != "ok":
+            why = f"second run: {second['status']} ({second.get('reason')})"
+        elif second.get("trace") != out["trace"]:
+            why = "traces differ at " + _first_difference(out["trace"], second["trace"])
+        else:
+            why = f"outputs differ: {out['output'][:80]!r} vs {second['output'][:80]!r}"
+        out.update(status="nondeterministic", reason=why)
+    return out
+
+
+def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sandbox=None,
+               progress: bool = False, total: int | None = None) -> Iterator[dict]:
+    """Trace rows in parallel (sandbox slots), yielding results in input order."""
+    from stepcode.sandbox import Sandbox
+
+    own = sandbox is None
+    if own:
+        sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers)
+    try:
+        results = sandbox.map(lambda slot, row: trace_one(slot, row, params), rows)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=total, desc="tracing", unit="prog", dynamic_ncols=True)
+        yield from results
+    finally:
+        if own:
+            sandbox.close()
+
+
+def summarize(rows: Iterable[dict]) -> dict:
+    counts = Counter(r["status"] for r in rows)
+    return {"total": sum(counts.values()), "by_status": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
+def trace_file(in_path, out_path, params, *, workers: int | None = None, skip_bad: bool = False,
+               rejects_path=None, progress: bool = True) -> dict:
+    """The `trace` stage: program JSONL in, trace JSONL out (atomically). Returns the summary."""
+    from stepcode.corpus import read_programs, write_jsonl
+
+    rows = read_programs(in_path, skip_bad=skip_bad, rejects_path=rejects_path)
+    start = time.perf_counter()
+    traced = list(trace_rows(rows, params, workers=workers, progress=progress, total=len(rows)))
+    elapsed = time.perf_counter() - start
+    write_jsonl(out_path, traced)
+    summary = summarize(traced)
+    summary.update(seconds=round(elapsed, 2), programs_per_s=round(len(traced) / elapsed, 1) if elapsed else None)
+    return summary

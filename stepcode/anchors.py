@@ -37,7 +37,8 @@ Rules (anchors are inserted only inside `def` bodies; module and class bodies ar
    A label is anchored only if its root name is definitely bound before the loop (a parameter, or bound on every
    path by earlier statements of the function; conservative: loops, with-bodies, match cases and short-circuited
    walruses bind nothing) and no `del` or `except ... as` inside the loop can unbind it, so an anchor never raises
-   a NameError the original would not. Chain labels whose root the loop rebinds are dropped.
+   a NameError the original would not. Chain labels whose root the loop rebinds are dropped. Loops that never
+   fall through (`while True` without `break`) get no loop_exit anchors (they would be dead code).
 3. `return EXPR` becomes `return_val = EXPR; print(f'return_val: {return_val}'); return return_val` (EXPR is
    evaluated once; `return_val` is renamed `return_val_1`, ... when the program already uses that identifier; the
    label stays `return_val`). Bare `return` and a reachable end of the body print `return_val: None`. Returns
@@ -105,7 +106,7 @@ def instrument(code: str) -> Instrumented:
     try:
         tree = ast.parse(code)
     except SyntaxError as err:
-        return _rejected("syntax_error", f"line {err.lineno}: {err.msg}")
+        return _rejected("syntax_error", f"line {err.lineno}: {err.msg}" if err.lineno else err.msg)
     reason = _unsupported_reason(tree)
     if reason:
         return _rejected("unsupported", reason)
@@ -148,7 +149,7 @@ def _unsupported_reason(tree: ast.Module) -> str | None:
         if isinstance(node, (ast.AsyncFunctionDef, ast.AsyncFor, ast.AsyncWith, ast.Await)):
             return f"async code (line {node.lineno}): anchors cannot order interleaved coroutines"
         if "print" in _names_bound_by(node):
-            return f"the program binds the name 'print' (line {getattr(node, 'lineno', '?')}); display anchors would call it"
+            return f"the program binds the name 'print' (line {node.lineno}); display anchors would call it"
         if (isinstance(node, ast.Attribute) and node.attr == "print" and isinstance(node.ctx, ast.Store)
                 and isinstance(node.value, ast.Name) and node.value.id in ("builtins", "__builtins__")):
             return f"the program replaces builtins.print (line {node.lineno})"
@@ -459,7 +460,7 @@ class _FunctionInstrumenter:
                 continue
             # analyse before rewriting nested blocks, so the inserted `return_val = ...` never counts as a binding
             labels = [] if in_loop else [(label, "assign") for label in _statement_labels(stmt)]
-            if not in_loop and isinstance(stmt, (ast.For, ast.While)):
+            if not in_loop and isinstance(stmt, (ast.For, ast.While)) and not _stmt_terminates(stmt):
                 unbindable = _may_unbind([stmt])
                 labels += [(label, "loop_exit") for label in _loop_changes(stmt)
                            if _root(label) in bound and _root(label) not in unbindable]

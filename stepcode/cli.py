@@ -81,7 +81,7 @@ def synth(n: Optional[int] = typer.Option(None, "-n", help="programs to emit (de
           out: Path = typer.Option(..., "-o", "--out"),
           params_path: Path = ParamsOpt):
     """Synthesize CRUXEval-style programs offline, keeping only those that trace cleanly (ok status)."""
-    from stepcode.synthesis import synthesize_file
+    from stepcode.synth import synthesize_file
 
     params = _params(params_path, **{"synth.n": n, "synth.seed": seed})
     report = synthesize_file(out, params)

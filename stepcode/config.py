@@ -44,7 +44,7 @@ class SandboxParams(_Section):
 class TraceParams(_Section):
     max_lines: int = Field(10, ge=1, description="traces longer than this are too_long")
     max_output_chars: int = Field(2000, ge=16, description="longest accepted repr of a return value")
-    max_line_chars: int = Field(500, ge=16, description="longest accepted anchor line")
+    max_line_chars: int = Field(2000, ge=16, description="longest accepted anchor line")
     hash_seeds: tuple[int, int] = Field((0, 1), description="PYTHONHASHSEED of the two runs")
 
     @field_validator("hash_seeds", mode="before")

@@ -61,7 +61,7 @@ def _numbered_lines(path) -> Iterator[tuple[int, bytes]]:
 def _decode(raw: bytes) -> dict:
     """The JSON object on line `raw`; a ValueError says why there is none."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = json.loads(raw.decode("utf-8").rstrip("\r\n"))  # else an error at the end reads "line 2"
     except UnicodeDecodeError as e:
         raise ValueError(f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -147,6 +147,11 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself survive a crash
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 # ----------------------------------------------------------------------------------------------------- static filter
@@ -159,7 +164,12 @@ def _arity(fn: ast.FunctionDef) -> tuple[int, float]:
 
 
 def static_filter(row: dict) -> str | None:
-    """None if `row` may go on to the sandbox, else the reason it may not. Checks only what reading the code can tell."""
+    """None if `row` may go on to the sandbox, else the reason it may not.
+
+    Static checks only (the trace engine runs the program): fields, size, compiles, no imports, no forbidden calls
+    (FORBIDDEN_CALLS) or dunder attributes, the entry point exists, and `input` is a literal argument list that fits
+    the entry point's signature.
+    """
     problem = _program_problem(row)
     if problem:
         return problem
@@ -253,8 +263,8 @@ def diversity(rows: Iterable[dict]) -> dict:
     line_counts: list[int] = []
     for row in rows:
         tree = ast.parse(row["code"])
-        shapes.add(_shape(tree))
         used = list(_operations(tree))
+        shapes.add(_shape(tree))  # last: it erases names in place
         ops.update(used)
         features.update(set(used) & {"for", "while", "if", "listcomp", "dictcomp", "setcomp", "genexp", "helper()"})
         if sum(isinstance(n, ast.FunctionDef) for n in tree.body) > 1:
@@ -294,24 +304,21 @@ def humaneval_inputs(test_code: str) -> tuple[list[str], int]:
     inputs: list[str] = []
     seen: set[str] = set()
     skipped = 0
-    for stmt in ast.walk(tree):
-        if not isinstance(stmt, ast.Assert):
+    calls = [node for stmt in ast.walk(tree) if isinstance(stmt, ast.Assert) for node in ast.walk(stmt)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "candidate"]
+    for node in sorted(calls, key=lambda c: (c.lineno, c.col_offset)):  # ast.walk is breadth-first: restore order
+        values = list(node.args) + [kw.value for kw in node.keywords]
+        starred = any(isinstance(a, ast.Starred) for a in node.args) or any(kw.arg is None for kw in node.keywords)
+        if starred or not all(_is_literal(v) for v in values):
+            skipped += 1  # *args and **kwargs count too: their contents live in the test, not in the call
             continue
-        for node in ast.walk(stmt):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "candidate"):
-                continue
-            values = list(node.args) + [kw.value for kw in node.keywords]
-            if any(kw.arg is None for kw in node.keywords) or not all(_is_literal(v) for v in values):
-                skipped += 1  # also covers *args and **kwargs: their contents live in the test, not in the call
-                continue
-            key = ast.dump(ast.Tuple(elts=node.args, ctx=ast.Load())) + repr([(k.arg, ast.dump(k.value))
-                                                                              for k in node.keywords])
-            if key in seen:
-                continue
-            seen.add(key)
-            parts = [ast.get_source_segment(test_code, a) for a in node.args]
-            parts += [ast.get_source_segment(test_code, kw) for kw in node.keywords]
-            inputs.append(", ".join(parts))
+        key = ast.dump(ast.Tuple(elts=values, ctx=ast.Load())) + repr([kw.arg for kw in node.keywords])
+        if key in seen:
+            continue
+        seen.add(key)
+        parts = [ast.get_source_segment(test_code, a) for a in node.args]
+        parts += [ast.get_source_segment(test_code, kw) for kw in node.keywords]
+        inputs.append(", ".join(parts))
     return inputs, skipped
 
 

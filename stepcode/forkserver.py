@@ -11,6 +11,7 @@ fork, so neither it nor `subprocess`, `queue` or `tempfile` is imported here.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import marshal
 import os
@@ -23,13 +24,10 @@ import sys
 import time
 from typing import Callable
 
-PRELOAD = (
-    "re", "math", "cmath", "collections", "collections.abc", "itertools", "functools", "string", "heapq", "bisect",
-    "copy", "operator", "datetime", "json", "random", "statistics", "fractions", "decimal", "typing", "dataclasses",
-    "enum", "textwrap", "unicodedata", "hashlib", "base64", "array", "struct", "numbers", "calendar", "time", "types",
-    "abc", "io", "inspect", "traceback", "contextlib", "pprint", "difflib", "urllib.parse", "html", "binascii",
-    "zlib", "locale", "keyword", "ast", "weakref", "codecs",
-)  # not threading/queue/secrets/uuid: each costs a slow at-fork hook or a large shared library in every fork
+# Imported once by the server so that programs get them without touching the disk. Deliberately short: every
+# module imported here makes each fork slower (more page tables to copy and tear down); anything else a program
+# imports is read from disk by the child itself (the interpreter's folders are exposed to the sandbox uid).
+PRELOAD = ("math", "re", "collections", "itertools", "functools", "string", "typing")
 RESULT_CAP_BYTES = 4 << 20    # a child reporting more than this is an output_limit
 
 
@@ -60,45 +58,67 @@ def _read_frame(fd: int) -> bytes | None:
 # --- the server (runs in its own interpreter: `python -m stepcode.sandbox`) --------------------------------------
 
 class _Server:
+    """Everything that can be prepared once is prepared here, so a job's child does the least possible work: each
+    Python statement a child runs copies the pages it touches (copy-on-write), and each fork copies page tables."""
+
     def __init__(self, cfg: dict):
         from stepcode import isolation
 
         self.cfg = cfg
         self.limits = cfg["limits"]
-        self.base = cfg["base_dir"]
         self.root = os.geteuid() == 0
+        self.uid = cfg["uid"] if self.root else os.geteuid()
         self.landlock = isolation.landlock_abi()
         self.seccomp = isolation.seccomp_available()
         self.namespaces = False
+        self.exposed: list[str] = []
         if self.root and cfg.get("namespaces", True):
             try:
                 isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET)
                 isolation.make_mounts_private()
-                isolation.mount_tmpfs(self.base, cfg["disk_mb"])
+                isolation.mount_tmpfs(cfg["base_dir"], cfg["disk_mb"])
+                # The unprivileged child must be able to import (lazily) and run Python even when it is installed
+                # under root's 0700 home: expose the interpreter, the venv and this package in this namespace.
+                staging = os.path.join(cfg["base_dir"], ".expose")
+                os.mkdir(staging, 0o700)
+                here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+                self.exposed = isolation.expose_paths([sys.base_prefix, sys.prefix, here], staging)
                 self.namespaces = True
             except OSError:
                 pass
         isolation.set_child_subreaper()
+        # One private work dir, reused by every job of this server (jobs run one at a time) and emptied after each.
+        self.workdir = os.path.join(cfg["base_dir"], "work")
+        os.mkdir(self.workdir, 0o700)
+        if self.root:
+            os.chown(self.workdir, self.uid, self.uid)
+        self.ruleset = isolation.landlock_ruleset(self.workdir, self.landlock) if self.landlock else None
+        self.seccomp_prog = isolation.seccomp_program() if self.seccomp else None
+        self.env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.workdir, "TMPDIR": self.workdir,
+                    "PYTHONHASHSEED": cfg["hash_seed"]}
+        lim = self.limits
+        self.rlimits = [(resource.RLIMIT_AS, lim["as_bytes"]), (resource.RLIMIT_FSIZE, lim["fsize_bytes"]),
+                        (resource.RLIMIT_NOFILE, lim["nofile"]), (resource.RLIMIT_CORE, 0)]
+        if self.root:
+            self.rlimits.append((resource.RLIMIT_NPROC, lim["nproc"]))
         for name in PRELOAD:
             with contextlib.suppress(ImportError):
                 __import__(name)
         runners = __import__(cfg["runners_module"], fromlist=["RUNNERS"])
         self.runners = runners.RUNNERS
-        self.seq = 0
+        os.chdir(self.workdir)
+        # Move every object created so far out of the collector's reach: a GC pass in a child would otherwise
+        # write to (and so copy) every page holding a tracked object.
+        gc.freeze()
 
     def info(self) -> dict:
         return {"root": self.root, "namespaces": self.namespaces, "landlock_abi": self.landlock,
-                "seccomp": self.seccomp, "uid": self.cfg["uid"] if self.root else os.geteuid(),
+                "seccomp": self.seccomp, "uid": self.uid, "exposed": self.exposed,
                 "python": sys.version.split()[0], "hash_seed": os.environ.get("PYTHONHASHSEED")}
 
     def run_job(self, runner: str, payload: dict, timeout: float) -> dict:
-        from stepcode import isolation
-
         if runner not in self.runners:
             return {"status": "sandbox_error", "reason": f"unknown runner {runner!r}"}
-        self.seq += 1
-        jobdir = os.path.join(self.base, f"job{self.seq}")
-        os.mkdir(jobdir, 0o700)
         nonce = os.urandom(16).hex()
         r, w = os.pipe()
         start = time.monotonic()
@@ -106,7 +126,7 @@ class _Server:
         if pid == 0:  # the child: never returns
             try:
                 os.close(r)
-                self._child(w, jobdir, self.runners[runner], payload, nonce)
+                self._child(w, self.runners[runner], payload, nonce)
             finally:
                 os._exit(70)
         os.close(w)
@@ -114,43 +134,46 @@ class _Server:
             return self._collect(pid, r, nonce, start, timeout)
         finally:
             os.close(r)
-            shutil.rmtree(jobdir, ignore_errors=True)
+            if os.listdir(self.workdir):  # the program left files: empty the dir for the next job
+                for entry in os.scandir(self.workdir):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
 
-    def _child(self, w: int, jobdir: str, runner: Callable, payload: dict, nonce: str) -> None:
+    def _child(self, w: int, runner: Callable, payload: dict, nonce: str) -> None:
         from stepcode import isolation
 
-        lim = self.limits
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        # Close every inherited descriptor but the result pipe (the server's protocol pipes included).
-        os.closerange(3, w)
-        os.closerange(w + 1, 65536)
         os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": jobdir, "TMPDIR": jobdir,
-                           "PYTHONHASHSEED": self.cfg["hash_seed"]})
-        os.chdir(jobdir)
-        for which, value in ((resource.RLIMIT_AS, lim["as_bytes"]), (resource.RLIMIT_FSIZE, lim["fsize_bytes"]),
-                             (resource.RLIMIT_NOFILE, lim["nofile"]), (resource.RLIMIT_CORE, 0)):
+        os.environ.update(self.env)
+        for which, value in self.rlimits:
             resource.setrlimit(which, (value, value))
-        resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+        cpu = self.limits["cpu_s"]
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         if self.root:
-            uid = gid = self.cfg["uid"]
-            os.chown(jobdir, uid, gid)
-            resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
             os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
+            os.setresgid(self.uid, self.uid, self.uid)
+            os.setresuid(self.uid, self.uid, self.uid)
         isolation.set_no_new_privs()
-        if self.landlock:
-            isolation.landlock_confine(jobdir, self.landlock)
-        if self.seccomp:
-            isolation.seccomp_deny_dangerous()
+        if self.ruleset is not None:
+            isolation.landlock_restrict(self.ruleset)
+        if self.seccomp_prog is not None:
+            isolation.seccomp_install(self.seccomp_prog)
+        # Close every inherited descriptor but the result pipe (the server's protocol pipes, the ruleset).
+        os.closerange(3, w)
+        os.closerange(w + 1, 1 << 20)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # an oversized write fails with EFBIG instead of killing
         # `random` reseeds itself from os.urandom in every forked child (its at-fork hook), so children of one
         # server do not replay one random state and a program using randomness shows up as nondeterministic.
-        result = runner(payload, lim)
+        me = os.getpid()
+        result = runner(payload, self.limits)
+        if os.getpid() != me:  # a process the program forked got here: only the child itself may report
+            os._exit(0)
         body = json.dumps({"nonce": nonce, "result": result}).encode()
         _write_frame(w, body)
         os._exit(0)
@@ -205,8 +228,7 @@ class _Server:
         saved uid stays 0, so the server takes root back right after. (A PID namespace per program would do the same
         but costs ~2 ms per namespace here, four times a fork.) Without root: the program's process group."""
         if self.root:
-            uid = self.cfg["uid"]
-            os.setresuid(uid, uid, 0)
+            os.setresuid(self.uid, self.uid, 0)
             try:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)

@@ -56,10 +56,51 @@ def make_mounts_private() -> None:
     _check(_libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None))
 
 
-def mount_tmpfs(path: str, size_mb: int) -> None:
+def mount_tmpfs(path: str, size_mb: int, mode: str = "0711") -> None:
     MS_NOSUID, MS_NODEV = 2, 4
-    opts = f"size={size_mb}m,mode=0711".encode()
+    opts = f"size={size_mb}m,mode={mode}".encode()
     _check(_libc.mount(b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), opts))
+
+
+def bind_mount(source: str, target: str) -> None:
+    MS_BIND, MS_REC = 0x1000, 0x4000
+    _check(_libc.mount(source.encode(), target.encode(), None, ctypes.c_ulong(MS_BIND | MS_REC), None))
+
+
+def _blocking_ancestor(path: str) -> str | None:
+    """The top-most ancestor of `path` that other users cannot traverse (no o+x), if any."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    for i in range(1, len(parts)):
+        ancestor = os.sep + os.path.join(*parts[:i])
+        if not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return None
+
+
+def expose_paths(paths: list[str], staging: str) -> list[str]:
+    """In this (private) mount namespace, make `paths` reachable for unprivileged users when an ancestor is 0700
+    (e.g. a Python installed under /root): bind each path aside, cover the blocking ancestor with an empty 0755
+    tmpfs, recreate the path inside it and bind the original back. The files themselves are untouched (same
+    inodes, same permissions); everything else under the blocking ancestor disappears from this namespace's view.
+    Returns the ancestors that were covered."""
+    by_ancestor: dict[str, list[str]] = {}
+    for path in dict.fromkeys(os.path.realpath(p) for p in paths if os.path.isdir(p)):
+        ancestor = _blocking_ancestor(path)
+        if ancestor is not None:
+            by_ancestor.setdefault(ancestor, []).append(path)
+    for k, (ancestor, group) in enumerate(by_ancestor.items()):
+        group = [p for p in group if not any(p != q and p.startswith(q + os.sep) for q in group)]
+        stages = []
+        for j, path in enumerate(group):
+            stage = os.path.join(staging, f"expose{k}-{j}")
+            os.makedirs(stage)
+            bind_mount(path, stage)
+            stages.append(stage)
+        mount_tmpfs(ancestor, 1, mode="0755")
+        for path, stage in zip(group, stages):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            bind_mount(stage, path)
+    return list(by_ancestor)
 
 
 # --- Landlock: make every path but one read-only, forbid TCP, scope signals --------------------------------------
@@ -87,10 +128,10 @@ def landlock_abi() -> int:
     return max(int(ret), 0)
 
 
-def landlock_confine(writable_dir: str, abi: int) -> None:
-    """Restrict this process and its future children, irreversibly: writes only beneath `writable_dir`; with ABI >= 4
-    no TCP bind/connect; with ABI >= 6 no signals to (and no abstract unix sockets of) processes outside the domain.
-    Reads and execution stay allowed (file permissions still apply). Needs no_new_privs."""
+def landlock_ruleset(writable_dir: str, abi: int) -> int:
+    """A Landlock ruleset (an fd) for `landlock_restrict`: writes only beneath `writable_dir`; with ABI >= 4 no TCP
+    bind/connect; with ABI >= 6 no signals to (and no abstract unix sockets of) processes outside the domain.
+    Reads and execution stay allowed (file permissions still apply)."""
     fs = _FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE
     if abi >= 2:
         fs |= _FS_REFER
@@ -103,14 +144,24 @@ def landlock_confine(writable_dir: str, abi: int) -> None:
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = _check(_libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                                    ctypes.c_uint32(0)))
+    dir_fd = os.open(writable_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        dir_fd = os.open(writable_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            rule = _PathBeneathAttr(fs, dir_fd)
-            _check(_libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), ctypes.c_uint32(0)))
-        finally:
-            os.close(dir_fd)
-        _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)))
+        rule = _PathBeneathAttr(fs, dir_fd)
+        _check(_libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), ctypes.c_uint32(0)))
+    finally:
+        os.close(dir_fd)
+    return ruleset
+
+
+def landlock_restrict(ruleset: int) -> None:
+    """Enforce a ruleset on this process and its future children, irreversibly. Needs no_new_privs (or root)."""
+    _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)))
+
+
+def landlock_confine(writable_dir: str, abi: int) -> None:
+    ruleset = landlock_ruleset(writable_dir, abi)
+    try:
+        landlock_restrict(ruleset)
     finally:
         os.close(ruleset)
 
@@ -137,10 +188,10 @@ def seccomp_available() -> bool:
     return _X86_64
 
 
-def seccomp_deny_dangerous() -> None:
-    """Install a seccomp filter: the calls in `_DENIED_X86_64` fail with EPERM, a foreign syscall ABI kills."""
+def seccomp_program() -> _SockFprog:
+    """The filter: the calls in `_DENIED_X86_64` fail with EPERM; a foreign syscall ABI (i386, x32) kills."""
     if not _X86_64:
-        raise OSError(95, "seccomp filter is written for x86_64 only")
+        raise OSError(95, "the seccomp filter is written for x86_64 only")
     ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, kill, eperm = 0x7FFF0000, 0x80000000, 0x00050000 | 1
     prog = [(ld_abs, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH_X86_64), (ret, 0, 0, kill),   # arch must be x86_64
@@ -150,6 +201,12 @@ def seccomp_deny_dangerous() -> None:
     prog.append((ret, 0, 0, allow))
     filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), filters)
+    fprog._keep = filters  # the struct points into this array: keep it alive as long as the program
+    return fprog
+
+
+def seccomp_install(fprog: _SockFprog) -> None:
+    """Install a filter on this process and its future children, irreversibly. Needs no_new_privs."""
     _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0))
 
 

@@ -67,6 +67,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MUTATING_METHODS = frozenset({
     "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",      # list
@@ -77,8 +78,11 @@ MUTATING_METHODS = frozenset({
 RETURN_LABEL = "return_val"
 _ANCHOR_FN_BASE = "_stepcode_anchor"   # one leading underscore: `__x` would be name-mangled inside class bodies
 _NAMESPACE_PROBES = frozenset({"locals", "globals", "vars", "dir"})
+_REFUSAL_WORDS = ("async", "await", "print", *sorted(_NAMESPACE_PROBES))
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef,
            ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_LEAF_TYPES = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)   # nodes no rule reads
+_NO_WALK = (*_SCOPES, ast.Name, ast.Constant)   # scopes not to enter, and nodes whose only children are leaves
 
 
 @dataclass(frozen=True)
@@ -107,27 +111,25 @@ def instrument(code: str) -> Instrumented:
         tree = ast.parse(code)
     except SyntaxError as err:
         return _rejected("syntax_error", f"line {err.lineno}: {err.msg}" if err.lineno else err.msg)
-    reason = _unsupported_reason(tree)
+    reason = _unsupported_reason(tree, code)
     if reason:
         return _rejected("unsupported", reason)
 
     anchor_fn = _fresh(_ANCHOR_FN_BASE, lambda name: name in code)
-    identifiers = set(re.findall(r"\w+", code))
-    return_name = _fresh(RETURN_LABEL, lambda name: name in identifiers)
-    planned: dict[int, tuple[ast.Expr, str, str, str]] = {}   # id(anchor stmt) -> (stmt, label, kind, function)
-    for fn, qualname in _functions(tree):
-        _FunctionInstrumenter(qualname, anchor_fn, return_name, planned).run(fn)
-    ordered = [planned[id(node)] for node in _preorder(tree) if id(node) in planned]
-
-    ast.fix_missing_locations(tree)   # unparse reads `lineno` of assignments (type comments)
+    return_name = _fresh(RETURN_LABEL, lambda name: name in code and re.search(rf"\b{name}\b", code) is not None)
+    # Keywords and operators are spelled literally in the text (NFKC folding applies to names only), so a program
+    # whose text lacks `yield` or `:=` has neither, and the expression walks that look for them can be skipped.
+    has_yield, has_walrus = "yield" in code, ":=" in code
+    planned: dict[int, _Plan] = {}   # id(anchor stmt) -> its plan
+    for fn, qualname in _functions(tree.body):
+        if not (has_yield and _is_generator(fn)):   # rule 4
+            _FunctionInstrumenter(qualname, anchor_fn, return_name, has_walrus, planned).run(fn)
+    ordered = [planned[id(stmt)] for stmt in _statements(tree.body) if id(stmt) in planned]
     try:
         exec_source = ast.unparse(tree)
-        for stmt, label, _, _ in ordered:
-            stmt.value = _print_call(label, stmt.value.args[1])
-        source = ast.unparse(tree)
     except (ValueError, RecursionError) as err:   # unparse gives up on some deep or exotic trees
         return _rejected("unsupported", f"ast.unparse failed: {err}")
-    return _checked(source, exec_source, anchor_fn, [(label, kind, fn) for _, label, kind, fn in ordered])
+    return _checked(tree, exec_source, anchor_fn, ordered)
 
 
 def _rejected(status: str, reason: str) -> Instrumented:
@@ -144,8 +146,11 @@ def _fresh(base: str, taken) -> str:
 
 # ---------------------------------------------------------------- refusing programs whose meaning anchors could change
 
-def _unsupported_reason(tree: ast.Module) -> str | None:
-    for node in ast.walk(tree):
+def _unsupported_reason(tree: ast.Module, code: str) -> str | None:
+    # Each refused construct spells one of these words: a keyword, or a name (NFKC folds only non-ASCII text into one)
+    if code.isascii() and not any(word in code for word in _REFUSAL_WORDS):
+        return None
+    for node in ast.walk(tree):   # breadth-first: the reason names the same node whichever refusals a program mixes
         if isinstance(node, (ast.AsyncFunctionDef, ast.AsyncFor, ast.AsyncWith, ast.Await)):
             return f"async code (line {node.lineno}): anchors cannot order interleaved coroutines"
         if "print" in _names_bound_by(node):
@@ -180,37 +185,67 @@ def _names_bound_by(node: ast.AST) -> list[str]:
 
 # ---------------------------------------------------------------- walking
 
-def _functions(tree: ast.AST) -> list[tuple[ast.FunctionDef, str]]:
-    """All `def`s with their __qualname__, in source order."""
+def _child_blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    """The statement lists directly inside `stmt`, in text order (statements never hide inside expressions)."""
+    if isinstance(stmt, (ast.Try, ast.TryStar)):
+        return [stmt.body, *[handler.body for handler in stmt.handlers], stmt.orelse, stmt.finalbody]
+    if isinstance(stmt, ast.Match):
+        return [case.body for case in stmt.cases]
+    if not hasattr(stmt, "body"):
+        return []
+    return [stmt.body, stmt.orelse] if hasattr(stmt, "orelse") else [stmt.body]
+
+
+def _statements(stmts: list[ast.stmt]) -> list[ast.stmt]:
+    """Statements in document order, nested blocks included (cheaper than visiting every expression node)."""
     found = []
-
-    def visit(node, prefix):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.FunctionDef):
-                found.append((child, prefix + child.name))
-                visit(child, prefix + child.name + ".<locals>.")
-            elif isinstance(child, ast.ClassDef):
-                visit(child, prefix + child.name + ".")
-            else:
-                visit(child, prefix)
-
-    visit(tree, "")
+    for stmt in stmts:
+        found.append(stmt)
+        for block in _child_blocks(stmt):
+            found += _statements(block)
     return found
 
 
-def _preorder(node: ast.AST):
-    """Nodes in document order (statements never hide inside expressions, so field order is text order)."""
-    yield node
-    for child in ast.iter_child_nodes(node):
-        yield from _preorder(child)
+def _functions(stmts: list[ast.stmt], prefix: str = "") -> list[tuple[ast.FunctionDef, str]]:
+    """All `def`s with their __qualname__, in source order."""
+    found = []
+    for stmt in stmts:
+        inner = prefix
+        if isinstance(stmt, ast.FunctionDef):
+            found.append((stmt, prefix + stmt.name))
+            inner = prefix + stmt.name + ".<locals>."
+        elif isinstance(stmt, ast.ClassDef):
+            inner = prefix + stmt.name + "."
+        for block in _child_blocks(stmt):
+            found += _functions(block, inner)
+    return found
 
 
 def _scope_nodes(nodes):
-    """Nodes of one function scope, pre-order, not entering nested functions, classes, lambdas or comprehensions."""
-    for node in nodes:
+    """Nodes of one function scope, pre-order, not entering nested functions, classes, lambdas or comprehensions.
+    Contexts and operators (`Load`, `Add`, ...) are left out: leaves that no rule reads."""
+    stack = list(reversed(nodes))
+    while stack:
+        node = stack.pop()
         yield node
-        if not isinstance(node, _SCOPES):
-            yield from _scope_nodes(ast.iter_child_nodes(node))
+        if not isinstance(node, _NO_WALK):
+            stack += reversed(_children(node))
+
+
+def _children(node: ast.AST) -> list[ast.AST]:
+    """ast.iter_child_nodes(node) as a list, without the leaves in _LEAF_TYPES (the walks' hottest loop)."""
+    children = []
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if isinstance(value, list):
+            children += [item for item in value if isinstance(item, ast.AST) and not isinstance(item, _LEAF_TYPES)]
+        elif isinstance(value, ast.AST) and not isinstance(value, _LEAF_TYPES):
+            children.append(value)
+    return children
+
+
+def _is_generator(fn: ast.FunctionDef) -> bool:
+    return any(isinstance(node, (ast.Yield, ast.YieldFrom)) for node in _scope_nodes(fn.body))
 
 
 def _dedupe(items):
@@ -233,7 +268,12 @@ def _printed_base(node: ast.AST) -> str | None:
     """Label for a mutated object: peel subscripts, keep a pure chain, else fall back to the root name (or None)."""
     while isinstance(node, ast.Subscript):
         node = node.value
-    return ast.unparse(node) if _is_chain(node) else _root_name(node)
+    return _chain_text(node) if _is_chain(node) else _root_name(node)
+
+
+def _chain_text(chain: ast.Name | ast.Attribute) -> str:
+    """ast.unparse of a pure name/attribute chain, without the cost of an unparser."""
+    return chain.id if isinstance(chain, ast.Name) else f"{_chain_text(chain.value)}.{chain.attr}"
 
 
 def _target_labels(target: ast.AST) -> list[str]:
@@ -290,13 +330,15 @@ def _sure_walrus_names(node: ast.AST) -> list[str]:
     return [name for child in ast.iter_child_nodes(node) for name in _sure_walrus_names(child)]
 
 
-def _statement_labels(stmt: ast.stmt) -> list[str]:
+def _statement_labels(stmt: ast.stmt, has_walrus: bool) -> list[str]:
     """Anchors after a simple statement outside loops: its walrus names, then its targets."""
     if not isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)):
         return []
     targets = _assignment_targets(stmt)
-    walrus = (_sure_walrus_names(stmt.value) if stmt.value is not None else []) + \
-        [name for target in targets for name in _sure_walrus_names(target)]
+    walrus = []
+    if has_walrus:
+        walrus = (_sure_walrus_names(stmt.value) if stmt.value is not None else []) + \
+            [name for target in targets for name in _sure_walrus_names(target)]
     labels = walrus + [label for target in targets for label in _target_labels(target)]
     rebound = set(walrus) | {name for target in targets for name in _target_names(target)}
     return _dedupe(_without_rebound_chains(labels, rebound))
@@ -343,27 +385,31 @@ def _stored_labels(target: ast.AST) -> list[str]:
 
 # ---------------------------------------------------------------- which names are surely bound (conservative)
 
-def _may_unbind(nodes) -> set[str]:
-    """Names a `del` or the implicit delete of `except E as name` may unbind anywhere in these nodes."""
+def _may_unbind(stmts: list[ast.stmt]) -> set[str]:
+    """Names a `del` or the implicit delete of `except E as name` may unbind anywhere in these statements
+    (not inside nested functions or classes: their own scopes)."""
     names = set()
-    for node in _scope_nodes(nodes):
-        if isinstance(node, ast.Delete):
-            names.update(name for target in node.targets for name in _target_names(target))
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
+    for stmt in stmts:
+        if isinstance(stmt, ast.Delete):
+            names.update(name for target in stmt.targets for name in _target_names(target))
+        elif not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if isinstance(stmt, (ast.Try, ast.TryStar)):
+                names.update(handler.name for handler in stmt.handlers if handler.name)
+            for block in _child_blocks(stmt):
+                names |= _may_unbind(block)
     return names
 
 
-def _bound_after_block(stmts: list[ast.stmt], bound: set[str]) -> set[str]:
+def _bound_after_block(stmts: list[ast.stmt], bound: set[str], has_walrus: bool) -> set[str]:
     for stmt in stmts:
-        bound = _bound_after(stmt, bound)
+        bound = _bound_after(stmt, bound, has_walrus)
     return bound
 
 
-def _bound_after(stmt: ast.stmt, before: set[str]) -> set[str]:
+def _bound_after(stmt: ast.stmt, before: set[str], has_walrus: bool) -> set[str]:
     """Names bound on every path that falls through `stmt`, given those bound before it."""
     if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)):
-        walrus = _sure_walrus_names(stmt.value) if stmt.value is not None else []
+        walrus = _sure_walrus_names(stmt.value) if has_walrus and stmt.value is not None else []
         return before | set(walrus) | {n for t in _assignment_targets(stmt) for n in _target_names(t)}
     if isinstance(stmt, (ast.Import, ast.ImportFrom)):
         return before | {name for alias in stmt.names if alias.name != "*" for name in _names_bound_by(alias)}
@@ -372,14 +418,14 @@ def _bound_after(stmt: ast.stmt, before: set[str]) -> set[str]:
     if isinstance(stmt, ast.Delete):
         return before - _may_unbind([stmt])
     if isinstance(stmt, ast.If):
-        return _bound_after_block(stmt.body, before) & _bound_after_block(stmt.orelse, before)
+        return _bound_after_block(stmt.body, before, has_walrus) & _bound_after_block(stmt.orelse, before, has_walrus)
     if isinstance(stmt, (ast.Try, ast.TryStar)):
-        paths = [_bound_after_block(stmt.body + stmt.orelse, before)]
+        paths = [_bound_after_block(stmt.body + stmt.orelse, before, has_walrus)]
         at_handler = before - _may_unbind(stmt.body)
         for handler in stmt.handlers:
             caught = {handler.name} if handler.name else set()
-            paths.append(_bound_after_block(handler.body, at_handler | caught) - caught)
-        return _bound_after_block(stmt.finalbody, set.intersection(*paths))
+            paths.append(_bound_after_block(handler.body, at_handler | caught, has_walrus) - caught)
+        return _bound_after_block(stmt.finalbody, set.intersection(*paths), has_walrus)
     if isinstance(stmt, ast.With):
         # a context manager may swallow an exception mid-body, so only the `as` names are sure
         as_names = {n for item in stmt.items if item.optional_vars for n in _target_names(item.optional_vars)}
@@ -433,24 +479,33 @@ def _breaks_out(body: list[ast.stmt]) -> bool:
 
 # ---------------------------------------------------------------- rewriting one function
 
+class _Plan(NamedTuple):
+    stmt: ast.Expr   # `ANCHOR_FN('LABEL', EXPR)` in the rewritten tree
+    label: str
+    kind: str
+    function: str
+    shown: str       # EXPR as source text
+
+
 class _FunctionInstrumenter:
-    def __init__(self, qualname: str, anchor_fn: str, return_name: str, planned: dict):
-        self.qualname, self.anchor_fn, self.return_name, self.planned = qualname, anchor_fn, return_name, planned
+    """Rewrites one non-generator function in place, recording each anchor statement it adds in `planned`."""
+
+    def __init__(self, qualname: str, anchor_fn: str, return_name: str, has_walrus: bool, planned: dict):
+        self.qualname, self.anchor_fn, self.return_name = qualname, anchor_fn, return_name
+        self.has_walrus, self.planned = has_walrus, planned
 
     def run(self, fn: ast.FunctionDef) -> None:
-        if any(isinstance(node, (ast.Yield, ast.YieldFrom)) for node in _scope_nodes(fn.body)):
-            return   # generator: rule 4
         fn.body = self._block(fn.body, _parameters(fn.args), in_loop=False)
         if not _terminates(fn.body):
-            fn.body.append(self._anchor(RETURN_LABEL, ast.Constant(None), "return"))
+            fn.body.append(self._anchor(RETURN_LABEL, ast.Constant(None), "None", "return"))
 
-    def _anchor(self, label: str, expr: ast.expr, kind: str) -> ast.Expr:
+    def _anchor(self, label: str, expr: ast.expr, shown: str, kind: str) -> ast.Expr:
         stmt = ast.Expr(ast.Call(ast.Name(self.anchor_fn, ast.Load()), [ast.Constant(label), expr], []))
-        self.planned[id(stmt)] = (stmt, label, kind, self.qualname)
+        self.planned[id(stmt)] = _Plan(stmt, label, kind, self.qualname, shown)
         return stmt
 
     def _label_anchor(self, label: str, kind: str) -> ast.Expr:
-        return self._anchor(label, ast.parse(label, mode="eval").body, kind)
+        return self._anchor(label, _label_expr(label), label, kind)
 
     def _block(self, stmts: list[ast.stmt], bound: set[str], in_loop: bool) -> list[ast.stmt]:
         out = []
@@ -459,12 +514,12 @@ class _FunctionInstrumenter:
                 out += self._return(stmt)
                 continue
             # analyse before rewriting nested blocks, so the inserted `return_val = ...` never counts as a binding
-            labels = [] if in_loop else [(label, "assign") for label in _statement_labels(stmt)]
+            labels = [] if in_loop else [(label, "assign") for label in _statement_labels(stmt, self.has_walrus)]
             if not in_loop and isinstance(stmt, (ast.For, ast.While)) and not _stmt_terminates(stmt):
                 unbindable = _may_unbind([stmt])
                 labels += [(label, "loop_exit") for label in _loop_changes(stmt)
                            if _root(label) in bound and _root(label) not in unbindable]
-            after = _bound_after(stmt, bound)
+            after = _bound_after(stmt, bound, self.has_walrus)
             self._nested_blocks(stmt, bound, in_loop)
             out.append(stmt)
             out += [self._label_anchor(label, kind) for label, kind in labels]
@@ -486,7 +541,7 @@ class _FunctionInstrumenter:
             for handler in stmt.handlers:
                 caught = {handler.name} if handler.name else set()
                 handler.body = self._block(handler.body, at_handler | caught, in_loop)
-            stmt.orelse = self._block(stmt.orelse, _bound_after_block(stmt.body, bound), in_loop)
+            stmt.orelse = self._block(stmt.orelse, _bound_after_block(stmt.body, bound, self.has_walrus), in_loop)
             stmt.body = self._block(stmt.body, bound, in_loop)
             stmt.finalbody = self._block(stmt.finalbody, bound - _may_unbind([stmt]), in_loop)
         elif isinstance(stmt, ast.Match):
@@ -495,10 +550,21 @@ class _FunctionInstrumenter:
 
     def _return(self, stmt: ast.Return) -> list[ast.stmt]:
         if stmt.value is None:
-            return [self._anchor(RETURN_LABEL, ast.Constant(None), "return"), stmt]
-        bind = ast.Assign([ast.Name(self.return_name, ast.Store())], stmt.value)
-        return [bind, self._anchor(RETURN_LABEL, ast.Name(self.return_name, ast.Load()), "return"),
+            return [self._anchor(RETURN_LABEL, ast.Constant(None), "None", "return"), stmt]
+        bind = ast.Assign([ast.Name(self.return_name, ast.Store())], stmt.value, lineno=stmt.lineno)  # unparse reads it
+        return [bind, self._anchor(RETURN_LABEL, ast.Name(self.return_name, ast.Load()), self.return_name, "return"),
                 ast.Return(ast.Name(self.return_name, ast.Load()))]
+
+
+def _label_expr(label: str) -> ast.expr:
+    """The expression a label reads, as ast.parse(label) gives it: `a.b` -> Attribute(Name('a'), 'b')."""
+    if not label.isascii():   # an NFKC-folded name could spell a keyword: keep the parser's verdict
+        return ast.parse(label, mode="eval").body
+    root, *attributes = label.split(".")
+    expr = ast.Name(root, ast.Load())
+    for attribute in attributes:
+        expr = ast.Attribute(expr, attribute, ast.Load())
+    return expr
 
 
 # ---------------------------------------------------------------- the two sources, checked against each other
@@ -508,23 +574,67 @@ def _print_call(label: str, expr: ast.expr) -> ast.Call:
     return ast.Call(ast.Name("print", ast.Load()), [text], [])
 
 
-def _checked(source: str, exec_source: str, anchor_fn: str, ordered: list[tuple[str, str, str]]) -> Instrumented:
-    """Re-parse both sources and prove they differ only on the anchor lines, then number the anchors."""
+def _checked(tree: ast.Module, exec_source: str, anchor_fn: str, ordered: list[_Plan]) -> Instrumented:
+    """Re-parse exec_source and find the planned anchors in it, derive the display source, number the anchors."""
     try:
         exec_tree = ast.parse(exec_source)
-        ast.parse(source)
     except SyntaxError as err:
         return _rejected("unsupported", f"ast.unparse output does not re-parse (line {err.lineno}: {err.msg})")
-    calls = sorted((node.lineno, node.value.args[0].value) for node in ast.walk(exec_tree)
-                   if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
-                   and isinstance(node.value.func, ast.Name) and node.value.func.id == anchor_fn)
-    display_lines, exec_lines = source.splitlines(), exec_source.splitlines()
-    if [label for _, label in calls] != [label for label, _, _ in ordered] or len(display_lines) != len(exec_lines):
+    calls = sorted((stmt.lineno, stmt.value.args[0].value, stmt.col_offset) for stmt in _statements(exec_tree.body)
+                   if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+                   and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == anchor_fn)
+    if [label for _, label, _ in calls] != [plan.label for plan in ordered]:
         return _rejected("unsupported", "instrumented sources do not line up with the planned anchors")
-    anchor_lines = {line for line, _ in calls}
-    if any(d != e for i, (d, e) in enumerate(zip(display_lines, exec_lines), 1) if i not in anchor_lines):
-        return _rejected("unsupported", "display and exec sources differ outside anchor lines")
-    anchors = tuple(Anchor(line=line, label=label, kind=kind, function=fn)
-                    for (line, _), (label, kind, fn) in zip(calls, ordered))
+    source = _display_source(exec_source, calls, ordered, anchor_fn)
+    if source is None:
+        try:
+            source = _display_by_second_unparse(tree, exec_source, calls, ordered)
+        except _Refusal as refusal:
+            return _rejected("unsupported", str(refusal))
+    anchors = tuple(Anchor(line=line, label=plan.label, kind=plan.kind, function=plan.function)
+                    for (line, _, _), plan in zip(calls, ordered))
     return Instrumented(status="ok", reason=None, source=source, exec_source=exec_source,
                         anchor_fn=anchor_fn, anchors=anchors)
+
+
+def _display_source(exec_source: str, calls: list, ordered: list[_Plan], anchor_fn: str) -> str | None:
+    """exec_source with each anchor line rewritten to its display print: exactly what ast.unparse writes for the tree
+    with print anchors, since an anchor statement fills its own line and unparse writes it without context (an
+    f-string's quoting depends on context only inside another f-string). Saves a second unparse and re-parse.
+    None if an anchor line is not the text expected (never seen; the caller then unparses the display tree)."""
+    lines = exec_source.split("\n")   # unparse escapes every other line break inside strings
+    for (line, _, indent), plan in zip(calls, ordered):
+        if plan.label.isascii():   # no escaping needed in either literal
+            exec_text = f"{anchor_fn}({plan.label!r}, {plan.shown})"
+            display_text = f"print(f'{plan.label}: {{{plan.shown}}}')"
+        else:
+            exec_text = ast.unparse(plan.stmt)
+            display_text = ast.unparse(ast.Expr(_print_call(plan.label, plan.stmt.value.args[1])))
+        if lines[line - 1] != " " * indent + exec_text:
+            return None
+        lines[line - 1] = " " * indent + display_text
+    return "\n".join(lines)
+
+
+class _Refusal(Exception):
+    pass
+
+
+def _display_by_second_unparse(tree: ast.Module, exec_source: str, calls: list, ordered: list[_Plan]) -> str:
+    """Unparse the tree with display anchors and prove the two sources differ only on the anchor lines."""
+    for plan in ordered:
+        plan.stmt.value = _print_call(plan.label, plan.stmt.value.args[1])
+    try:
+        source = ast.unparse(tree)
+        ast.parse(source)
+    except (ValueError, RecursionError) as err:
+        raise _Refusal(f"ast.unparse failed: {err}") from err
+    except SyntaxError as err:
+        raise _Refusal(f"ast.unparse output does not re-parse (line {err.lineno}: {err.msg})") from err
+    display_lines, exec_lines = source.splitlines(), exec_source.splitlines()
+    if len(display_lines) != len(exec_lines):
+        raise _Refusal("instrumented sources do not line up with the planned anchors")
+    anchor_lines = {line for line, _, _ in calls}
+    if any(d != e for i, (d, e) in enumerate(zip(display_lines, exec_lines), 1) if i not in anchor_lines):
+        raise _Refusal("display and exec sources differ outside anchor lines")
+    return source

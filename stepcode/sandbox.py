@@ -3,7 +3,7 @@
     from stepcode.sandbox import Sandbox
     with Sandbox() as sb:                                    # limits from params.yaml; workers = all cores
         sb.run("trace", {"code": ..., "input": "3", ...})    # -> {"status": "ok", ...}
-        for result in sb.map(lambda slot, job: slot.run("check", job), jobs): ...
+        for result in sb.map(lambda job: sb.run("trace", job), jobs): ...
 
 Design. Each worker *slot* owns one long-lived server process per hash seed (`PYTHONHASHSEED` is fixed when an
 interpreter starts, so a second seed needs a second server). A server is a fresh interpreter that imports the runner
@@ -181,20 +181,15 @@ class Sandbox:
         with self.slot() as s:
             return s.run(runner, payload, hash_seed=hash_seed, timeout=timeout)
 
-    def map(self, fn: Callable[[Slot, T], R], items: Iterable[T]) -> Iterator[R]:
-        """fn(slot, item) for every item, `workers` at a time; results in input order, yielded as they complete
-        in order (so a progress bar can follow)."""
-        def call(item: T) -> R:
-            with self.slot() as s:
-                return fn(s, item)
-
-        with ThreadPoolExecutor(self.workers) as pool:
-            # Keep a bounded window of work in flight so a huge iterable is not materialised at once.
-            window: list = []
-            it = iter(items)
-            for item in it:
-                window.append(pool.submit(call, item))
-                if len(window) >= self.workers * 4:
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """fn(item) for every item on a thread pool, results yielded in input order as they complete. `fn` takes a
+        slot itself (`with sandbox.slot() as s: ...`) only for its sandboxed runs, so its own work (instrumenting,
+        say) overlaps the runs of other items: twice as many threads as slots keep every slot busy."""
+        with ThreadPoolExecutor(2 * self.workers) as pool:
+            window: list = []   # a bounded window in flight, so a huge iterable is never materialised at once
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) >= self.workers * 8:
                     yield window.pop(0).result()
             for fut in window:
                 yield fut.result()

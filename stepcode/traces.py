@@ -44,8 +44,8 @@ def _first_difference(a: list[str], b: list[str]) -> str:
     return f"{len(a)} vs {len(b)} lines"
 
 
-def trace_one(slot, row: dict, params) -> dict:
-    """Instrument and trace one program row on one sandbox slot. `params` is the full `Params`."""
+def trace_one(sandbox, row: dict, params) -> dict:
+    """Instrument one program row, then run it twice on one sandbox slot. `params` is the full `Params`."""
     from stepcode.anchors import instrument
 
     tp = params.trace
@@ -58,6 +58,11 @@ def trace_one(slot, row: dict, params) -> dict:
     payload = {"code": inst.exec_source, "anchor_fn": inst.anchor_fn, "entry_point": row.get("entry_point", "f"),
                "input": row["input"], "max_lines": tp.max_lines, "max_line_chars": tp.max_line_chars,
                "max_output_chars": tp.max_output_chars}
+    with sandbox.slot() as slot:
+        return _run_twice(slot, payload, out, tp)
+
+
+def _run_twice(slot, payload: dict, out: dict, tp) -> dict:
     first = slot.run("trace", payload, hash_seed=tp.hash_seeds[0])
     out.update(trace=first.get("trace", []), output=first.get("output"), status=first["status"],
                reason=first.get("reason"))
@@ -92,7 +97,7 @@ def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sand
     if own:
         sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers)
     try:
-        results = sandbox.map(lambda slot, row: trace_one(slot, row, params), rows)
+        results = sandbox.map(lambda row: trace_one(sandbox, row, params), rows)
         if progress:
             from tqdm import tqdm
 

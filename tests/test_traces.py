@@ -30,8 +30,7 @@ def sandbox(params):
 
 
 def _trace(sandbox, params, code, inp="0"):
-    with sandbox.slot() as slot:
-        return trace_one(slot, {"id": "t", "code": code, "input": inp, "entry_point": "f"}, params)
+    return trace_one(sandbox, {"id": "t", "code": code, "input": inp, "entry_point": "f"}, params)
 
 
 @pytest.mark.skipif(not CRUXEVAL.exists(), reason="needs ../shared/benchmarks/cruxeval")

@@ -60,11 +60,15 @@ Known limits: frame inspection (`sys._getframe().f_locals`) and `eval`/`exec` st
 local; an attribute chain read after a loop (rule 2) assumes the attribute existed before the loop; formatting a
 value (`format(v, '')`) runs user `__format__`/`__str__` code, as the display print would.
 Deterministic: the same input gives byte-identical output.
+Cost (it runs on every traced program): one parse, one unparse, one re-parse of exec_source; the display source is
+exec_source with its anchor lines rewritten, and analyses walk statements only, walking expressions just for loop
+changes and, when the text holds `yield` or `:=`, for generators and walruses.
 """
 
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -121,15 +125,18 @@ def instrument(code: str) -> Instrumented:
     # whose text lacks `yield` or `:=` has neither, and the expression walks that look for them can be skipped.
     has_yield, has_walrus = "yield" in code, ":=" in code
     planned: dict[int, _Plan] = {}   # id(anchor stmt) -> its plan
-    for fn, qualname in _functions(tree.body):
-        if not (has_yield and _is_generator(fn)):   # rule 4
-            _FunctionInstrumenter(qualname, anchor_fn, return_name, has_walrus, planned).run(fn)
-    ordered = [planned[id(stmt)] for stmt in _statements(tree.body) if id(stmt) in planned]
     try:
-        exec_source = ast.unparse(tree)
-    except (ValueError, RecursionError) as err:   # unparse gives up on some deep or exotic trees
-        return _rejected("unsupported", f"ast.unparse failed: {err}")
-    return _checked(tree, exec_source, anchor_fn, ordered)
+        for fn, qualname in _functions(tree.body):
+            if not (has_yield and _is_generator(fn)):   # rule 4
+                _FunctionInstrumenter(qualname, anchor_fn, return_name, has_walrus, planned).run(fn)
+        ordered = [planned[id(stmt)] for stmt in _statements(tree.body) if id(stmt) in planned]
+        try:
+            exec_source = ast.unparse(tree)
+        except (ValueError, RecursionError) as err:   # unparse gives up on some deep or exotic trees
+            return _rejected("unsupported", f"ast.unparse failed: {err}")
+        return _checked(tree, exec_source, anchor_fn, ordered)
+    except SyntaxError as err:  # e.g. a full-width name that NFKC-folds to a keyword: its text does not re-parse
+        return _rejected("unsupported", f"the instrumented source does not re-parse: {err.msg}")
 
 
 def _rejected(status: str, reason: str) -> Instrumented:
@@ -191,9 +198,10 @@ def _child_blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
         return [stmt.body, *[handler.body for handler in stmt.handlers], stmt.orelse, stmt.finalbody]
     if isinstance(stmt, ast.Match):
         return [case.body for case in stmt.cases]
-    if not hasattr(stmt, "body"):
+    body = getattr(stmt, "body", None)
+    if body is None:   # a simple statement
         return []
-    return [stmt.body, stmt.orelse] if hasattr(stmt, "orelse") else [stmt.body]
+    return [body, stmt.orelse] if hasattr(stmt, "orelse") else [body]
 
 
 def _statements(stmts: list[ast.stmt]) -> list[ast.stmt]:
@@ -519,7 +527,7 @@ class _FunctionInstrumenter:
                 unbindable = _may_unbind([stmt])
                 labels += [(label, "loop_exit") for label in _loop_changes(stmt)
                            if _root(label) in bound and _root(label) not in unbindable]
-            after = _bound_after(stmt, bound, self.has_walrus)
+            after = bound if in_loop else _bound_after(stmt, bound, self.has_walrus)   # read outside loops only
             self._nested_blocks(stmt, bound, in_loop)
             out.append(stmt)
             out += [self._label_anchor(label, kind) for label, kind in labels]
@@ -558,9 +566,10 @@ class _FunctionInstrumenter:
 
 def _label_expr(label: str) -> ast.expr:
     """The expression a label reads, as ast.parse(label) gives it: `a.b` -> Attribute(Name('a'), 'b')."""
-    if not label.isascii():   # an NFKC-folded name could spell a keyword: keep the parser's verdict
+    root, *attributes = parts = label.split(".")
+    if not label.isascii() or any(keyword.iskeyword(part) for part in parts):
+        # NFKC folding can turn a name into a keyword (`ｉf` -> `if`) or a non-identifier: keep the parser's verdict
         return ast.parse(label, mode="eval").body
-    root, *attributes = label.split(".")
     expr = ast.Name(root, ast.Load())
     for attribute in attributes:
         expr = ast.Attribute(expr, attribute, ast.Load())

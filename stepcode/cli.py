@@ -29,7 +29,7 @@ def _params(path: Path, **overrides):
     try:
         params = load_params(path if path.exists() or path != Path("params.yaml") else None)
         if overrides:
-            raw = params.model_dump()
+            raw = params.model_dump(by_alias=True)
             for dotted, value in overrides.items():
                 if value is not None:
                     section, key = dotted.split(".")
@@ -49,13 +49,15 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
-def trace(inp: Path = typer.Argument(..., help="program rows (JSONL: id, code, input, entry_point)"),
+def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, code, input, entry_point) or a "
+                                                  "directory of them"),
           out: Path = typer.Option(..., "-o", "--out", help="trace rows (JSONL)"),
           workers: Optional[int] = typer.Option(None, help="parallel sandbox workers (default: params / all cores)"),
           timeout: Optional[float] = typer.Option(None, help="wall-clock seconds per run"),
           max_lines: Optional[int] = typer.Option(None, "--max-lines", help="longest accepted trace"),
           skip_bad: bool = typer.Option(False, "--skip-bad", help="write malformed rows to OUT.rejects.jsonl"),
           summary_json: Optional[Path] = typer.Option(None, "--summary", help="also write the summary as JSON"),
+          track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log to MLflow (default: params)"),
           params_path: Path = ParamsOpt):
     """Instrument programs with anchors, run each twice in the sandbox, and record the trace."""
     from stepcode.corpus import CorpusError
@@ -65,7 +67,7 @@ def trace(inp: Path = typer.Argument(..., help="program rows (JSONL: id, code, i
                                      "sandbox.workers": workers})
     rejects = out.with_suffix(".rejects.jsonl") if skip_bad else None
     try:
-        summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects)
+        summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects, track=track)
     except (CorpusError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
@@ -108,6 +110,23 @@ def doctor():
     with Sandbox(workers=1) as sb:
         typer.echo(json.dumps(sb.isolation, indent=2))
 
+
+def _register_areas() -> None:
+    import importlib
+
+    from stepcode.commands import AREAS
+
+    for area in AREAS:
+        try:
+            module = importlib.import_module(f"stepcode.commands.{area}")
+        except ModuleNotFoundError as e:
+            if e.name != f"stepcode.commands.{area}":
+                raise
+            continue
+        module.register(app)
+
+
+_register_areas()
 
 if __name__ == "__main__":
     app()

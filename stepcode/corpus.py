@@ -137,6 +137,9 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same directory, so os.replace is a rename on one filesystem (atomic), never a copy.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any other written file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for row in rows:

@@ -113,16 +113,55 @@ def summarize(rows: Iterable[dict]) -> dict:
     return {"total": sum(counts.values()), "by_status": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
+def read_corpus(path) -> list[dict]:
+    """Program rows from a JSONL file, or from every `*.jsonl` in a directory (sorted; ids unique across files)."""
+    from pathlib import Path
+
+    from stepcode.corpus import CorpusError, read_programs
+
+    p = Path(path)
+    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    rows, seen = [], {}
+    for f in files:
+        for row in read_programs(f):
+            if row["id"] in seen:
+                raise CorpusError(f"{f}: id {row['id']!r} also appears in {seen[row['id']]}")
+            seen[row["id"]] = f
+            rows.append(row)
+    return rows
+
+
 def trace_file(in_path, out_path, params, *, workers: int | None = None, skip_bad: bool = False,
-               rejects_path=None, progress: bool = True) -> dict:
-    """The `trace` stage: program JSONL in, trace JSONL out (atomically). Returns the summary."""
+               rejects_path=None, progress: bool = True, track: bool | None = None) -> dict:
+    """The `trace` stage: program JSONL (a file or a directory of files) in, trace JSONL out (atomically).
+    Logged to MLflow (params, counts per status, input/output digests) unless tracking is off. Returns the summary."""
+    import contextlib
+
     from stepcode.corpus import read_programs, write_jsonl
 
-    rows = read_programs(in_path, skip_bad=skip_bad, rejects_path=rejects_path)
-    start = time.perf_counter()
-    traced = list(trace_rows(rows, params, workers=workers, progress=progress, total=len(rows)))
-    elapsed = time.perf_counter() - start
-    write_jsonl(out_path, traced)
-    summary = summarize(traced)
-    summary.update(seconds=round(elapsed, 2), programs_per_s=round(len(traced) / elapsed, 1) if elapsed else None)
+    track = params.tracking.enabled if track is None else track
+    if skip_bad:
+        rows = read_programs(in_path, skip_bad=True, rejects_path=rejects_path)
+    else:
+        rows = read_corpus(in_path)
+    if track:
+        from stepcode.tracking import stage_run
+
+        run = stage_run("trace", params, inputs={"programs": str(in_path)}, outputs={"traces": str(out_path)},
+                        stage_params={**{f"trace.{k}": v for k, v in params.trace.model_dump().items()},
+                                      **{f"sandbox.{k}": v for k, v in params.sandbox.model_dump().items()}})
+    else:
+        run = contextlib.nullcontext()
+    with run as mlflow:
+        start = time.perf_counter()
+        traced = list(trace_rows(rows, params, workers=workers, progress=progress, total=len(rows)))
+        elapsed = time.perf_counter() - start
+        write_jsonl(out_path, traced)
+        summary = summarize(traced)
+        summary.update(seconds=round(elapsed, 2),
+                       programs_per_s=round(len(traced) / elapsed, 1) if elapsed else None)
+        if mlflow is not None:
+            mlflow.log_metrics({"rows": summary["total"], "programs_per_s": summary["programs_per_s"] or 0,
+                                **{f"status.{k}": v for k, v in summary["by_status"].items()}})
+            mlflow.log_dict(summary, "trace_summary.json")
     return summary

@@ -4,6 +4,7 @@ process, via tests/_anchor_equivalence_runner.py), and the full CRUXEval equival
 Run: python -m pytest -q tests/test_anchors.py
 """
 
+import ast
 import json
 import os
 import re
@@ -540,3 +541,35 @@ def test_cruxeval_equivalence():
     lengths = [len(res["trace"]) for res in results]
     # measured: min 1, mean 2.53, max 8 (the paper's data averages ~4 after dropping traces over 10 lines)
     assert min(lengths) == 1 and 2 <= statistics.mean(lengths) <= 4 and max(lengths) <= 10
+
+
+# ---------------------------------------------------------------- the display source, derived line by line
+
+def _display_by_unparse(inst) -> str:
+    """The display source the slow way: every anchor call in exec_source becomes a print, then unparse it all."""
+    class ToPrint(ast.NodeTransformer):
+        def visit_Expr(self, node):
+            call = node.value
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == inst.anchor_fn:
+                text = ast.JoinedStr([ast.Constant(f"{call.args[0].value}: "), ast.FormattedValue(call.args[1], -1)])
+                node.value = ast.Call(ast.Name("print", ast.Load()), [text], [])
+            return node
+    return ast.unparse(ToPrint().visit(ast.parse(inst.exec_source)))
+
+
+@pytest.mark.skipif(not CRUXEVAL.exists(), reason="CRUXEval data not present")
+def test_display_source_equals_a_second_unparse():
+    # instrument() derives the display source from exec_source by rewriting anchor lines only; it must equal what
+    # unparse writes for the tree with print anchors (non-ASCII labels and class methods included)
+    codes = [json.loads(line)["code"] for line in CRUXEVAL.read_text().splitlines()]
+    codes += ["def f(x):\n    é = x\n    for i in x:\n        é += i\n    return é\n",
+              "class C:\n    def m(self, d):\n        self.d = d\n        for k in d:\n            self.d[k] = 'q\"'\n"]
+    for code in codes:
+        inst = instrument(code)
+        assert inst.status == "ok", inst.reason
+        assert inst.source == _display_by_unparse(inst), code
+
+
+def test_names_that_fold_to_keywords_are_unsupported_not_a_crash():
+    inst = instrument("def f(x):\n    \uff49f = 1\n    return x\n")
+    assert inst.status == "unsupported" and "re-parse" in inst.reason

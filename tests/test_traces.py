@@ -91,7 +91,7 @@ def test_cli_trace_summary_and_output_rows(tmp_path):
                    json.dumps({"id": "b", "code": "def f(x):\n    return 1 / x\n", "input": "0",
                                "entry_point": "f"}) + "\n")
     out = tmp_path / "out.jsonl"
-    proc = _cli("trace", str(src), "-o", str(out), "--workers", "1", "--summary", str(tmp_path / "s.json"))
+    proc = _cli("trace", str(src), "-o", str(out), "--workers", "1", "--no-track", "--summary", str(tmp_path / "s.json"))
     assert proc.returncode == 0, proc.stderr
     assert "2 programs" in proc.stdout and "programs/s" in proc.stdout
     assert "runtime_error" in proc.stdout
@@ -107,11 +107,11 @@ def test_cli_malformed_input_names_the_line(tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text(json.dumps({"id": "a", "code": "def f(x):\n    return x\n", "input": "1", "entry_point": "f"})
                    + "\n{not json\n")
-    proc = _cli("trace", str(src), "-o", str(tmp_path / "o.jsonl"))
+    proc = _cli("trace", str(src), "-o", str(tmp_path / "o.jsonl"), "--no-track")
     assert proc.returncode == 2
     assert "bad.jsonl:2" in proc.stderr
     assert not (tmp_path / "o.jsonl").exists()
-    proc = _cli("trace", str(src), "-o", str(tmp_path / "o.jsonl"), "--skip-bad")
+    proc = _cli("trace", str(src), "-o", str(tmp_path / "o.jsonl"), "--skip-bad", "--no-track")
     assert proc.returncode == 0, proc.stderr
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
     rejects = (tmp_path / "o.rejects.jsonl").read_text()

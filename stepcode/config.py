@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Section(BaseModel):
@@ -65,10 +65,44 @@ class SynthParams(_Section):
     seed: int = Field(1234, description="synthesizer seed")
 
 
+class TrackingParams(_Section):
+    enabled: bool = Field(True, description="log stages to MLflow (lineage); off for quick experiments")
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow store; env MLFLOW_TRACKING_URI overrides it")
+    experiment: str = Field("stepcode", description="MLflow experiment of every run")
+    artifact_root: str = Field("mlruns", description="artifact folder for a new experiment (relative: to the cwd)")
+
+
+class ValidateParams(_Section):
+    """Bounds of the great-expectations gate over a trace table (stepcode/validation.py). The defaults accept both
+    training data like the paper's (mean 4.1 anchors per ok row, range 1–10) and benchmark traces (CRUXEval: 2.5)."""
+
+    min_ok_share: float = Field(0.5, ge=0, le=1, description="least share of rows with status ok; below it, "
+                                "the tracer or the corpus is broken")
+    max_nondeterministic_share: float = Field(0.05, ge=0, le=1, description="most share of nondeterministic rows")
+    min_mean_anchors: float = Field(1.5, ge=0, description="least mean trace length of ok rows; near 1 means "
+                                    "only return_val anchors, i.e. the instrumenter stopped anchoring assignments")
+    max_mean_anchors: float = Field(8.0, ge=0, description="most mean trace length of ok rows")
+    min_literal_output_share: float = Field(0.95, ge=0, le=1, description="least share of ok rows whose output "
+                                            "is a Python literal (`mostly`); the others are flagged in the "
+                                            "quarantine file, and only fail the gate below this share")
+
+    @field_validator("max_mean_anchors")
+    @classmethod
+    def _ordered(cls, v, info):
+        if v < info.data.get("min_mean_anchors", 0):
+            raise ValueError("max_mean_anchors must be >= min_mean_anchors")
+        return v
+
+
 class Params(_Section):
     sandbox: SandboxParams = SandboxParams()
     trace: TraceParams = TraceParams()
     synth: SynthParams = SynthParams()
+    tracking: TrackingParams = TrackingParams()
+    # `validate` would shadow BaseModel.validate, so the attribute is `validate_`; the YAML key stays `validate`
+    # (and a model_dump() round trip, which writes `validate_`, still loads).
+    validate_: ValidateParams = Field(ValidateParams(), validation_alias=AliasChoices("validate", "validate_"),
+                                      serialization_alias="validate")
 
 
 class ConfigError(ValueError):

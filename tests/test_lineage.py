@@ -66,3 +66,28 @@ def test_a_failing_stage_is_marked_failed(tmp_path, mlflow_store):
             raise RuntimeError("disk on fire")
     run = mlflow.MlflowClient().get_run(mlflow.search_runs(experiment_names=["lineage-fail"]).run_id[0])
     assert run.info.status == "FAILED" and "disk on fire" in run.data.tags["error"]
+
+
+def test_compare_two_runs_table_and_png(tmp_path, mlflow_store):
+    import mlflow
+
+    from stepcode.compare import compare
+
+    mlflow.set_experiment("compare-test")
+    ids = []
+    for lr, final in ((1e-3, 0.4), (1e-4, 0.6)):
+        with mlflow.start_run(run_name=f"lr{lr}") as run:
+            mlflow.log_params({"lr": lr, "seed": 1})
+            for step in range(5):
+                mlflow.log_metric("reward", final * step / 4, step=step)
+            mlflow.log_metric("cruxeval.pass_at_1", final)
+            ids.append(run.info.run_id)
+    c = compare(ids, None, tmp_path / "cmp.png")
+    assert c.params_differing == {"lr": ["0.001", "0.0001"]}          # seed is equal: not shown
+    assert c.metrics["cruxeval.pass_at_1"] == [0.4, 0.6]
+    assert [len(h) for h in c.histories["reward"]] == [5, 5] and "cruxeval.pass_at_1" not in c.histories
+    table = c.table()
+    assert "param lr" in table and "metric reward" in table and "seed" not in table
+    assert (tmp_path / "cmp.png").stat().st_size > 5000
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(ids[0], "comparisons")]
+    assert artifacts == ["comparisons/cmp.png"]

@@ -82,8 +82,9 @@ def plot(comparison: Comparison, out: str | Path, max_panels: int = 12) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    if comparison.histories:
-        axes.flat[0].legend(fontsize=7)
+    curve_axes = [ax for ax, key in zip(axes.flat, keys) if key in comparison.histories]
+    if curve_axes:
+        curve_axes[0].legend(fontsize=7)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

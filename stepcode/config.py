@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -94,6 +95,174 @@ class ValidateParams(_Section):
         return v
 
 
+class EvaluateParams(_Section):
+    """Benchmark evaluation (stepcode/evals). Defaults are the official CRUXEval/LCB protocol."""
+    cruxeval_path: str = Field("../shared/benchmarks/cruxeval/cruxeval.jsonl",
+                               description="CRUXEval JSONL (800 rows); relative paths are relative to the cwd")
+    lcb_path: str = Field("data/benchmarks/lcb_execution.jsonl",
+                          description="JSONL export of HF livecodebench/execution-v2, split test (479 rows); it "
+                                      "cannot be fetched offline, see stepcode/evals/livecodebench.py")
+    n: int = Field(10, ge=1, description="generations per problem (official: 10)")
+    temperatures: tuple[float, ...] = Field((0.2, 0.8), min_length=1,
+                                            description="one run per temperature; pass@1 is read from the first, "
+                                                        "pass@5 from the last (official: 0.2 and 0.8)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (official: 0.95)")
+    max_new_tokens: int = Field(1024, ge=1, description="generated tokens per completion (LCB official: 2000)")
+    stop: tuple[str, ...] = Field(("[/ANSWER]",), description="stop strings of the official prompts; the text is "
+                                                                "cut at the first one")
+    greedy: bool = Field(False, description="paper-style run: one greedy completion per problem (n and "
+                                            "temperatures ignored); labelled greedy, not leaderboard-comparable")
+    cot: bool = Field(False, description="official chain-of-thought prompts instead of the direct ones")
+    check_timeout_s: float = Field(3.0, gt=0, description="per-check limit (official: 3 s)")
+    hash_seed: int = Field(0, ge=0, description="PYTHONHASHSEED of the checks (upstream leaves it random)")
+
+    @field_validator("temperatures", "stop", mode="before")
+    @classmethod
+    def _list_is_a_tuple(cls, v):
+        return tuple(float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v) \
+            if isinstance(v, list) else v
+
+    @field_validator("top_p", "check_timeout_s", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("temperatures")
+    @classmethod
+    def _non_negative(cls, v):
+        if any(t < 0 for t in v):
+            raise ValueError("temperatures must be >= 0")
+        return v
+
+
+class BuildParams(_Section):
+    """The build stage (stepcode/dataset.py): trace rows -> SFT, RL and held-out examples, decontaminated."""
+    input_task: bool = Field(True, description="also emit an input-prediction example per row (besides output)")
+    reasoning: Literal["template", "none"] = Field("template", description="the <reasoning> before each anchor in "
+                                                   "SFT targets: a template sentence naming the variable, or empty")
+    heldout_fraction: float = Field(0.1, ge=0, le=1, description="share of programs (sha256 of the id before any "
+                                                                 "'#') held out of sft/rl for evaluation")
+    benchmarks_dir: str = Field("../shared/benchmarks", description="holds cruxeval/cruxeval.jsonl and "
+                                "reval/DREval_data.jsonl; a relative path is relative to the project root")
+    lcb_path: str | None = Field(None, description="LiveCodeBench-Exec JSONL export (`code` field) to "
+                                 "decontaminate against too; relative to the project root; null = skip it")
+    decontam_n: int = Field(10, ge=1, description="n of the code-token n-grams (stepcode/decontam.py)")
+    decontam_min_coverage: float = Field(0.8, gt=0, le=1, description="a row is dropped when it contains this "
+                                         "share of one benchmark program's n-grams")
+
+    @field_validator("heldout_fraction", "decontam_min_coverage", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, v):  # YAML `0` or `1` is an int; accept it where a float is meant
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class SFTSettings(_Section):
+    """SFT warm start (stepcode/trainer.py run_sft, TRL SFTTrainer with a completion-only loss)."""
+    learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
+    epochs: float = Field(1.0, gt=0, description="passes over data/sft.jsonl (ignored when max_steps > 0)")
+    max_steps: int = Field(-1, description="optimizer steps; -1 = run `epochs` passes")
+    batch_size: int = Field(8, ge=1, description="examples per device per forward pass")
+    grad_accum: int = Field(1, ge=1, description="forward passes per optimizer step")
+    max_length: int = Field(1024, ge=16, description="prompt + completion tokens; longer examples are truncated")
+
+    @field_validator("learning_rate", "epochs", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class GRPOSettings(_Section):
+    """Bi-Level GRPO (stepcode/trainer.py run_grpo, a TRL GRPOTrainer subclass)."""
+    learning_rate: float = Field(1e-6, gt=0, description="peak learning rate (paper: 1e-6)")
+    epochs: float = Field(1.0, gt=0, description="passes over data/rl.jsonl (ignored when max_steps > 0)")
+    max_steps: int = Field(-1, description="optimizer steps; -1 = run `epochs` passes")
+    batch_size: int = Field(8, ge=1, description="completions per device per forward pass; times the number of "
+                                                 "processes it must be a multiple of num_generations")
+    grad_accum: int = Field(1, ge=1, description="forward passes per optimizer step")
+    num_generations: int = Field(8, ge=2, description="G, rollouts per prompt (paper: 5)")
+    max_completion_length: int = Field(512, ge=1, description="generated tokens per rollout; longer are cut")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+    lam: float = Field(0.3, ge=0, description="lambda, weight of the intra-trajectory term (paper: 0.3)")
+    span: Literal["segment", "print"] = Field("segment", description="tokens that carry an anchor's step "
+                                              "advantage: its reasoning+print segment, or the <print> block only")
+    input_reference: Literal["committed", "gold"] = Field(
+        "committed", description="input task: judge the prints against the trace of the committed <input> "
+                                 "(stepcode/rewards.py), or against the original input's gold trace")
+    use_vllm: bool = Field(False, description="generate rollouts with vLLM (GPU only; pip install .[gpu])")
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM in the training processes, "
+                                                     "or a separate `trl vllm-serve` server")
+    reward_workers: int = Field(0, ge=0, description="sandbox slots scoring the rewards; 0 = sandbox.workers")
+
+    @field_validator("learning_rate", "epochs", "temperature", "beta", "lam", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class TrainProfile(_Section):
+    """One named training setup: where it runs and the SFT and GRPO settings."""
+    model: str | None = Field(None, description="model directory used when the command gets no --model")
+    model_size: Literal["micro", "tiny", "0.5b"] = Field("tiny", description="size `stepcode train init-model` "
+                                                         "builds (stepcode/models.py SIZES)")
+    use_cpu: bool = Field(True, description="train on the CPU even if an accelerator is present")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (GPU)")
+    torch_threads: int = Field(1, ge=0, description="torch.set_num_threads per process; 1 is far faster for tiny "
+                                                    "models on a shared CPU (stack.md pitfall 6); 0 = torch default")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory (large models)")
+    seed: int = Field(0, description="seed of data order, initialisation and sampling")
+    logging_steps: int = Field(1, ge=1, description="log metrics every this many optimizer steps")
+    save_steps: int = Field(0, ge=0, description="checkpoint every this many steps; 0 = only the final model")
+    report_to: list[str] = Field(["none"], description="transformers reporters: none, mlflow, tensorboard, ...")
+    sft: SFTSettings = SFTSettings()
+    grpo: GRPOSettings = GRPOSettings()
+
+
+def _default_profiles() -> dict[str, TrainProfile]:
+    # The same three as params.yaml, so a checkout without params.yaml can still train.
+    return {
+        "micro": TrainProfile(model="models/micro", model_size="micro",
+                              sft=SFTSettings(learning_rate=1e-3, max_steps=5, batch_size=4, max_length=512),
+                              grpo=GRPOSettings(learning_rate=1e-3, max_steps=3, batch_size=8, num_generations=4,
+                                                max_completion_length=32)),
+        "tiny-cpu": TrainProfile(model="models/tiny", model_size="tiny",
+                                 sft=SFTSettings(learning_rate=1e-3, max_steps=300, batch_size=8),
+                                 grpo=GRPOSettings(learning_rate=1e-5, max_steps=30, batch_size=8, num_generations=4,
+                                                   max_completion_length=256)),
+        "qwen7b-gpu": TrainProfile(model="models/Qwen2.5-Coder-7B-Instruct", use_cpu=False, bf16=True,
+                                   torch_threads=0, gradient_checkpointing=True, save_steps=500,
+                                   report_to=["mlflow"],
+                                   sft=SFTSettings(learning_rate=1e-5, epochs=2.0, batch_size=4, grad_accum=4,
+                                                   max_length=4096),
+                                   grpo=GRPOSettings(learning_rate=1e-6, epochs=2.0, batch_size=5, grad_accum=4,
+                                                     num_generations=5, max_completion_length=4096,
+                                                     use_vllm=True)),
+    }
+
+
+class TrainParams(_Section):
+    """Training (stepcode/trainer.py): the active profile and the named profiles."""
+    # profiles before profile: pydantic validates in this order, and the name check needs the profiles.
+    profiles: dict[str, TrainProfile] = Field(default_factory=_default_profiles,
+                                              description="name -> settings (micro, tiny-cpu, qwen7b-gpu, ...)")
+    profile: str = Field("tiny-cpu", description="profile used when a command gets no --profile")
+
+    @field_validator("profile")
+    @classmethod
+    def _known(cls, v, info):
+        profiles = info.data.get("profiles")
+        if profiles is not None and v not in profiles:
+            raise ValueError(f"unknown profile {v!r}; defined: {sorted(profiles)}")
+        return v
+
+    def get(self, name: str | None = None) -> TrainProfile:
+        """The profile called `name` (default: `profile`); a clear error for an unknown name."""
+        name = name or self.profile
+        if name not in self.profiles:
+            raise ValueError(f"unknown training profile {name!r}; defined: {sorted(self.profiles)}")
+        return self.profiles[name]
+
+
 class Params(_Section):
     sandbox: SandboxParams = SandboxParams()
     trace: TraceParams = TraceParams()
@@ -103,6 +272,9 @@ class Params(_Section):
     # (and a model_dump() round trip, which writes `validate_`, still loads).
     validate_: ValidateParams = Field(ValidateParams(), validation_alias=AliasChoices("validate", "validate_"),
                                       serialization_alias="validate")
+    evaluate: EvaluateParams = EvaluateParams()
+    build: BuildParams = BuildParams()
+    train: TrainParams = TrainParams()
 
 
 class ConfigError(ValueError):

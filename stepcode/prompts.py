@@ -138,6 +138,11 @@ def input_messages(instrumented_code: str, output: str, entry_point: str = "f") 
             _user_message(instrumented_code, assertion, INPUT_INSTRUCTION)]
 
 
+def _is_label(name: str) -> bool:
+    """An anchor label: a name or an attribute chain (`total`, `self.count`, `obj.attr`; see stepcode/anchors.py)."""
+    return all(part.isidentifier() for part in name.split("."))
+
+
 def default_reasoning(step: int, line: str, n: int) -> str:
     """The template sentence before anchor `step` (1-based) of `n`; names the variable, never its value."""
     if not (isinstance(step, int) and isinstance(n, int) and 1 <= step <= n):
@@ -145,7 +150,7 @@ def default_reasoning(step: int, line: str, n: int) -> str:
     if not isinstance(line, str):
         raise ValueError(f"trace line must be a str, got {type(line).__name__}")
     name, sep, _ = line.lstrip().partition(": ")
-    if not sep or not name.isidentifier():
+    if not sep or not _is_label(name):
         raise ValueError(f"trace line is not 'NAME: VALUE': {line!r}")
     return STEP_REASONING.format(step=step, n=n, name=name)
 

@@ -14,6 +14,8 @@ import builtins
 import io
 import sys
 
+from stepcode.evals import reval_dynamics
+
 
 class OutputLimitExceeded(BaseException):
     """Raised into the program when its own output passes the cap (BaseException: `except Exception` can't eat it)."""
@@ -210,7 +212,8 @@ def run_check(code, limits: dict) -> dict:
     return {"status": "passed", "reason": None}
 
 
-RUNNERS = {"trace": (prepare_trace, run_trace), "check": (prepare_check, run_check)}
+RUNNERS = {"trace": (prepare_trace, run_trace), "check": (prepare_check, run_check),
+           "reval": (reval_dynamics.prepare_reval, reval_dynamics.run_reval)}
 
 # A harmless job per runner that the server runs on itself a few times before forking anything. CPython 3.11
 # specialises bytecode in place as it runs (and bumps counters in the code objects), so a child running cold code

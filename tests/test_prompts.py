@@ -115,8 +115,17 @@ def test_default_reasoning_names_the_variable_not_the_value():
     assert "secret_value" not in sentence
 
 
+@pytest.mark.parametrize("line, name", [("self.count: 3", "self.count"), ("obj.attr.x: [1]", "obj.attr.x"),
+                                        ("_total2: 0", "_total2"), ("return_val: a: b", "return_val")])
+def test_default_reasoning_accepts_attribute_chain_labels(line, name):
+    # The anchors print attribute-chain labels (stepcode/anchors.py rule 1), e.g. `self.count = 0` -> "self.count: 0".
+    assert default_reasoning(1, line, 2) == f"Step 1 of 2: compute {name}."
+
+
 @pytest.mark.parametrize("step, line, n", [(0, "a: 1", 2), (3, "a: 1", 2), (1, "no separator", 1),
-                                           (1, "not a name: 1", 1), (1, ": 1", 1), (1, None, 1)])
+                                           (1, "not a name: 1", 1), (1, ": 1", 1), (1, None, 1),
+                                           (1, "a..b: 1", 1), (1, ".a: 1", 1), (1, "a.: 1", 1), (1, "1a.b: 1", 1),
+                                           (1, "a[0]: 1", 1)])
 def test_default_reasoning_rejects_bad_input(step, line, n):
     with pytest.raises(ValueError):
         default_reasoning(step, line, n)

@@ -115,6 +115,13 @@ class EvaluateParams(_Section):
     cot: bool = Field(False, description="official chain-of-thought prompts instead of the direct ones")
     check_timeout_s: float = Field(3.0, gt=0, description="per-check limit (official: 3 s)")
     hash_seed: int = Field(0, ge=0, description="PYTHONHASHSEED of the checks (upstream leaves it random)")
+    reval_dir: str = Field("../shared/benchmarks/reval", description="holds DREval_data.jsonl and "
+                           "DREval_tasks.jsonl; relative paths are relative to the cwd")
+    reval_cache_dir: str = Field("data/reval", description="REval ground-truth cache: truth-<digest>.jsonl and its "
+                                 ".report.json (excluded pairs with reasons)")
+    reval_python: str = Field("3.11", pattern=r"^3\.\d+$", description="the Python minor version REval truths "
+                              "are pinned to (they differ across 3.10/3.11/3.12); building under another one fails")
+    reval_timeout_s: float = Field(120.0, gt=0, description="limit per traced REval call (upstream: 120 s)")
 
     @field_validator("temperatures", "stop", mode="before")
     @classmethod
@@ -122,7 +129,7 @@ class EvaluateParams(_Section):
         return tuple(float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v) \
             if isinstance(v, list) else v
 
-    @field_validator("top_p", "check_timeout_s", mode="before")
+    @field_validator("top_p", "check_timeout_s", "reval_timeout_s", mode="before")
     @classmethod
     def _int_is_a_float(cls, v):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v

@@ -5,6 +5,8 @@
         ...                                   # the stage's work; outputs' digests are logged when the block ends
         run.log_metrics({"rows": 800})
 
+A stage run nests under the active run, or under the run named by `STEPCODE_PARENT_RUN_ID` (set by the pipeline
+flow, so stages running in task threads or worker processes still nest under the flow's run).
 Embedded default: a sqlite store and an artifact folder inside the project (`tracking:` in params.yaml); a remote
 tracking server is one setting: `MLFLOW_TRACKING_URI` in the environment wins over params. Each run carries tags
 `git.commit`, `git.dirty`, `params.hash`, and `dvc.md5.<role>` for every input and output: the same md5 DVC records
@@ -112,8 +114,12 @@ def stage_run(stage: str, params, *, inputs: dict[str, str] | None = None, outpu
     """An MLflow run for one stage (nested under the active run, if any). Inputs are digested and logged now;
     outputs when the block ends without error. On an exception the run is marked FAILED and the error re-raised."""
     mlflow = configure(params)
-    nested = mlflow.active_run() is not None
-    run = mlflow.start_run(run_name=stage, nested=nested)
+    if mlflow.active_run() is not None:
+        run = mlflow.start_run(run_name=stage, nested=True)
+    elif os.environ.get("STEPCODE_PARENT_RUN_ID"):  # a pipeline run started elsewhere (another thread or process)
+        run = mlflow.start_run(run_name=stage, nested=True, parent_run_id=os.environ["STEPCODE_PARENT_RUN_ID"])
+    else:
+        run = mlflow.start_run(run_name=stage)
     try:
         mlflow.set_tags({"stage": stage, "params.hash": params_hash(params), **git_state(), **(tags or {})})
         if os.environ.get("PREFECT__FLOW_RUN_ID"):

@@ -1,14 +1,58 @@
-"""`stepcode compare` (and the orchestration commands): thin wrappers over stepcode.compare and flows/."""
+"""Orchestration commands: `stepcode pipeline`, `stepcode compare` — thin wrappers over flows/ and stepcode.compare."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 
+def prefect_env(root: Path) -> None:
+    """Embedded defaults for Prefect, set before it is imported: a private home (sqlite DB, results) inside the
+    project, no analytics, and a start-up timeout that a loaded 2-core machine can meet. `PREFECT_API_URL`, when set,
+    points at a real server instead (see README: `prefect server start`)."""
+    home = root / ".prefect"
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home / "results"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
 def register(app: typer.Typer) -> None:
+    @app.command()
+    def pipeline(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
+                 stop_after: Optional[str] = typer.Option(None, "--stop-after",
+                                                          help="end after: trace, validate, build, sft, grpo"),
+                 params_path: Path = typer.Option(Path("params.yaml"), "--params")):
+        """Run the whole flow (trace → validate → build → sft → grpo → evaluate) on embedded defaults."""
+        import json
+        import time
+
+        root = Path.cwd()
+        prefect_env(root)
+        sys.path.insert(0, str(root))
+        from flows.pipeline import run_pipeline
+        from stepcode.validation import GateFailed
+
+        start = time.perf_counter()
+        try:
+            outcome = run_pipeline(profile=profile, params_path=str(params_path), root=str(root),
+                                   stop_after=stop_after)
+        except GateFailed as e:
+            typer.echo(f"pipeline stopped before training: the data gate failed\n{e}", err=True)
+            raise typer.Exit(1)
+        typer.echo(json.dumps(outcome, indent=2, default=str))
+        typer.echo(f"\npipeline finished in {time.perf_counter() - start:.0f} s. Where to look:\n"
+                   f"  mlflow ui --backend-store-uri sqlite:///mlflow.db     # runs, lineage, models\n"
+                   f"  reports/validation/gx/uncommitted/data_docs/local_site/index.html   # the data gate\n"
+                   f"  data/dataset/stats.json, metrics/                      # dataset stats, scores")
+
     @app.command()
     def compare(run_ids: List[str] = typer.Argument(..., help="two or more MLflow run ids"),
                 metric: Optional[List[str]] = typer.Option(None, "--metric", help="metrics to show (default: all)"),

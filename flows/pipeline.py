@@ -1,0 +1,262 @@
+"""The StepCode pipeline as a Prefect flow: trace → validate → build → sft → grpo → evaluate.
+
+    stepcode pipeline --profile tiny-cpu          # the main job (ephemeral Prefect, local MLflow, offline model)
+    python -m flows.pipeline --profile micro      # the same flow, without the CLI
+
+Wiring only: every task calls a stage function of `stepcode.stages` (the same ones the CLI and dvc.yaml call).
+- Tracing fans out over batches of the corpus on a task runner: a process pool here; on a cluster, switch the one
+  line in `task_runner()` to `prefect_dask.DaskTaskRunner(address=...)` or `prefect_ray.RayTaskRunner(address=...)`.
+- Caching is keyed on the DVC md5 of each task's inputs plus the params section it reads plus the code version, and
+  results persist under `.prefect/results`; a re-run skips finished work (finished trace batches too, after a kill)
+  and a changed param re-runs only what depends on it. A cached result is trusted only if the files it names still
+  exist with the md5 it recorded; otherwise the task runs again.
+- Transient failures are retried with backoff; a failed validation gate is not transient and stops the flow before
+  training, with the failed expectations in the message.
+- One parent MLflow run per pipeline run; each stage logs a nested run under it (`STEPCODE_PARENT_RUN_ID`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from stepcode.tracking import dvc_md5  # noqa: E402
+
+
+def task_runner(workers: int):
+    """Where trace batches run. One line to change for a cluster (see the module docstring)."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    return ProcessPoolTaskRunner(max_workers=workers)
+
+
+# The code each cached task depends on: an edit to one of these files re-runs that task (and what follows it).
+TASK_CODE = {
+    "trace-batch": ["anchors.py", "traces.py", "runners.py", "forkserver.py", "sandbox.py", "isolation.py"],
+    "build": ["dataset.py", "decontam.py", "prompts.py"],
+    "sft": ["trainer.py", "models.py"],
+    "grpo": ["trainer.py", "models.py", "rewards.py", "bilevel.py", "prompts.py"],
+    "evaluate": ["evals", "rewards.py", "prompts.py", "anchors.py"],
+}
+
+
+def _code_version(task_name: str) -> str:
+    h = hashlib.md5()
+    for name in TASK_CODE.get(task_name, []):
+        path = ROOT / "stepcode" / name
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            if f.exists():
+                h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _digest_key(context: TaskRunContext, arguments: dict) -> str:
+    """Cache key: the task, the md5 of every input path it gets, its params section, and the code version."""
+    parts = [context.task.name, _code_version(context.task.name)]
+    for name in sorted(arguments):
+        value = arguments[name]
+        if name.endswith(("_in", "_ins")):
+            paths = value if isinstance(value, list) else [value]
+            parts.append(f"{name}={[dvc_md5(p) if Path(p).exists() else 'missing' for p in paths]}")
+        else:
+            parts.append(f"{name}={json.dumps(value, sort_keys=True, default=str)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _outputs_intact(result: dict) -> bool:
+    return all(Path(p).exists() and dvc_md5(p) == md5 for p, md5 in result.get("outputs", {}).items())
+
+
+def _not_a_gate_failure(task, task_run, state) -> bool:
+    """Retry only what may be transient: never a failed validation gate or a bad configuration."""
+    try:
+        state.result()
+    except Exception as e:  # noqa: BLE001
+        from stepcode.config import ConfigError
+        from stepcode.validation import GateFailed
+
+        return not isinstance(e, (GateFailed, ConfigError))
+    return True
+
+
+CACHED = dict(cache_key_fn=_digest_key, persist_result=True, retries=2, retry_delay_seconds=[5, 30],
+              retry_condition_fn=_not_a_gate_failure)
+
+
+def _params(params_json: str):
+    from stepcode.config import parse_params
+
+    return parse_params(json.loads(params_json))
+
+
+@task(name="trace-batch", **CACHED)
+def trace_batch(batch_in: str, out: str, params_json: str) -> dict:
+    from stepcode import stages
+
+    params = _params(params_json)
+    summary = stages.trace(params, batch_in, out, workers=1, progress=False)
+    return {"summary": summary, "outputs": {out: dvc_md5(out)}}
+
+
+@task(name="validate", cache_policy=NO_CACHE, retries=0)
+def validate(traces_in: str, report: str, params_json: str) -> dict:
+    from stepcode import stages
+    from stepcode.validation import require_gate
+
+    result = stages.validate(_params(params_json), traces_in, report)
+    require_gate(result)  # raises GateFailed: the flow stops here, before any training
+    return {"success": True, "rows": result.n_rows}
+
+
+@task(name="build", **CACHED)
+def build(traces_in: str, out_dir: str, params_json: str) -> dict:
+    from stepcode import stages
+
+    stats = stages.build(_params(params_json), traces_in, out_dir)
+    return {"stats": stats, "outputs": {out_dir: dvc_md5(out_dir)}}
+
+
+def _run_cached(t, **kwargs) -> dict:
+    """Run a cached task; if its cached outputs were deleted or changed since, run it again for real."""
+    result = t(**kwargs)
+    if not _outputs_intact(result):
+        result = t.with_options(refresh_cache=True)(**kwargs)
+    return result
+
+
+def _merge(parts: list[str], out: Path) -> None:
+    from stepcode.corpus import read_jsonl, write_jsonl
+
+    write_jsonl(out, (row for p in parts for row in read_jsonl(p)))
+
+
+def _batches(programs: Path, work: Path, size: int) -> list[str]:
+    """Split the corpus into deterministic batch files (rewritten only when their content changes)."""
+    from stepcode.corpus import write_jsonl
+    from stepcode.traces import read_corpus
+
+    rows = read_corpus(programs)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(0, len(rows), size):
+        path = work / f"batch-{k // size:04d}.jsonl"
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[k:k + size])
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            write_jsonl(path, rows[k:k + size])
+        paths.append(str(path))
+    for stale in work.glob("batch-*.jsonl"):
+        if str(stale) not in paths:
+            stale.unlink()
+    return paths
+
+
+def _log_trace_stage(params, programs: Path, traces: Path, batches: int) -> dict:
+    from stepcode.corpus import read_jsonl
+    from stepcode.stages import _tracked
+    from stepcode.traces import summarize
+
+    summary = dict(summarize(read_jsonl(traces)), batches=batches)
+    with _tracked(params, "trace", inputs={"programs": str(programs)}, outputs={"traces": str(traces)}) as mlflow:
+        if mlflow is not None:
+            mlflow.log_metrics({"rows": summary["total"], **{f"status.{k}": v for k, v in summary["by_status"].items()}})
+    return summary
+
+
+@flow(name="stepcode-pipeline", log_prints=True)
+def pipeline(profile: str | None = None, params_path: str = "params.yaml", root: str = ".",
+             stop_after: str | None = None) -> dict:
+    """The whole pipeline on embedded defaults. `stop_after` ends it early (trace, validate, build, sft, grpo)."""
+    from prefect.runtime import flow_run
+
+    from stepcode.config import load_params
+    from stepcode.tracking import configure, git_state, params_hash
+
+    root = Path(root).resolve()
+    os.chdir(root)
+    params = load_params(params_path)
+    if profile:
+        params = params.with_profile(profile) if hasattr(params, "with_profile") else params
+    params_json = json.dumps(params.model_dump(mode="json", by_alias=True))
+    p = params.pipeline if hasattr(params, "pipeline") else None
+    batch_size = getattr(p, "trace_batch_size", 500)
+    outcome: dict = {"profile": profile}
+
+    mlflow = configure(params) if params.tracking.enabled else None
+    parent = mlflow.start_run(run_name="pipeline") if mlflow else None
+    if parent:
+        os.environ["STEPCODE_PARENT_RUN_ID"] = parent.info.run_id
+        mlflow.set_tags({"stage": "pipeline", "prefect.flow_run_id": str(flow_run.id), "params.hash":
+                         params_hash(params), "profile": str(profile), **git_state(root)})
+    try:
+        # trace: fan out over batches, merge in order
+        parts_dir = root / "data" / "work" / "trace-parts"
+        batches = _batches(root / "data" / "raw", root / "data" / "work" / "trace-batches", batch_size)
+        # Batches are not logged one by one: the merged table is logged once, as the trace stage, below.
+        trace_params = json.dumps({**{k: v for k, v in json.loads(params_json).items() if k in ("sandbox", "trace")},
+                                   "tracking": {"enabled": False}}, sort_keys=True)
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        futures = [(b, trace_batch.submit(b, str(parts_dir / Path(b).name), trace_params)) for b in batches]
+        parts = []
+        for b, fut in futures:
+            result = fut.result()
+            if not _outputs_intact(result):
+                result = trace_batch.with_options(refresh_cache=True)(b, str(parts_dir / Path(b).name), trace_params)
+            parts.append(str(parts_dir / Path(b).name))
+        traces = root / "data" / "traces.jsonl"
+        _merge(parts, traces)
+        outcome["trace"] = _log_trace_stage(params, root / "data" / "raw", traces, len(parts))
+        if stop_after == "trace":
+            return outcome
+
+        outcome["validate"] = validate(str(traces), str(root / "reports" / "validation"), params_json)
+        if stop_after == "validate":
+            return outcome
+
+        outcome["build"] = _run_cached(build, traces_in=str(traces), out_dir=str(root / "data" / "dataset"),
+                                       params_json=params_json)["stats"]
+        if stop_after == "build":
+            return outcome
+        return outcome
+    except BaseException as e:
+        if parent:
+            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow.end_run(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            parent = None
+        raise
+    finally:
+        if parent:
+            mlflow.end_run(status="FINISHED")
+        os.environ.pop("STEPCODE_PARENT_RUN_ID", None)
+
+
+def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", root: str = ".",
+                 stop_after: str | None = None) -> dict:
+    """Run the flow with a process pool as wide as the configured sandbox workers."""
+    from stepcode.config import load_params
+
+    workers = load_params(Path(root) / params_path).sandbox.resolved_workers()
+    configured = pipeline.with_options(task_runner=task_runner(workers))
+    return configured(profile=profile, params_path=params_path, root=root, stop_after=stop_after)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Run the StepCode pipeline flow.")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--stop-after", default=None)
+    args = ap.parse_args()
+    print(json.dumps(run_pipeline(profile=args.profile, params_path=args.params, stop_after=args.stop_after),
+                     indent=2, default=str))

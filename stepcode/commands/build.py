@@ -1,0 +1,45 @@
+"""`stepcode build`: trace rows -> sft.jsonl, rl.jsonl, heldout.jsonl, stats.json, decontamination.json.
+
+    stepcode build data/traces.jsonl -o data/build
+    stepcode build data/traces.jsonl -o data/build --heldout-fraction 0.2 --no-input-task
+
+Exit codes: 0 built; 1 built, but no training example came out (sft.jsonl is empty); 2 bad input (a missing or
+malformed file, an invalid row).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def build(traces: Path = typer.Argument(..., help="trace rows (JSONL, from `stepcode trace`)"),
+              out: Path = typer.Option(..., "-o", "--out", help="output directory"),
+              heldout_fraction: Optional[float] = typer.Option(None, "--heldout-fraction",
+                                                               help="share of programs held out (default: params)"),
+              input_task: Optional[bool] = typer.Option(None, "--input-task/--no-input-task",
+                                                        help="also emit input-prediction examples (default: params)"),
+              params_path: Path = typer.Option(Path("params.yaml"), "--params", help="the configuration file")):
+        """Build SFT/RL/held-out examples from trace rows, decontaminated against CRUXEval, REval (and LCB)."""
+        from stepcode.cli import _params
+        from stepcode.dataset import build_dataset
+
+        params = _params(params_path, **{"build.heldout_fraction": heldout_fraction, "build.input_task": input_task})
+        try:
+            stats = build_dataset(traces, out, params)
+        except (ValueError, FileNotFoundError) as e:  # CorpusError is a ValueError
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"{stats['rows_in']} trace rows -> {stats['rows_kept']} kept; "
+                   f"sft {stats['files']['sft']}, rl {stats['files']['rl']}, heldout {stats['files']['heldout']}")
+        typer.echo("rows out: " + json.dumps(stats["rows_out"]))
+        if stats["examples_out"]:
+            typer.echo("examples out: " + json.dumps(stats["examples_out"]))
+        if not stats["files"]["sft"]:
+            typer.echo("error: no training example (sft.jsonl is empty)", err=True)
+            raise typer.Exit(1)

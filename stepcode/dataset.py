@@ -1,0 +1,229 @@
+"""The `build` stage: validated trace rows -> SFT, RL and held-out examples, decontaminated against the benchmarks.
+
+    stepcode build data/traces.jsonl -o data/build                  # the CLI
+    from stepcode.dataset import build_dataset; stats = build_dataset("data/traces.jsonl", "data/build", params)
+
+Writes, in OUT_DIR:
+- `sft.jsonl`: `{"id", "task", "messages": [system, user], "completion": [{"role": "assistant", "content": TARGET}]}`
+  with TARGET from `stepcode.prompts.render_output_completion` / `render_input_completion`. The trainer
+  (stepcode/trainer.py `run_sft`) passes `messages` to TRL as "prompt": TRL's conversational prompt-completion
+  format, which SFTTrainer trains on the completion only. Fed to SFTTrainer as is, a "messages" column would take
+  TRL 1.16's language-modeling path, which never reads "completion".
+- `rl.jsonl`: `{"id", "task", "prompt", "gold_trace", "gold_output", "code", "instrumented_code", "input",
+  "entry_point", "terminal_only", "source"}`; GRPOTrainer reads "prompt", the other columns reach the reward
+  functions as keyword arguments. For the input task the prompt shows gold_output and the answer is an input.
+- `heldout.jsonl`: the held-out programs' examples (both tasks) in the RL format; they never reach sft/rl.
+- `stats.json`, `decontamination.json` (see `stepcode.decontam`).
+
+Routing, in this order (each row out is counted under its reason in stats["rows_out"]):
+1. `status != "ok"` -> "status/<status>"; an ok row with more than `trace.max_lines` lines -> "too_long"; with no
+   line at all -> "no_anchors". Rows with exactly one line are kept with `terminal_only: true` (the paper trains
+   them with the terminal reward only).
+2. A row that copies a benchmark program -> "contaminated".
+3. Per task (output; input unless `build.input_task` is off) the renderers may refuse (ValueError); that example
+   is counted in stats["examples_out"] ("input/no_arguments", "output/tag_in_text", ...), and a row with no
+   example left -> "all_tasks_refused".
+Split: by sha256 of the program key (the id up to any "#": `HumanEval/3#0` and `HumanEval/3#1` are one program
+with two inputs, and must not straddle the split). Output is deterministic: same input, byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("output", "input")
+_OK_ROW_TYPES = {"id": str, "code": str, "input": str, "entry_point": str, "instrumented_code": str,
+                 "trace": list, "output": str}
+
+
+def split_of(id: str, heldout_fraction: float) -> str:
+    """"train" or "heldout" for `id`: the first 8 bytes of sha256(id) as a fraction of 2**64, against the share.
+
+    sha256, not `hash()`: str hashes change with PYTHONHASHSEED, so the split would change between runs.
+    """
+    if not isinstance(id, str):
+        raise ValueError(f"id must be a str, got {type(id).__name__}")
+    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
+            or not 0 <= heldout_fraction <= 1:
+        raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction!r}")
+    position = int.from_bytes(hashlib.sha256(id.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+    return "heldout" if position < heldout_fraction else "train"
+
+
+def program_key(id: str) -> str:
+    """The program an example belongs to: the id up to the first "#" (one program, several inputs)."""
+    return id.split("#", 1)[0]
+
+
+def _project_path(path: str) -> Path:
+    return (PROJECT_ROOT / path).resolve()  # an absolute `path` replaces PROJECT_ROOT
+
+
+def benchmark_paths(build) -> dict[str, Path]:
+    """The benchmark files to decontaminate against, from `params.build`."""
+    root = _project_path(build.benchmarks_dir)
+    paths = {"cruxeval": root / "cruxeval" / "cruxeval.jsonl", "reval": root / "reval" / "DREval_data.jsonl"}
+    if build.lcb_path is not None:
+        paths["livecodebench"] = _project_path(build.lcb_path)
+    return paths
+
+
+def _checked_row(row: dict, where: str) -> dict:
+    """`row` if it is a well-formed trace row; a CorpusError naming `where` and the field if not."""
+    from stepcode.corpus import CorpusError
+
+    if not isinstance(row.get("id"), str) or not isinstance(row.get("status"), str):
+        raise CorpusError(f"{where}: a trace row needs a string 'id' and 'status'")
+    if row["status"] != "ok":
+        return row
+    for field, kind in _OK_ROW_TYPES.items():
+        if not isinstance(row.get(field), kind):
+            raise CorpusError(f"{where} (id {row['id']!r}): field {field!r} must be a {kind.__name__}, "
+                              f"got {type(row.get(field)).__name__}")
+    if not all(isinstance(line, str) for line in row["trace"]):
+        raise CorpusError(f"{where} (id {row['id']!r}): every trace line must be a str")
+    return row
+
+
+def route(row: dict, max_lines: int) -> str | None:
+    """Why a trace row cannot become examples (before decontamination and rendering), or None."""
+    if row["status"] != "ok":
+        return f"status/{row['status']}"
+    if len(row["trace"]) > max_lines:
+        return "too_long"
+    if not row["trace"]:
+        return "no_anchors"
+    return None
+
+
+def _no_reasoning(step: int, line: str, n: int) -> str:
+    return ""
+
+
+def _refusal_kind(task: str, row: dict, error: ValueError) -> str:
+    """A countable name for a renderer's refusal (its message quotes the offending value, which does not count).
+
+    Names use only characters MLflow accepts in metric names: the stage logs the stats as metrics.
+    """
+    message = str(error)
+    if "contains the tag" in message:
+        return f"{task}/tag_in_text"
+    if task == "input" and not row["input"].strip():
+        return "input/no_arguments"
+    if "NAME: VALUE" in message:
+        return f"{task}/bad_anchor_line"
+    log.warning("row %r, %s task: %s", row["id"], task, message)
+    return f"{task}/other"
+
+
+def task_examples(row: dict, task: str, reasoning: str = "template") -> tuple[dict, dict]:
+    """The (SFT, RL) examples of one routed trace row for `task`; ValueError if the renderer refuses the row."""
+    from stepcode import prompts
+
+    reason = prompts.default_reasoning if reasoning == "template" else _no_reasoning
+    code, entry_point = row["instrumented_code"], row["entry_point"]
+    if task == "output":
+        messages = prompts.output_messages(code, row["input"], entry_point)
+        target = prompts.render_output_completion(row["trace"], row["output"], reasoning=reason)
+    elif task == "input":
+        messages = prompts.input_messages(code, row["output"], entry_point)
+        target = prompts.render_input_completion(row["input"], row["trace"], reasoning=reason)
+    else:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    sft = {"id": row["id"], "task": task, "messages": messages,
+           "completion": [{"role": "assistant", "content": target}]}
+    rl = {"id": row["id"], "task": task, "prompt": messages, "gold_trace": row["trace"], "gold_output": row["output"],
+          "code": row["code"], "instrumented_code": code, "input": row["input"], "entry_point": entry_point,
+          "terminal_only": len(row["trace"]) == 1, "source": row.get("source") or "unknown"}
+    return sft, rl
+
+
+def _write_json(path: Path, obj) -> None:
+    """Pretty JSON, atomically (temp file in the same directory, then os.replace), like corpus.write_jsonl."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_dataset(traces_path, out_dir, params) -> dict:
+    """The `build` stage (see the module docstring). `params` is the full `Params`. Returns the stats."""
+    from stepcode.corpus import read_jsonl, write_jsonl
+    from stepcode.decontam import decontaminate
+
+    bp, max_lines = params.build, params.trace.max_lines
+    tasks = TASKS if bp.input_task else ("output",)
+    rows_out: Counter = Counter()
+    routed, seen = [], set()
+    rows = [_checked_row(row, f"{traces_path}: row {k}") for k, row in enumerate(read_jsonl(traces_path), 1)]
+    for row in rows:
+        if row["id"] in seen:
+            raise ValueError(f"{traces_path}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+        reason = route(row, max_lines)
+        if reason:
+            rows_out[reason] += 1
+        else:
+            routed.append(row)
+
+    clean, decontam_report = decontaminate(routed, benchmark_paths(bp), n=bp.decontam_n,
+                                           min_coverage=bp.decontam_min_coverage)
+    rows_out["contaminated"] += decontam_report["dropped"]
+
+    sft, rl, heldout = [], [], []
+    examples_out: Counter = Counter()
+    per_task = {task: Counter() for task in tasks}
+    kept: list[dict] = []
+    splits: Counter = Counter()
+    for row in clean:
+        split = split_of(program_key(row["id"]), bp.heldout_fraction)
+        made = 0
+        for task in tasks:
+            try:
+                sft_row, rl_row = task_examples(row, task, bp.reasoning)
+            except ValueError as e:
+                examples_out[_refusal_kind(task, row, e)] += 1
+                continue
+            made += 1
+            if split == "heldout":
+                heldout.append(rl_row)
+                per_task[task]["heldout"] += 1
+            else:
+                sft.append(sft_row)
+                rl.append(rl_row)
+                per_task[task]["train"] += 1
+        if made:
+            kept.append(row)
+            splits[split] += 1
+        else:
+            rows_out["all_tasks_refused"] += 1
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "sft.jsonl", sft)
+    write_jsonl(out / "rl.jsonl", rl)
+    write_jsonl(out / "heldout.jsonl", heldout)
+    anchors = Counter(len(row["trace"]) for row in kept)
+    stats = {
+        "rows_in": len(rows),
+        "rows_out": dict(sorted(rows_out.items())),
+        "rows_kept": len(kept),
+        "examples_out": dict(sorted(examples_out.items())),
+        "examples": {task: {"train": c["train"], "heldout": c["heldout"]} for task, c in per_task.items()},
+        "anchors": {str(n): anchors[n] for n in range(1, max_lines + 1)},
+        "terminal_only": anchors[1],
+        "split": {"heldout_fraction": bp.heldout_fraction, "train_rows": splits["train"],
+                  "heldout_rows": splits["heldout"]},
+        "files": {"sft": len(sft), "rl": len(rl), "heldout": len(heldout)},
+        "sources": dict(sorted(Counter(row.get("source") or "unknown" for row in kept).items())),
+    }
+    _write_json(out / "decontamination.json", decontam_report)
+    _write_json(out / "stats.json", stats)
+    return stats

@@ -95,12 +95,14 @@ class _Server:
         for name in PRELOAD:
             with contextlib.suppress(ImportError):
                 __import__(name)
-        runners = __import__(cfg["runners_module"], fromlist=["RUNNERS"])
-        self.runners = runners.RUNNERS
-        for name, payload in runners.WARMUP.items():
-            prepare, run = self.runners[name]
-            for _ in range(8):
-                json.dumps({"nonce": "0" * 32, "result": run(prepare(payload), self.limits)})
+        self.runners = {}
+        for module_name in cfg["runners_modules"]:
+            module = __import__(module_name, fromlist=["RUNNERS"])
+            self.runners.update(module.RUNNERS)
+            for name, payload in getattr(module, "WARMUP", {}).items():
+                prepare, run = module.RUNNERS[name]
+                for _ in range(8):
+                    json.dumps({"nonce": "0" * 32, "result": run(prepare(payload), self.limits)})
         os.chdir(self.workdir)
         self._confine_self()
         # Move every object created so far out of the collector's reach: a GC pass in a child would otherwise

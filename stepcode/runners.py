@@ -14,8 +14,6 @@ import builtins
 import io
 import sys
 
-from stepcode.evals import reval_dynamics
-
 
 class OutputLimitExceeded(BaseException):
     """Raised into the program when its own output passes the cap (BaseException: `except Exception` can't eat it)."""
@@ -212,8 +210,9 @@ def run_check(code, limits: dict) -> dict:
     return {"status": "passed", "reason": None}
 
 
-RUNNERS = {"trace": (prepare_trace, run_trace), "check": (prepare_check, run_check),
-           "reval": (reval_dynamics.prepare_reval, reval_dynamics.run_reval)}
+RUNNERS = {"trace": (prepare_trace, run_trace), "check": (prepare_check, run_check)}
+# Other runner modules (e.g. stepcode.evals.reval_dynamics, the "reval" runner) are loaded only by the sandboxes that
+# ask for them (`Sandbox(runners=...)`), so the trace and check servers stay small and their forks cheap.
 
 # A harmless job per runner that the server runs on itself a few times before forking anything. CPython 3.11
 # specialises bytecode in place as it runs (and bumps counters in the code objects), so a child running cold code

@@ -57,7 +57,7 @@ from stepcode.forkserver import _read_frame, _write_frame
 if TYPE_CHECKING:
     from stepcode.config import SandboxParams
 
-RUNNERS_MODULE = "stepcode.runners"
+RUNNERS_MODULES = ("stepcode.runners",)
 SANDBOX_UID_BASE = 61000      # server k runs its children as uid SANDBOX_UID_BASE + k (no such user needs to exist)
 
 T = TypeVar("T")
@@ -132,7 +132,7 @@ class Sandbox:
     """A pool of `workers` slots. Thread-safe: `slot()` hands out one free slot at a time."""
 
     def __init__(self, params: SandboxParams | None = None, *, hash_seeds: Iterable[int] = (0,),
-                 workers: int | None = None, namespaces: bool = True):
+                 workers: int | None = None, namespaces: bool = True, runners: Iterable[str] = RUNNERS_MODULES):
         if params is None:
             from stepcode.config import SandboxParams
             params = SandboxParams()
@@ -154,7 +154,7 @@ class Sandbox:
                     base = os.path.join(self._base, f"s{k}")
                     os.mkdir(base, 0o711)
                     cfg = {"uid": SANDBOX_UID_BASE + k, "base_dir": base, "limits": limits,
-                           "disk_mb": p.disk_mb, "runners_module": RUNNERS_MODULE, "namespaces": namespaces}
+                           "disk_mb": p.disk_mb, "runners_modules": list(runners), "namespaces": namespaces}
                     servers[seed] = _ServerProcess(cfg, seed)
                     servers[seed].start()
                     k += 1

@@ -26,12 +26,12 @@ def register(app: typer.Typer) -> None:
                                                         help="also emit input-prediction examples (default: params)"),
               params_path: Path = typer.Option(Path("params.yaml"), "--params", help="the configuration file")):
         """Build SFT/RL/held-out examples from trace rows, decontaminated against CRUXEval, REval (and LCB)."""
+        from stepcode import stages
         from stepcode.cli import _params
-        from stepcode.dataset import build_dataset
 
         params = _params(params_path, **{"build.heldout_fraction": heldout_fraction, "build.input_task": input_task})
         try:
-            stats = build_dataset(traces, out, params)
+            stats = stages.build(params, traces, out)
         except (ValueError, FileNotFoundError) as e:  # CorpusError is a ValueError
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)

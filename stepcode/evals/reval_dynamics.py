@@ -1,7 +1,7 @@
-"""REval ground truth and answer checks, run *inside* a sandbox child (the "reval" runner of stepcode.runners).
+"""REval ground truth and answer checks, run *inside* a sandbox child (the "reval" runner).
 
     from stepcode.sandbox import Sandbox
-    with Sandbox(hash_seeds=(0,)) as sb:
+    with Sandbox(hash_seeds=(0,), runners=("stepcode.evals.reval_dynamics",)) as sb:
         sb.run("reval", {"mode": "truth", "kind": "humaneval", "code": code, "entry_point": "f", "test": None,
                          "pairs": [{"input": "(3,)", "input_idx": 0, "tasks": [{"lineno": 2, "var": "x"}]}]})
         # -> {"status": "ok", "reason": None, "pairs": [{"status": "ok", "reason": None,
@@ -492,6 +492,7 @@ def _run_output(code, test, payload: dict) -> dict:
         program = _Program(code, test, payload)
     except BaseException as e:  # noqa: BLE001
         return {"status": "load_error", "reason": _describe(e)}
+    signal.setitimer(signal.ITIMER_REAL, payload.get("answer_timeout_s", 3.0))   # upstream has no limit at all
     try:
         if payload["kind"] == "humaneval":
             # upstream: `locals()[fn_name] = fn; exec(ans)` — the answer sees the entry point, not the program's
@@ -505,8 +506,14 @@ def _run_output(code, test, payload: dict) -> dict:
             obj = test_cls()
             obj.setUp()
             obj.dreval_output_pred()
-    except Exception as e:  # noqa: BLE001 — upstream: any Exception fails the answer
+    except PairTimeout:
+        return {"status": "timeout", "reason": "the answer ran out of time"}
+    except BaseException as e:  # noqa: BLE001 — upstream fails any Exception (and would crash on the rest)
         return {"status": "failed", "reason": _describe(e)}
-    except BaseException as e:  # noqa: BLE001 — upstream would crash; a failure is the honest verdict
-        return {"status": "failed", "reason": _describe(e)}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     return {"status": "passed", "reason": None}
+
+
+RUNNERS = {"reval": (prepare_reval, run_reval)}
+WARMUP: dict = {}

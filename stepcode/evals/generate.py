@@ -1,0 +1,248 @@
+"""The `evaluate` stage: generate completions with a local model, extract, score, write generations and metrics.
+
+    stepcode evaluate --model models/run --benchmarks cruxeval,lcb --limit 3 -o eval/
+    from stepcode.evals.generate import evaluate
+    metrics = evaluate("models/run", ["cruxeval"], params, out_dir="eval", limit=3)
+
+Backends: vLLM when it is installed and a GPU is present (import-guarded, never needed here), else transformers on
+CPU (`AutoModelForCausalLM` / `AutoTokenizer` from the local path). A tokenizer with a chat template gets the chat
+messages (system + user, as upstream drives chat models); one without gets the raw prompt as a plain completion
+(as upstream drives base models).
+
+Decoding comes from params.evaluate. Official (leaderboard-comparable): n samples per problem at each temperature
+(0.2 then 0.8), top_p 0.95, stop at "[/ANSWER]"; headline pass@1 is read from the first temperature's run and
+pass@5 from the last one's. `greedy: true` is the paper-style run: one greedy completion per problem, labelled
+"greedy" in every file name, metric key and run.json — not comparable to the leaderboards.
+
+Prompts: "official" (the benchmarks' own, `cot` from params) or "stepcode" (our instrumented task, CRUXEval-O only,
+see stepcode_task.py; stops after "</answer>").
+
+Outputs under DIR:
+    generations/<bench>_<task>_<run>.json       official format {"sample_k": [prediction, ...]} (extracted)
+    generations/<bench>_<task>_<run>.raw.json   the raw completions, same shape
+    scored/<bench>_<task>_<run>.json            official result format (raw_scored_generations, pass_at_1, ...)
+    metrics.json                                flat {key: number} for `dvc metrics`
+    run.json                                    what was run: model, prompt, decoding, params, backend
+where <run> is "t0.2", "t0.8", ... or "greedy".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PROMPTS = ("official", "stepcode")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[dict]      # for a tokenizer with a chat template
+    raw: str                  # for one without: the plain completion prompt
+
+
+@dataclass(frozen=True)
+class Decoding:
+    label: str                # "t0.2", "greedy", ...
+    temperature: float
+    n: int
+
+
+def decodings(ep) -> list[Decoding]:
+    """The runs params.evaluate asks for."""
+    if ep.greedy:
+        return [Decoding("greedy", 0.0, 1)]
+    return [Decoding(f"t{t:g}", t, ep.n) for t in ep.temperatures]
+
+
+def cut_at_stop(text: str, stops: Sequence[str], keep: bool = False) -> str:
+    """Text up to the earliest stop string (included when keep=True): a generator may run past it."""
+    cut = None
+    for s in stops:
+        i = text.find(s)
+        if i >= 0 and (cut is None or i < cut[0]):
+            cut = (i, len(s))
+    if cut is None:
+        return text
+    return text[:cut[0] + (cut[1] if keep else 0)]
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model_path: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path)
+        self.model.eval()
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+
+    def render(self, prompt: Prompt) -> str:
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+        return prompt.raw
+
+    def complete(self, prompt: Prompt, d: Decoding, *, top_p: float, max_new_tokens: int,
+                 stops: Sequence[str], seed: int) -> list[str]:
+        self.torch.manual_seed(seed)   # reproducible sampling per (prompt, run)
+        enc = self.tok(self.render(prompt), return_tensors="pt", add_special_tokens=False)
+        sampling = {"do_sample": True, "temperature": d.temperature, "top_p": top_p} if d.temperature > 0 \
+            else {"do_sample": False}
+        with self.torch.no_grad():
+            out = self.model.generate(**enc, **sampling, max_new_tokens=max_new_tokens, num_return_sequences=d.n,
+                                      stop_strings=list(stops) or None, tokenizer=self.tok,
+                                      pad_token_id=self.tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return self.tok.batch_decode(new, skip_special_tokens=True)
+
+
+class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
+    name = "vllm"
+
+    def __init__(self, model_path: str):
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path)
+        self.tok = self.llm.get_tokenizer()
+
+    def render(self, prompt: Prompt) -> str:
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+        return prompt.raw
+
+    def complete(self, prompt: Prompt, d: Decoding, *, top_p: float, max_new_tokens: int,
+                 stops: Sequence[str], seed: int) -> list[str]:
+        from vllm import SamplingParams
+
+        sp = SamplingParams(n=d.n, temperature=d.temperature, top_p=top_p if d.temperature > 0 else 1.0,
+                            max_tokens=max_new_tokens, stop=list(stops), include_stop_str_in_output=True,
+                            seed=seed)
+        return [o.text for o in self.llm.generate([self.render(prompt)], sp, use_tqdm=False)[0].outputs]
+
+
+def load_backend(model_path: str):
+    """vLLM if importable and a GPU is present, else transformers on CPU."""
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"--model must be a local Hugging Face model folder, got {model_path}")
+    if importlib.util.find_spec("vllm") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return VLLMBackend(model_path)
+    return TransformersBackend(model_path)
+
+
+def _official_jobs(benchmark: str, problems: list[dict], cot: bool):
+    from stepcode.evals import BENCHMARKS, _module
+
+    module = _module(benchmark)
+    for task in BENCHMARKS[benchmark]:
+        if benchmark == "cruxeval":
+            prompts = [Prompt(module.make_messages(p, task, cot), module.make_prompt(p, task, cot)) for p in problems]
+        else:
+            prompts = [Prompt(module.make_messages(p, cot), module.make_prompt(p, cot)) for p in problems]
+        yield task, prompts
+
+
+def _complete_all(backend, prompts: list[Prompt], d: Decoding, ep, stops, keep_stop: bool,
+                  desc: str) -> list[list[str]]:
+    from tqdm import tqdm
+
+    out = []
+    for i, prompt in enumerate(tqdm(prompts, desc=desc, unit="prompt", dynamic_ncols=True)):
+        texts = backend.complete(prompt, d, top_p=ep.top_p, max_new_tokens=ep.max_new_tokens, stops=stops,
+                                 seed=ep.hash_seed * 1_000_003 + i)
+        out.append([cut_at_stop(t, stops, keep=keep_stop) for t in texts])
+    return out
+
+
+def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, limit: int | None = None,
+             prompt: str = "official", backend=None) -> dict:
+    """Generate, extract, score; write the files listed in the module docstring; return the flat metrics."""
+    from stepcode.evals import BENCHMARKS, adapter, extract, load_problems, official, write_json
+    from stepcode.evals.scoring import score
+    from stepcode.sandbox import Sandbox
+
+    if prompt not in PROMPTS:
+        raise ValueError(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
+    for b in benchmarks:
+        if b not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {b!r}; expected some of {sorted(BENCHMARKS)}")
+    if prompt == "stepcode" and set(benchmarks) - {"cruxeval"}:
+        raise ValueError("--prompt stepcode runs on CRUXEval programs only (entry point f); drop lcb")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    ep = params.evaluate
+    out = Path(out_dir)
+    loaded = {b: load_problems(b, params)[:limit] for b in benchmarks}   # fail early: before loading a model
+    backend = backend or load_backend(model_path)
+    runs = decodings(ep)
+    metrics: dict[str, float] = {}
+    with Sandbox(params.sandbox, hash_seeds=(ep.hash_seed,)) as sb:
+        for benchmark, problems in loaded.items():
+            if prompt == "stepcode":
+                metrics.update(_evaluate_stepcode(backend, problems, params, runs, out, sb))
+                continue
+            for task, prompts in _official_jobs(benchmark, problems, ep.cot):
+                key = f"{benchmark}_{task}"
+                for i, d in enumerate(runs):
+                    raw = _complete_all(backend, prompts, d, ep, ep.stop, False, f"{key} {d.label}")
+                    ids = [p["id"] for p in problems]
+                    raw_gens = dict(zip(ids, raw))
+                    gens = {k: [extract(benchmark, task, t, ep.cot) for t in v] for k, v in raw_gens.items()}
+                    result = score(adapter(benchmark, task), problems, gens, samples=ids, sandbox=sb,
+                                   timeout=ep.check_timeout_s)
+                    write_json(out / "generations" / f"{key}_{d.label}.json", gens)
+                    write_json(out / "generations" / f"{key}_{d.label}.raw.json", raw_gens)
+                    write_json(out / "scored" / f"{key}_{d.label}.json", official(result))
+                    metrics[f"{key}_{d.label}_pass_at_1"] = result["pass_at_1"]
+                    if d.n >= 5:
+                        metrics[f"{key}_{d.label}_pass_at_5"] = result["pass_at_5"]
+                    if i == 0:
+                        metrics[f"{key}_pass_at_1"] = result["pass_at_1"]
+                    if i == len(runs) - 1 and d.n >= 5:
+                        metrics[f"{key}_pass_at_5"] = result["pass_at_5"]
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "run.json", {"model": str(model_path), "benchmarks": list(benchmarks), "prompt": prompt,
+                                  "decoding": "greedy" if ep.greedy else "sampled", "limit": limit,
+                                  "backend": getattr(backend, "name", type(backend).__name__),
+                                  "runs": [d.__dict__ for d in runs], "evaluate": ep.model_dump(mode="json")})
+    return metrics
+
+
+def _evaluate_stepcode(backend, problems, params, runs, out: Path, sb) -> dict:
+    from stepcode.evals import official, write_json
+    from stepcode.evals import stepcode_task as st
+    from stepcode.evals.scoring import result_from_verdicts, run_checks
+
+    ep = params.evaluate
+    items, excluded = st.build_items(problems, params)
+    metrics = {"stepcode_cruxeval_output_problems": len(items), "stepcode_cruxeval_output_excluded": excluded}
+    if not items:
+        return metrics
+    prompts = [Prompt(st.messages(it), "\n\n".join(m["content"] for m in st.messages(it))) for it in items]
+    for d in runs:
+        key = f"stepcode_cruxeval_output_{d.label}"
+        raw = _complete_all(backend, prompts, d, ep, [st.STOP], True, key)
+        judged = [[st.judge(it, t) for t in texts] for it, texts in zip(items, raw)]
+        flat = run_checks([prog for row in judged for prog, _ in row], sandbox=sb, timeout=ep.check_timeout_s)
+        verdicts, i = {}, 0
+        for it, row in zip(items, judged):
+            # a program of None here means "failed without running", not "skipped": count it False
+            verdicts[it["id"]] = [v is True for v in flat[i:i + len(row)]]
+            i += len(row)
+        raw_gens = {it["id"]: texts for it, texts in zip(items, raw)}
+        result = result_from_verdicts(raw_gens, verdicts, "false")
+        steps = [s for row in judged for _, s in row]
+        write_json(out / "generations" / f"{key}.raw.json", raw_gens)
+        write_json(out / "scored" / f"{key}.json", official(result))
+        metrics[f"{key}_pass_at_1"] = result["pass_at_1"]
+        metrics[f"{key}_step_accuracy"] = 100.0 * sum(steps) / len(steps)
+    return metrics

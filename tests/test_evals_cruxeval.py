@@ -1,0 +1,229 @@
+"""CRUXEval scoring: pass@k, extraction, skip rules, prompts, a hostile prediction, agreement with the published
+scored files, and the `stepcode score` CLI. Every check runs in the real sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stepcode.evals import cruxeval, official
+from stepcode.evals.passk import mean_pass_at_k, pass_at_k
+from stepcode.evals.scoring import combine, result_from_verdicts, score
+
+SHARED = Path(__file__).parents[2] / "shared"
+DATA = SHARED / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
+PUBLISHED = SHARED / "reference-generations" / "cruxeval" / "evaluation_results"
+needs_shared = pytest.mark.skipif(not DATA.exists(), reason="shared/ benchmark data not present")
+
+PROBLEM = {"id": "sample_0", "code": "def f(x):\n    return x + 1", "input": "1", "output": "2"}
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from stepcode.sandbox import Sandbox
+
+    with Sandbox(hash_seeds=(0,)) as sb:
+        yield sb
+
+
+# --- pass@k ------------------------------------------------------------------------------------------------------
+
+def test_pass_at_k_matches_hand_computed_values():
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)        # 1 - C(7,5)/C(10,5)
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(10, 6, 5) == 1.0                                  # n - c < k
+    assert pass_at_k(3, 0, 5) == 1.0                                   # upstream quirk: n < k gives 1.0
+    assert pass_at_k(1000, 1, 1) == pytest.approx(0.001)
+    assert pass_at_k(2000, 1000, 100) == pytest.approx(1.0)            # large n: no overflow
+    assert mean_pass_at_k([[True, False], [False, False]], 1) == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize("n, c, k", [(0, 0, 1), (5, 6, 1), (5, -1, 1), (5, 1, 0)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+# --- extraction and skip rules -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, cot, expected", [
+    ("assert f(17) == 17\n", False, "17"),
+    ("assert f('a') == 'ab' == 'c'", False, "'ab'"),                      # only between the 1st and 2nd ==
+    ("17", False, "17"),
+    ("assert f(1) == 2\n[/ANSWER]\nassert f(3) == 4", False, "2"),      # cut at the stop string
+    ("f is called; x == 1 so...\n[/THOUGHT]\n[ANSWER]\nassert f(1) == [1, 2]\n", True, "[1, 2]"),
+    ("no answer tag, x == 3 here", True, "3 here"),
+])
+def test_output_extraction(text, cot, expected):
+    assert cruxeval.extract(text, "output", cot) == expected
+
+
+@pytest.mark.parametrize("text, cot, expected", [
+    ("assert f([1, 2]) == 3", False, "f([1, 2])"),
+    ("assert f('x') == 'y'\n", False, "f('x')"),
+    ("[THOUGHT]\nwe need f(??) == 17\n[/THOUGHT]\n[ANSWER]\nassert f(16) == 17\n", True, "f(16)"),
+    ("I cannot tell", False, "I cannot tell"),
+])
+def test_input_extraction(text, cot, expected):
+    assert cruxeval.extract(text, "input", cot) == expected
+
+
+def test_copied_input_rule():
+    assert cruxeval.check_program(PROBLEM, "f(1)", "output") is None            # repeats the call
+    assert cruxeval.check_program(PROBLEM, "2", "input") is None                # not a call
+    assert cruxeval.check_program(PROBLEM, "2", "output") == "def f(x):\n    return x + 1\nassert 2 == 2"
+    assert cruxeval.check_program(PROBLEM, "f(1)", "input") == "def f(x):\n    return x + 1\nassert 2 == f(1)"
+
+
+def test_skip_rules_combine_as_documented():
+    assert combine([None, False, True], "drop") == [False, True]
+    assert combine([None, False, False], "drop") == [False, False, False]   # no True: padded to full length
+    assert combine([None, False, True], "false") == [False, False, True]
+    assert combine([None, False], "lcb") == [False]                          # lcb pads only when all dropped
+    assert combine([None, None], "lcb") == [False, False]
+    with pytest.raises(ValueError, match="skip rule"):
+        combine([True], "keep")
+
+
+# --- prompts -----------------------------------------------------------------------------------------------------
+
+def test_prompts_end_with_the_official_slots():
+    p = {"code": "def f(d):\n    return {k: v for k, v in d.items()}  # {input}", "input": "{'a': 1}", "output": "{'a': 1}"}
+    out = cruxeval.make_prompt(p, "output")
+    assert out.startswith("You are given a Python function and an assertion containing an input to the function.")
+    assert out.endswith(f"[PYTHON]\n{p['code']}\nassert f({{'a': 1}}) == ??\n[/PYTHON]\n[ANSWER]\n")
+    assert out.count("[PYTHON]") == 3 and "assert f(\"x9j\") == \"x9ja\"" in out
+    assert cruxeval.make_prompt(p, "output", cot=True).endswith("== ??\n[/PYTHON]\n[THOUGHT]\n")
+    inp = cruxeval.make_prompt(p, "input")
+    assert inp.startswith("You will be given a function f and an output in the form f(??) == output.")
+    assert inp.endswith(f"{p['code']}\nassert f(??) == {{'a': 1}}\n[/PYTHON]\n[ANSWER]\n")
+    cot_in = cruxeval.make_prompt(p, "input", cot=True)
+    assert "We know that f(??) == 17. \n\nSince" in cot_in and cot_in.endswith("[/PYTHON]\n[THOUGHT]\n")
+    assert cruxeval.make_messages(p, "output")[0]["content"] == cruxeval.SYSTEM_MESSAGE
+
+
+# --- execution ---------------------------------------------------------------------------------------------------
+
+def test_checks_use_value_equality_and_fail_on_errors(sandbox):
+    gens = {"sample_0": ["2", "2.0", "True + 1", "3", "1 / 0", "'2'", "f(1)"]}
+    result = score(cruxeval.adapter("output"), [PROBLEM], gens, sandbox=sandbox)
+    assert result["verdicts"]["sample_0"] == [True, True, True, False, False, False, None]
+    assert result["raw_scored_generations"]["sample_0"] == [True, True, True, False, False, False]
+    assert result["pass_at_1"] == pytest.approx(50.0)
+
+
+def test_malicious_prediction_is_false_and_leaves_no_file(sandbox, tmp_path):
+    target = tmp_path / "X"
+    for task, pred in (("output", f"3 or __import__('os').system('touch {target}')"),
+                       ("input", f"f(5) == 2 or __import__('os').system('touch {target}')")):
+        result = score(cruxeval.adapter(task), [PROBLEM], {"sample_0": [pred]}, sandbox=sandbox)
+        assert result["raw_scored_generations"]["sample_0"] == [False]
+    assert not target.exists()
+
+
+# --- agreement with the published scored files -------------------------------------------------------------------
+
+# file -> skip rule its README row says it was scored with; expected per-sample disagreements under each rule
+AGREEMENT = {
+    "gpt-4-0613_temp0.2_input.json": ("drop", {"sample_664"}),                 # hash-seed dependent sample
+    "codellama-7b_temp0.8_output.json": ("false", set()),
+    "gpt-4o+cot_temp0.2_input.json": ("drop", set()),
+    "gpt-4o+cot_temp0.2_output.json": ("drop", set()),                        # drop rule only (n = 3)
+}
+
+
+@needs_shared
+@pytest.mark.slow
+def test_published_files_agree_generation_by_generation(sandbox):
+    from stepcode.sandbox import Sandbox
+
+    problems = cruxeval.load_problems(DATA)
+    for name, (rule, expected_diff) in AGREEMENT.items():
+        published = json.loads((PUBLISHED / name).read_text())
+        task = "input" if name.endswith("_input.json") else "output"
+        ours = score(cruxeval.adapter(task), problems, published["raw_generations"], skip_rule=rule, sandbox=sandbox)
+        diff = {k for k, v in ours["raw_scored_generations"].items() if v != published["raw_scored_generations"][k]}
+        assert diff == expected_diff, name
+        if not expected_diff:
+            assert ours["pass_at_1"] == pytest.approx(published["pass_at_1"], abs=1e-9), name
+            assert ours["pass_at_5"] == pytest.approx(published["pass_at_5"], abs=1e-9), name
+        if name.startswith("codellama-7b_temp0.8"):   # README: the current drop rule disagrees on 11 samples
+            dropped = result_from_verdicts(ours["raw_generations"], ours["verdicts"], "drop")
+            assert sum(v != published["raw_scored_generations"][k]
+                       for k, v in dropped["raw_scored_generations"].items()) == 11
+    # sample 664 of the gpt-4 file: the prediction f({"3", "4"}) iterates a set of strings, so the verdict depends on
+    # PYTHONHASHSEED; the README found it correct under seeds 5 and 6 only, and the published file says correct.
+    published = json.loads((PUBLISHED / "gpt-4-0613_temp0.2_input.json").read_text())
+    gens = {"sample_664": published["raw_generations"]["sample_664"]}
+    with Sandbox(hash_seeds=(5,), workers=1) as seed5:
+        again = score(cruxeval.adapter("input"), problems, gens, samples=["sample_664"], sandbox=seed5)
+    assert again["raw_scored_generations"]["sample_664"] == published["raw_scored_generations"]["sample_664"]
+
+
+# --- the CLI -----------------------------------------------------------------------------------------------------
+
+@needs_shared
+def test_score_cli_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from stepcode.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"evaluate:\n  cruxeval_path: {DATA}\n")
+    problems = {p["id"]: p for p in cruxeval.load_problems(DATA)}
+    gold0, gold1 = problems["sample_0"]["output"], problems["sample_1"]["output"]
+    gens = {"sample_0": [gold0, "None", gold0, "0", "0"], "sample_1": [f"f({problems['sample_1']['input']})", gold1]}
+    path = tmp_path / "gens.json"
+    path.write_text(json.dumps(gens))
+    out = tmp_path / "scored.json"
+    runner = CliRunner()
+    r = runner.invoke(app, ["score", "--benchmark", "cruxeval", "--task", "output", str(path), "-o", str(out),
+                            "--samples", "sample_0,sample_1", "--params", str(params)])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert list(result) == ["raw_generations", "raw_scored_generations", "pass_at_1", "pass_at_5"]
+    assert result["raw_scored_generations"] == {"sample_0": [True, False, True, False, False], "sample_1": [True]}
+    assert result["pass_at_1"] == pytest.approx(100 * (2 / 5 + 1) / 2)
+    assert result["pass_at_5"] == pytest.approx(100.0)
+    assert "pass@1: 70.00" in r.output
+    # the older rule keeps the copied-input generation as False
+    r = runner.invoke(app, ["score", "--benchmark", "cruxeval", "--task", "output", str(path), "-o", str(out),
+                            "--samples", "sample_0,sample_1", "--skip-rule", "false", "--params", str(params)])
+    assert r.exit_code == 0 and json.loads(out.read_text())["raw_scored_generations"]["sample_1"] == [False, True]
+    # raw model text is extracted only when asked
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({"sample_0": [f"assert f(x) == {gold0}\n[/ANSWER]"]}))
+    r = runner.invoke(app, ["score", "--benchmark", "cruxeval", "--task", "output", str(raw), "-o", str(out),
+                            "--samples", "sample_0", "--extract", "direct", "--params", str(params)])
+    assert r.exit_code == 0 and json.loads(out.read_text())["raw_generations"]["sample_0"] == [gold0]
+    # a partial file without --samples is an error, not a score of a different benchmark
+    r = runner.invoke(app, ["score", "--benchmark", "cruxeval", "--task", "output", str(path), "--params", str(params)])
+    assert r.exit_code == 2 and "no generations for 798" in r.output
+
+
+def test_official_keeps_only_the_official_keys():
+    result = result_from_verdicts({"sample_0": ["1"]}, {"sample_0": [True]}, "drop")
+    assert list(official(result)) == ["raw_generations", "raw_scored_generations", "pass_at_1", "pass_at_5"]
+
+
+# --- StepCode's own task (pure judging) ---------------------------------------------------------------------------
+
+def test_stepcode_judge_scores_the_answer_and_the_steps_separately():
+    from stepcode.evals.stepcode_task import judge, step_accuracy
+
+    item = {"id": "sample_0", "code": "def f(x):\n    return x + 1", "input": "1", "gold_output": "2",
+            "trace": ["y: 2", "return_val: 2"]}
+    text = ("<reasoning>a</reasoning><print> y: 2 </print><reasoning>b</reasoning><print>return_val: 3</print>"
+            "<reasoning>c</reasoning><answer>2</answer>")
+    assert judge(item, text) == ("def f(x):\n    return x + 1\nassert 2 == (\n2\n)\n", 0.5)
+    assert judge(item, "<reasoning>c</reasoning><answer>f(1)</answer>") == (None, 0.0)     # echo guard
+    assert judge(item, "<reasoning>c</reasoning><answer>2) or (True</answer>") == (None, 0.0)   # not one expression
+    assert judge(item, "<print>y: 2</print> no answer") == (None, 0.5)
+    assert step_accuracy(["a", "b"], ["a"]) == 0.5                  # a missing print counts 0
+    assert step_accuracy(["a"], ["a", "b", "c"]) == 1.0             # extra prints are ignored
+    assert step_accuracy(["a", "b"], ["b", "a"]) == 0.0             # position by position
+    with pytest.raises(ValueError):
+        step_accuracy([], ["a"])

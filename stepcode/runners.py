@@ -151,6 +151,9 @@ class _GuardedModule:
     def __getattr__(self, attr):
         if attr in self.__patched:
             return self.__patched[attr]
+        if attr.startswith("__"):  # the import system probes __spec__ & co.: we are not a real module
+            raise AttributeError(attr)
+        del sys.modules[self.__name]   # so that the import below loads the real module, not us again
         module = __import__(self.__name)
         for k, v in self.__patched.items():
             setattr(module, k, v)

@@ -50,6 +50,17 @@ def test_malicious_predictions_are_contained_and_fail(sandbox, prediction):
     assert result["status"] != "passed", result
 
 
+def test_guarded_modules_fail_fast_like_the_official_guard(sandbox):
+    """subprocess.Popen is None under the guard: using subprocess fails at once (TypeError), it does not hang."""
+    for program in ("import subprocess\nassert 1 == subprocess.run(['true'])\n",
+                    "assert 1 == __import__('subprocess').Popen(['true'])\n",
+                    "import shutil\nassert shutil.rmtree('x')\n"):
+        r = check(sandbox, program)
+        assert r["status"] == "failed" and "NoneType" in r["reason"], r
+    r = check(sandbox, "import shutil\nassert shutil.which('definitely-not-a-command') is None\n")
+    assert r["status"] == "passed", r
+
+
 def test_guard_matches_the_official_harness_semantics(sandbox):
     """What the official guard leaves alone still works: the verdict is about the values, not the guard."""
     prog = "import math, re\ndef f(s):\n    return re.sub('a', 'b', s) + str(math.floor(2.5))\nassert f('aa') == 'bb2'\n"

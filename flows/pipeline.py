@@ -127,6 +127,49 @@ def build(traces_in: str, out_dir: str, params_json: str) -> dict:
     return {"stats": stats, "outputs": {out_dir: dvc_md5(out_dir)}}
 
 
+@task(name="init-model", **CACHED)
+def init_model(corpus_in: str, out: str, profile: str, params_json: str) -> dict:
+    from stepcode import stages
+
+    stages.init_model(_params(params_json), profile, corpus_in, out)
+    return {"outputs": {out: dvc_md5(out)}}
+
+
+@task(name="sft", **CACHED)
+def sft(model_in: str, data_in: str, out: str, profile: str, params_json: str) -> dict:
+    from stepcode import stages
+
+    summary = stages.sft(_params(params_json), profile, model_in, data_in, out)
+    return {"summary": summary, "outputs": {out: dvc_md5(out)}}
+
+
+@task(name="grpo", **CACHED)
+def grpo(model_in: str, data_in: str, out: str, profile: str, mode: str, params_json: str) -> dict:
+    from stepcode import stages
+
+    summary = stages.grpo(_params(params_json), profile, model_in, data_in, out, mode)
+    return {"summary": summary, "outputs": {out: dvc_md5(out)}}
+
+
+@task(name="evaluate", **CACHED)
+def evaluate(model_in: str, heldout_in: str, out: str, params_json: str) -> dict:
+    from stepcode import stages
+
+    params = _params(params_json)
+    p = params.pipeline
+    metrics = stages.evaluate(params, model_in, out, heldout=heldout_in, benchmarks=p.eval_benchmarks,
+                              prompt=p.eval_prompt, limit=p.eval_limit, heldout_limit=p.heldout_limit)
+    return {"metrics": metrics, "outputs": {f"{out}/metrics.json": dvc_md5(f"{out}/metrics.json")}}
+
+
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+def register(model_dir: str, metrics: dict, params_json: str) -> dict:
+    from stepcode import stages
+
+    version = stages.register(_params(params_json), model_dir, metrics)
+    return {"name": version.name, "version": version.version, "run_id": version.run_id}
+
+
 def _run_cached(t, **kwargs) -> dict:
     """Run a cached task; if its cached outputs were deleted or changed since, run it again for real."""
     result = t(**kwargs)
@@ -227,6 +270,35 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
                                        params_json=params_json)["stats"]
         if stop_after == "build":
             return outcome
+
+        profile = profile or params.train.profile
+        prof = params.train.get(profile)
+        dataset = root / "data" / "dataset"
+        models = root / "models" / profile
+        base = Path(prof.model) if prof.model else None
+        if base is None or not (root / base / "config.json").exists():
+            if prof.model_size not in ("micro", "tiny"):
+                raise FileNotFoundError(f"profile {profile!r} needs a local model at {prof.model!r}")
+            base = models / "base"
+            _run_cached(init_model, corpus_in=str(traces), out=str(base), profile=profile, params_json=params_json)
+        sft_out = models / "sft"
+        outcome["sft"] = _run_cached(sft, model_in=str(base), data_in=str(dataset / "sft.jsonl"), out=str(sft_out),
+                                     profile=profile, params_json=params_json)["summary"]
+        if stop_after == "sft":
+            return outcome
+        mode = params.pipeline.grpo_mode
+        grpo_out = models / f"grpo-{mode}"
+        outcome["grpo"] = _run_cached(grpo, model_in=str(sft_out), data_in=str(dataset / "rl.jsonl"),
+                                      out=str(grpo_out), profile=profile, mode=mode,
+                                      params_json=params_json)["summary"]
+        if stop_after == "grpo":
+            return outcome
+        metrics = _run_cached(evaluate, model_in=str(grpo_out), heldout_in=str(dataset / "heldout.jsonl"),
+                              out=str(root / "metrics" / f"eval-{profile}"), params_json=params_json)["metrics"]
+        outcome["evaluate"] = metrics
+        if parent:
+            outcome["model"] = register(str(grpo_out), metrics, params_json)
+            outcome["mlflow_run_id"] = parent.info.run_id
         return outcome
     except BaseException as e:
         if parent:

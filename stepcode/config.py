@@ -270,11 +270,39 @@ class TrainParams(_Section):
         return self.profiles[name]
 
 
+class PipelineParams(_Section):
+    """The Prefect flows (flows/pipeline.py, flows/retrain.py)."""
+    trace_batch_size: int = Field(500, ge=1, description="programs per trace task (the fan-out unit)")
+    grpo_mode: str = Field("bilevel", description="bilevel | step | terminal")
+    eval_benchmarks: tuple[str, ...] = Field(("cruxeval",), description="benchmarks the evaluate stage scores")
+    eval_prompt: str = Field("stepcode", description="official | stepcode (our instrumented task)")
+    eval_limit: int | None = Field(20, ge=1, description="benchmark problems evaluated (null: all)")
+    heldout_limit: int | None = Field(60, ge=1, description="held-out rows evaluated (null: all)")
+    model_name: str = Field("stepcode", description="registered model name in the MLflow registry")
+    promote_metrics: tuple[str, ...] = Field(("heldout.final_acc", "heldout.step_acc"),
+                                             description="a candidate must be no worse on all, better on one")
+    min_improvement: float = Field(0.0, ge=0, description="the least gain that counts as better")
+    schedule_cron: str = Field("0 3 * * 1", description="when `stepcode schedule` retrains (cron, UTC)")
+
+    @field_validator("eval_benchmarks", "promote_metrics", mode="before")
+    @classmethod
+    def _list_is_a_tuple(cls, v):
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("grpo_mode")
+    @classmethod
+    def _known_mode(cls, v):
+        if v not in ("bilevel", "step", "terminal"):
+            raise ValueError(f"unknown mode {v!r}: bilevel, step or terminal")
+        return v
+
+
 class Params(_Section):
     sandbox: SandboxParams = SandboxParams()
     trace: TraceParams = TraceParams()
     synth: SynthParams = SynthParams()
     tracking: TrackingParams = TrackingParams()
+    pipeline: PipelineParams = PipelineParams()
     # `validate` would shadow BaseModel.validate, so the attribute is `validate_`; the YAML key stays `validate`
     # (and a model_dump() round trip, which writes `validate_`, still loads).
     validate_: ValidateParams = Field(ValidateParams(), validation_alias=AliasChoices("validate", "validate_"),

@@ -76,3 +76,108 @@ def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(v, dict):
             out.update(_numbers(v, key + "."))
     return out
+
+
+# --- training and evaluation ------------------------------------------------------------------------------------
+
+def _profile(params, name: str | None, track: bool):
+    """The named training profile; when tracking, its reporters include MLflow (so the trainer's step metrics land
+    in the stage's run: transformers' MLflow callback logs into the active run)."""
+    profile = params.train.get(name)
+    if track and "mlflow" not in profile.report_to:
+        profile = profile.model_copy(update={"report_to": tuple(r for r in profile.report_to if r != "none")
+                                             + ("mlflow",)})
+    return profile
+
+
+def init_model(params, profile_name: str | None, corpus: str | Path, out: str | Path) -> Path:
+    """Build the embedded tiny model (tokenizer trained on the corpus) for profiles that name a tiny size."""
+    from stepcode.corpus import read_jsonl
+    from stepcode.models import build_tiny_model, corpus_texts
+
+    profile = params.train.get(profile_name)
+    with _tracked(params, "init-model", inputs={"corpus": str(corpus)},
+                  stage_params={"size": profile.model_size, "seed": profile.seed}):
+        return build_tiny_model(out, corpus_texts(read_jsonl(corpus)), size=profile.model_size, seed=profile.seed)
+
+
+def sft(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path) -> dict:
+    from stepcode.trainer import run_sft
+
+    track = params.tracking.enabled
+    profile = _profile(params, profile_name, track)
+    with _tracked(params, "sft", inputs={"sft_data": str(data)}, outputs={"model": str(out)},
+                  stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
+                                **{f"sft.{k}": v for k, v in profile.sft.model_dump().items()}}) as mlflow:
+        summary = run_sft(model, data, out, profile, run_name="sft")
+        if mlflow is not None:
+            mlflow.log_metrics({"train_seconds": summary["seconds"], "steps": summary["steps"]})
+    return summary
+
+
+def grpo(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path,
+         mode: str = "bilevel") -> dict:
+    from stepcode.trainer import run_grpo
+
+    track = params.tracking.enabled
+    profile = _profile(params, profile_name, track)
+    with _tracked(params, "grpo", inputs={"rl_data": str(data)}, outputs={"model": str(out)},
+                  stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
+                                "mode": mode, **{f"grpo.{k}": v for k, v in profile.grpo.model_dump().items()}},
+                  tags={"mode": mode}) as mlflow:
+        summary = run_grpo(model, data, out, profile, mode=mode, params=params, run_name=f"grpo-{mode}")
+        if mlflow is not None:
+            mlflow.log_metrics({"train_seconds": summary["seconds"], "steps": summary["steps"]})
+    return summary
+
+
+def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | Path | None = None,
+             benchmarks: tuple[str, ...] = (), prompt: str = "stepcode", limit: int | None = None,
+             heldout_limit: int | None = None) -> dict:
+    """Held-out (in-distribution, StepCode format, greedy) and benchmark scores; metrics JSON for `dvc metrics`,
+    per-row tables and generations in MLflow."""
+    import json
+
+    from stepcode.evals.generate import evaluate as evaluate_benchmarks
+    from stepcode.evals.generate import load_backend
+    from stepcode.evals.heldout import evaluate_heldout
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = {"heldout": str(heldout)} if heldout else {}
+    with _tracked(params, "evaluate", inputs=inputs, stage_params={"model": str(model), "benchmarks":
+                  ",".join(benchmarks), "prompt": prompt, "limit": limit, "heldout_limit": heldout_limit,
+                  **_flat("evaluate", params.evaluate)}) as mlflow:
+        backend = load_backend(str(model))
+        metrics: dict[str, float] = {}
+        records: list[dict] = []
+        if heldout:
+            m, records = evaluate_heldout(str(model), heldout, params, limit=heldout_limit, backend=backend)
+            metrics.update(m)
+        if benchmarks:
+            bench = evaluate_benchmarks(str(model), list(benchmarks), params, out_dir=out_dir, limit=limit,
+                                        prompt=prompt, backend=backend)
+            metrics.update({k: float(v) for k, v in bench.items() if isinstance(v, (int, float))})
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        if mlflow is not None:
+            mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()})
+            if records:
+                mlflow.log_table({k: [r[k] for r in records] for k in records[0]}, "heldout_predictions.json")
+            mlflow.log_artifacts(str(out_dir), "evaluation")
+    return metrics
+
+
+def register(params, model_dir: str | Path, metrics: dict[str, float], name: str | None = None):
+    """Register the trained model as a new version (linked to the run that registers it) with its metrics."""
+    import mlflow
+
+    from stepcode.registry import register_model
+
+    name = name or params.pipeline.model_name
+    with _tracked(params, "register", stage_params={"model_name": name}) as run_mlflow:
+        run_id = run_mlflow.active_run().info.run_id if run_mlflow is not None else None
+        if run_id is None:
+            raise RuntimeError("registering a model needs tracking enabled (params: tracking.enabled)")
+        version = register_model(str(model_dir), name, run_id, metrics)
+        mlflow.set_tag("model_version", version.version)
+    return version

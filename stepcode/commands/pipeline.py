@@ -54,6 +54,36 @@ def register(app: typer.Typer) -> None:
                    f"  data/dataset/stats.json, metrics/                      # dataset stats, scores")
 
     @app.command()
+    def retrain(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
+                params_path: Path = typer.Option(Path("params.yaml"), "--params")):
+        """Run one retraining now: pipeline → candidate version → promote only if it beats the champion."""
+        import json
+
+        root = Path.cwd()
+        prefect_env(root)
+        sys.path.insert(0, str(root))
+        from flows.retrain import retrain as retrain_flow
+
+        outcome = retrain_flow(profile=profile, params_path=str(params_path), root=str(root))
+        typer.echo(json.dumps(outcome.get("promotion"), indent=2, default=str))
+
+    @app.command()
+    def schedule(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
+                 params_path: Path = typer.Option(Path("params.yaml"), "--params")):
+        """Serve the scheduled retraining deployment (cron: params pipeline.schedule_cron). Needs a Prefect server:
+        run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api first."""
+        root = Path.cwd()
+        if not os.environ.get("PREFECT_API_URL"):
+            typer.echo("error: schedules need a Prefect server. In another terminal run `prefect server start`, then\n"
+                       "  PREFECT_API_URL=http://127.0.0.1:4200/api stepcode schedule", err=True)
+            raise typer.Exit(2)
+        prefect_env(root)
+        sys.path.insert(0, str(root))
+        from flows.retrain import serve
+
+        serve(profile=profile, params_path=str(params_path), root=str(root))
+
+    @app.command()
     def compare(run_ids: List[str] = typer.Argument(..., help="two or more MLflow run ids"),
                 metric: Optional[List[str]] = typer.Option(None, "--metric", help="metrics to show (default: all)"),
                 out: Path = typer.Option(Path("reports/compare.png"), "--out", help="where to write the PNG"),

@@ -17,6 +17,7 @@ Wiring only: every task calls a stage function of `stepcode.stages` (the same on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,14 +62,38 @@ def _code_version(task_name: str) -> str:
     return h.hexdigest()[:12]
 
 
+# The params each cached task reads: only a change there (or in its inputs or code) re-runs it.
+TASK_PARAMS = {
+    "trace-batch": ("sandbox", "trace"),
+    "build": ("build", "trace"),
+    "init-model": ("train",),
+    "sft": ("train",),
+    "grpo": ("train", "sandbox", "trace"),
+    "evaluate": ("evaluate", "sandbox", "trace", "pipeline.eval_greedy", "pipeline.eval_benchmarks",
+                 "pipeline.eval_prompt", "pipeline.eval_limit", "pipeline.heldout_limit"),
+}
+
+
+def _relevant(task_name: str, params_json: str) -> str:
+    full = json.loads(params_json)
+    picked = {}
+    for key in TASK_PARAMS.get(task_name, tuple(full)):
+        section, _, field = key.partition(".")
+        if section in full:
+            picked[key] = full[section].get(field) if field else full[section]
+    return json.dumps(picked, sort_keys=True)
+
+
 def _digest_key(context: TaskRunContext, arguments: dict) -> str:
-    """Cache key: the task, the md5 of every input path it gets, its params section, and the code version."""
+    """Cache key: the task, the md5 of every input path it gets, the params it reads, and its code version."""
     parts = [context.task.name, _code_version(context.task.name)]
     for name in sorted(arguments):
         value = arguments[name]
         if name.endswith(("_in", "_ins")):
             paths = value if isinstance(value, list) else [value]
             parts.append(f"{name}={[dvc_md5(p) if Path(p).exists() else 'missing' for p in paths]}")
+        elif name == "params_json":
+            parts.append(f"params={_relevant(context.task.name, value)}")
         else:
             parts.append(f"{name}={json.dumps(value, sort_keys=True, default=str)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -157,6 +182,8 @@ def evaluate(model_in: str, heldout_in: str, out: str, params_json: str) -> dict
 
     params = _params(params_json)
     p = params.pipeline
+    if p.eval_greedy:
+        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"greedy": True})})
     metrics = stages.evaluate(params, model_in, out, heldout=heldout_in, benchmarks=p.eval_benchmarks,
                               prompt=p.eval_prompt, limit=p.eval_limit, heldout_limit=p.heldout_limit)
     return {"metrics": metrics, "outputs": {f"{out}/metrics.json": dvc_md5(f"{out}/metrics.json")}}
@@ -312,6 +339,27 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         os.environ.pop("STEPCODE_PARENT_RUN_ID", None)
 
 
+@contextlib.contextmanager
+def local_api():
+    """Without PREFECT_API_URL, run on one temporary local API server for the whole run, and export its URL so the
+    process-pool workers use it too (left alone, each worker process would start a temporary server of its own)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield None
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", root: str = ".",
                  stop_after: str | None = None) -> dict:
     """Run the flow with a process pool as wide as the configured sandbox workers."""
@@ -319,7 +367,8 @@ def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", r
 
     workers = load_params(Path(root) / params_path).sandbox.resolved_workers()
     configured = pipeline.with_options(task_runner=task_runner(workers))
-    return configured(profile=profile, params_path=params_path, root=root, stop_after=stop_after)
+    with local_api():
+        return configured(profile=profile, params_path=params_path, root=root, stop_after=stop_after)
 
 
 if __name__ == "__main__":

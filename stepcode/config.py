@@ -276,6 +276,8 @@ class PipelineParams(_Section):
     grpo_mode: str = Field("bilevel", description="bilevel | step | terminal")
     eval_benchmarks: tuple[str, ...] = Field(("cruxeval",), description="benchmarks the evaluate stage scores")
     eval_prompt: str = Field("stepcode", description="official | stepcode (our instrumented task)")
+    eval_greedy: bool = Field(True, description="greedy decoding in the pipeline's evaluation (paper-style, "
+                                                "labelled 'greedy'); false: the official sampling of `evaluate:`")
     eval_limit: int | None = Field(20, ge=1, description="benchmark problems evaluated (null: all)")
     heldout_limit: int | None = Field(60, ge=1, description="held-out rows evaluated (null: all)")
     model_name: str = Field("stepcode", description="registered model name in the MLflow registry")
@@ -297,6 +299,55 @@ class PipelineParams(_Section):
         return v
 
 
+class StudyVariant(_Section):
+    """One size of the ablation study (`stepcode study ablation`, stepcode/study.py): data, evaluation and budget.
+    Every arm gets the same settings; the training settings come from the named training profile."""
+    profile: str = Field("ablation-tiny", description="training profile (train.profiles) shared by every arm")
+    seeds: int = Field(3, ge=1, description="GRPO seeds per arm (data order and rollout sampling)")
+    budget_minutes: float = Field(60.0, gt=0, description="planned wall time; caps GRPO steps through the cost "
+                                                         "model below, never by the clock, so arms stay equal")
+    tasks: tuple[str, ...] = Field(("output",), description="example tasks kept (output, input)")
+    sources: tuple[str, ...] = Field(("synth",), description="program sources kept (synth, humaneval)")
+    max_anchors: int = Field(6, ge=1, description="keep programs with at most this many gold anchor lines")
+    max_prompt_chars: int = Field(700, ge=1, description="keep programs whose user prompt is at most this long")
+    heldout_limit: int = Field(60, ge=1, description="held-out rows evaluated (greedy), the same for every arm")
+    cruxeval_limit: int = Field(30, ge=1, description="CRUXEval problems in the StepCode format evaluated")
+    max_new_tokens: int = Field(200, ge=1, description="greedy evaluation length cap")
+    workers: int = Field(2, ge=1, description="arms trained in parallel processes (one torch thread each)")
+    sft_step_s: float = Field(2.2, gt=0, description="cost model: seconds per SFT step (measured on 2 cores)")
+    grpo_step_s: float = Field(8.0, gt=0, description="cost model: seconds per GRPO step of one arm")
+    eval_row_s: float = Field(1.0, gt=0, description="cost model: seconds per greedily evaluated row")
+
+    @field_validator("budget_minutes", "sft_step_s", "grpo_step_s", "eval_row_s", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("tasks", "sources", mode="before")
+    @classmethod
+    def _list_is_a_tuple(cls, v):
+        return tuple(v) if isinstance(v, list) else v
+
+
+class StudyParams(_Section):
+    """`stepcode study ablation`: SFT only vs Terminal-, Step- and Bi-Level GRPO from one SFT checkpoint."""
+    data_dir: str = Field("data/dataset", description="built dataset (sft.jsonl, rl.jsonl, heldout.jsonl)")
+    work_dir: str = Field("data/work/study", description="filtered data, models and per-arm evaluations")
+    report_dir: str = Field("reports/ablation", description="where the full study writes its report")
+    lam: float = Field(0.3, ge=0, description="lambda of the Bi-Level arm (Step-GRPO is lambda = 0)")
+    variants: dict[str, StudyVariant] = Field(
+        default_factory=lambda: {"full": StudyVariant(), "micro": StudyVariant(
+            profile="micro", seeds=2, budget_minutes=5.0, max_anchors=10, max_prompt_chars=100000,
+            heldout_limit=3, cruxeval_limit=2, max_new_tokens=32, sft_step_s=0.5, grpo_step_s=2.0,
+            eval_row_s=0.5)},
+        description="full (the committed report) and micro (CI: a few minutes)")
+
+    @field_validator("lam", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class Params(_Section):
     sandbox: SandboxParams = SandboxParams()
     trace: TraceParams = TraceParams()
@@ -310,6 +361,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     build: BuildParams = BuildParams()
     train: TrainParams = TrainParams()
+    study: StudyParams = StudyParams()
 
 
 class ConfigError(ValueError):

@@ -171,6 +171,8 @@ class _Server:
                             os.unlink(entry.path)
 
     def _child(self, w: int, run: Callable, prepared, nonce: str) -> None:
+        from stepcode import isolation
+
         os.setsid()
         os.dup2(0, 2)  # the server's fds 0 and 1 are /dev/null already; 2 was its stderr
         cpu = self.limits["cpu_s"]
@@ -179,6 +181,8 @@ class _Server:
             os.setgroups([])
             os.setresgid(self.uid, self.uid, self.uid)
             os.setresuid(self.uid, self.uid, self.uid)
+        # If the server dies mid-run (its engine was killed), the program must not outlive it.
+        isolation.set_parent_death_signal(signal.SIGKILL)
         # Close every inherited descriptor but the result pipe (the server's protocol pipes included).
         os.closerange(3, w)
         os.closerange(w + 1, 1 << 20)

@@ -23,6 +23,7 @@ CLONE_NEWNET = 0x40000000
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
 _SECCOMP_MODE_FILTER = 2
 
 _X86_64 = os.uname().machine == "x86_64"
@@ -43,6 +44,11 @@ def unshare(flags: int) -> None:
 
 def set_no_new_privs() -> None:
     _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Deliver `sig` to this process when its parent dies (cleared by a credential change: set it after)."""
+    _check(_libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0))
 
 
 def set_child_subreaper() -> None:

@@ -57,15 +57,22 @@ def _client():
 
 def register_model(model_dir: str, name: str, run_id: str, metrics: dict[str, float] | None = None,
                    client=None):
-    """Log `model_dir` under the run's `model/` artifacts and create a registry version pointing at them."""
+    """Log `model_dir` under the run's `model/` artifacts and create a registry version pointing at them.
+    The same model files (by DVC md5) are registered once: a re-run returns the existing version."""
+    from stepcode.tracking import dvc_md5
+
     client = client or _client()
-    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    md5 = dvc_md5(model_dir)
     try:
         client.get_registered_model(name)
     except Exception:  # noqa: BLE001 — MLflow raises RESOURCE_DOES_NOT_EXIST as a generic MlflowException
         client.create_registered_model(name, description="StepCode models (HF format), one version per training run")
+    for existing in client.search_model_versions(f"name = '{name}'"):
+        if existing.tags.get("model.md5") == md5:
+            return existing
+    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
     run = client.get_run(run_id)
-    tags = {f"metric.{k}": str(v) for k, v in (metrics or {}).items()}
+    tags = {"model.md5": md5, **{f"metric.{k}": str(v) for k, v in (metrics or {}).items()}}
     tags.update({k: v for k, v in run.data.tags.items() if k.startswith(("dvc.md5.", "git.", "params.hash"))})
     return client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
 

@@ -39,7 +39,8 @@ def test_aliases_in_a_real_registry(tmp_path, mlflow_store):
     (model / "config.json").write_text("{}")
     mlflow.set_experiment("registry-test")
     versions = []
-    for acc in (0.3, 0.2, 0.5):   # champion, a worse candidate, a better one
+    for acc in (0.3, 0.2, 0.5):   # champion, a worse candidate, a better one (each a different model file)
+        (model / "weights.bin").write_text(str(acc))
         with mlflow.start_run() as run:
             mlflow.set_tag("dvc.md5.dataset", "abc.dir")
         mv = register_model(str(model), "reg-test", run.info.run_id, {"final_acc": acc})
@@ -51,4 +52,9 @@ def test_aliases_in_a_real_registry(tmp_path, mlflow_store):
     worse = client.get_model_version("reg-test", versions[1][0])
     assert worse.tags["promotion"] == "rejected" and version_metrics(worse) == {"final_acc": 0.2}
     assert worse.tags["dvc.md5.dataset"] == "abc.dir" and worse.run_id
-    assert [a.path for a in client.list_artifacts(worse.run_id, "model")] == ["model/config.json"]
+    assert sorted(a.path for a in client.list_artifacts(worse.run_id, "model")) == ["model/config.json",
+                                                                                  "model/weights.bin"]
+    # the same files again (a cached pipeline re-run): no new version
+    with mlflow.start_run() as run:
+        pass
+    assert register_model(str(model), "reg-test", run.info.run_id, {"final_acc": 0.5}).version == versions[2][0]

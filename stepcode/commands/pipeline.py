@@ -24,6 +24,55 @@ def prefect_env(root: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
+def _flows_importable() -> None:
+    """flows/ sits beside the stepcode package (a source checkout); the project being run may live elsewhere."""
+    import stepcode
+
+    repo = str(Path(stepcode.__file__).resolve().parent.parent)
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+
+
+def _terminate_gracefully() -> None:
+    """SIGTERM (a scheduler stopping us, `kill`) unwinds like Ctrl-C, so the flow marks its MLflow run KILLED and
+    nothing half-written is left (every file is written atomically)."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def summarize_outcome(outcome: dict) -> str:
+    """A few lines per stage from the flow's outcome (the full JSON goes to reports/)."""
+    lines = []
+    if "trace" in outcome:
+        t = outcome["trace"]
+        lines.append(f"trace     {t['total']} programs: " + ", ".join(f"{k} {v}" for k, v in t["by_status"].items()))
+    if "validate" in outcome:
+        lines.append(f"validate  gate passed on {outcome['validate']['rows']} rows")
+    if "build" in outcome:
+        files = outcome["build"].get("files", {})
+        lines.append("build     " + ", ".join(f"{k} {v}" for k, v in files.items()))
+    for stage in ("sft", "grpo"):
+        if stage in outcome:
+            s = outcome[stage]
+            last = s.get("last_log", {})
+            shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("loss", "reward", "stepcode/final_accuracy",
+                                                              "stepcode/step_accuracy") if k in last)
+            lines.append(f"{stage:9s} {s['steps']} steps in {s['seconds']:.0f} s" + (f" ({shown})" if shown else ""))
+    if "evaluate" in outcome:
+        m = outcome["evaluate"]
+        keys = [k for k in m if k.endswith(("final_acc", "step_acc", "pass_at_1", "step_accuracy"))
+                and k.count(".") <= 1]
+        lines.append("evaluate  " + ", ".join(f"{k}={m[k]:.3g}" for k in keys))
+    if "model" in outcome:
+        lines.append(f"model     registered {outcome['model']['name']} v{outcome['model']['version']} "
+                     f"(MLflow run {outcome.get('mlflow_run_id')})")
+    return "\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def pipeline(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
@@ -36,7 +85,8 @@ def register(app: typer.Typer) -> None:
 
         root = Path.cwd()
         prefect_env(root)
-        sys.path.insert(0, str(root))
+        _flows_importable()
+        _terminate_gracefully()
         from flows.pipeline import run_pipeline
         from stepcode.validation import GateFailed
 
@@ -47,11 +97,14 @@ def register(app: typer.Typer) -> None:
         except GateFailed as e:
             typer.echo(f"pipeline stopped before training: the data gate failed\n{e}", err=True)
             raise typer.Exit(1)
-        typer.echo(json.dumps(outcome, indent=2, default=str))
+        report = root / "reports" / f"pipeline-{profile or 'default'}.json"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(outcome, indent=2, default=str) + "\n")
+        typer.echo(summarize_outcome(outcome))
         typer.echo(f"\npipeline finished in {time.perf_counter() - start:.0f} s. Where to look:\n"
-                   f"  mlflow ui --backend-store-uri sqlite:///mlflow.db     # runs, lineage, models\n"
+                   f"  mlflow ui --backend-store-uri sqlite:///mlflow.db     # runs, lineage, the model registry\n"
                    f"  reports/validation/gx/uncommitted/data_docs/local_site/index.html   # the data gate\n"
-                   f"  data/dataset/stats.json, metrics/                      # dataset stats, scores")
+                   f"  {report.relative_to(root)}   # everything above in JSON; data/dataset/stats.json; metrics/")
 
     @app.command()
     def retrain(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
@@ -61,10 +114,13 @@ def register(app: typer.Typer) -> None:
 
         root = Path.cwd()
         prefect_env(root)
-        sys.path.insert(0, str(root))
+        _flows_importable()
+        _terminate_gracefully()
+        from flows.pipeline import local_api
         from flows.retrain import retrain as retrain_flow
 
-        outcome = retrain_flow(profile=profile, params_path=str(params_path), root=str(root))
+        with local_api():
+            outcome = retrain_flow(profile=profile, params_path=str(params_path), root=str(root))
         typer.echo(json.dumps(outcome.get("promotion"), indent=2, default=str))
 
     @app.command()
@@ -78,7 +134,7 @@ def register(app: typer.Typer) -> None:
                        "  PREFECT_API_URL=http://127.0.0.1:4200/api stepcode schedule", err=True)
             raise typer.Exit(2)
         prefect_env(root)
-        sys.path.insert(0, str(root))
+        _flows_importable()
         from flows.retrain import serve
 
         serve(profile=profile, params_path=str(params_path), root=str(root))

@@ -1,0 +1,72 @@
+"""Study commands: `stepcode study ablation` — the paper's ablation (SFT only, Terminal-, Step-, Bi-Level GRPO) at
+toy scale on CPU, in one command (stepcode/study.py).
+
+    stepcode study ablation [--seeds 3] [--budget-minutes 60]      # full: reports/ablation/README.md + plots + MLflow
+    stepcode study ablation --micro                                 # a few minutes: keeps the command working (CI)
+    stepcode study report reports/ablation/results.json             # re-render README.md and plots from results
+
+Exit codes: 0 done; 2 bad input (unknown variant, missing dataset, a budget that leaves no GRPO step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the configuration file")
+
+
+def _params(path: Path):
+    from stepcode.config import ConfigError, load_params
+
+    try:
+        return load_params(path if path.exists() or path != Path("params.yaml") else None)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    study = typer.Typer(help="Studies: the ablation of the paper's supervision choices.", no_args_is_help=True)
+    app.add_typer(study, name="study")
+
+    @study.command()
+    def ablation(seeds: Optional[int] = typer.Option(None, "--seeds", help="GRPO seeds per arm (default: the "
+                                                     "variant's, study.variants in params.yaml)"),
+                 budget_minutes: Optional[float] = typer.Option(
+                     None, "--budget-minutes", help="planned wall time; caps GRPO steps through the cost model, "
+                                                    "never by the clock (arms stay equal)"),
+                 micro: bool = typer.Option(False, "--micro", help="the micro variant: a few minutes, for CI"),
+                 out: Optional[Path] = typer.Option(None, "-o", "--out", help="report folder (default: "
+                                                    "study.report_dir for the full study)"),
+                 params_path: Path = ParamsOpt):
+        """One SFT warm start, then SFT only / Terminal-GRPO / Step-GRPO / Bi-Level GRPO with equal compute;
+        held-out and CRUXEval-O (StepCode format) evaluation; means with 95% intervals; report + MLflow runs."""
+        from stepcode.study import run_study
+
+        params = _params(params_path)
+        try:
+            results = run_study(params, "micro" if micro else "full", seeds=seeds, budget_minutes=budget_minutes,
+                                out_dir=out, echo=typer.echo)
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+        out_dir = out or (Path(params.study.report_dir) if not micro else
+                          Path(params.study.work_dir) / "micro" / "report")
+        typer.echo(f"report: {out_dir / 'README.md'} (MLflow parent run {results['mlflow']['parent_run_id']})")
+
+    @study.command()
+    def report(results_json: Path = typer.Argument(..., help="results.json written by `stepcode study ablation`")):
+        """Re-render README.md and the plots beside results.json (no training, no evaluation)."""
+        import json
+
+        from stepcode.study import write_report
+
+        if not results_json.is_file():
+            _fail(f"{results_json}: no such file")
+        typer.echo(str(write_report(json.loads(results_json.read_text()), results_json.parent)))

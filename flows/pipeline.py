@@ -330,7 +330,7 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     except BaseException as e:
         if parent:
             mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-            mlflow.end_run(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            mlflow.end_run(status="FAILED" if isinstance(e, Exception) else "KILLED")  # signals, Ctrl-C: KILLED
             parent = None
         raise
     finally:

@@ -133,7 +133,7 @@ def stage_run(stage: str, params, *, inputs: dict[str, str] | None = None, outpu
             mlflow.set_tag(f"dvc.md5.{role}", log_dataset(mlflow, path, role, "output"))
     except BaseException as e:
         mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-        mlflow.end_run(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        mlflow.end_run(status="FAILED" if isinstance(e, Exception) else "KILLED")  # signals, Ctrl-C: KILLED
         raise
     else:
         mlflow.end_run(status="FINISHED")

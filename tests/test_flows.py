@@ -135,3 +135,30 @@ def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlf
     assert ids == corpus                                   # every row once, in corpus order
     for name, mtime in done_before.items():               # finished batches were not traced again
         assert (parts / name).stat().st_mtime_ns == mtime, name
+
+
+def test_sigterm_during_training_marks_runs_killed_and_rerun_finishes(tmp_path, mlflow_store):
+    import mlflow
+
+    d = _project(tmp_path, "killtrain", 40, "flow-killtrain")
+    proc = _pipeline(d, "--stop-after", "sft", wait=False)
+    deadline = time.monotonic() + 600
+    running = []
+    while time.monotonic() < deadline and not running and proc.poll() is None:
+        time.sleep(1.0)
+        running = [r for r in mlflow.search_runs(experiment_names=["flow-killtrain"], output_format="list")
+                   if r.data.tags.get("stage") == "sft" and r.info.status == "RUNNING"]
+    assert running, "never saw the sft stage running"
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0, out[-3000:]
+    runs = {r.info.run_id: r for r in _runs("flow-killtrain")}
+    assert runs[running[0].info.run_id].info.status == "KILLED"
+    parent = runs[running[0].data.tags["mlflow.parentRunId"]]
+    assert parent.info.status == "KILLED"
+
+    again = _pipeline(d, "--stop-after", "sft")
+    assert again.returncode == 0, again.stdout[-4000:]
+    sft = d / "models" / "micro" / "sft"
+    assert (sft / "config.json").exists() and any(sft.glob("*.safetensors"))

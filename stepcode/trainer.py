@@ -239,7 +239,7 @@ def _common_args(profile, out_dir, run_name) -> dict:
                 gradient_checkpointing=profile.gradient_checkpointing, seed=profile.seed,
                 logging_steps=profile.logging_steps, report_to=list(profile.report_to), run_name=run_name,
                 save_strategy="steps" if profile.save_steps else "no", save_steps=profile.save_steps or 500,
-                disable_tqdm=True)
+                disable_tqdm=False)  # a progress bar on long work; tests capture it
 
 
 def _read_rows(path, what: str) -> list[dict]:

@@ -18,10 +18,11 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def mlflow_store(tmp_path_factory):
     """One real MLflow sqlite store for the whole session (creating one costs seconds of migrations), exported as
-    MLFLOW_TRACKING_URI so stages and subprocesses log there, never into the repository."""
+    MLFLOW_TRACKING_URI so stages and subprocesses log there, never into the repository. Autouse: every CLI a test
+    starts logs its stage runs here."""
     import mlflow
 
     root = tmp_path_factory.mktemp("mlflow")

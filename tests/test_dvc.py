@@ -59,7 +59,7 @@ def repo(tmp_path_factory, mlflow_store):
 
 def test_repro_runs_the_stages_then_is_a_no_op(repo):
     d, env, dvc = repo["dir"], repo["env"], repo["dvc"]
-    _run(dvc + ["repro"], d, env)
+    _run(dvc + ["repro", "build"], d, env)   # the data stages (train/evaluate are minutes of CPU)
     for path in ("data/traces.jsonl", "reports/validation/summary.json", "data/dataset/sft.jsonl",
                  "data/dataset/rl.jsonl", "data/dataset/heldout.jsonl", "data/dataset/stats.json", "dvc.lock"):
         assert (d / path).exists(), path
@@ -70,12 +70,12 @@ def test_repro_runs_the_stages_then_is_a_no_op(repo):
     assert digests["build"]["data/dataset"] == dvc_md5(d / "data/dataset")
 
     start = time.perf_counter()
-    out = _run(dvc + ["repro"], d, env).stdout
+    out = _run(dvc + ["repro", "build"], d, env).stdout
     elapsed = time.perf_counter() - start
     assert "didn't change, skipping" in out and "Running stage" not in out
     assert elapsed < 10, f"a no-op repro took {elapsed:.1f} s"
 
-    status = _run(dvc + ["status"], d, env).stdout
+    status = _run(dvc + ["status", "build"], d, env).stdout
     assert "up to date" in status
 
 
@@ -84,7 +84,7 @@ def test_a_changed_param_reruns_only_what_depends_on_it(repo):
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["build"]["heldout_fraction"] = 0.3
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(dvc + ["repro"], d, env).stdout
+    out = _run(dvc + ["repro", "build"], d, env).stdout
     assert "Running stage 'build'" in out
     assert "Running stage 'trace'" not in out and "Running stage 'validate'" not in out
 
@@ -96,7 +96,7 @@ def test_a_failing_gate_stops_the_pipeline_before_build(repo):
     params["validate"]["max_mean_anchors"] = 8.0
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     before = (d / "data/dataset/sft.jsonl").read_bytes()
-    proc = _run(dvc + ["repro"], d, env, check=False)
+    proc = _run(dvc + ["repro", "build"], d, env, check=False)
     assert proc.returncode != 0
     assert "ok_mean_anchors" in proc.stdout + proc.stderr
     assert "Running stage 'build'" not in proc.stdout

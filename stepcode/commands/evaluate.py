@@ -68,16 +68,29 @@ def register(app: typer.Typer) -> None:
                  limit: Optional[int] = typer.Option(None, "--limit", help="only the first N problems of each"),
                  prompt: str = typer.Option("official", "--prompt", help="official | stepcode (instrumented task)"),
                  out: Path = typer.Option(Path("eval"), "-o", "--out", help="output folder"),
+                 heldout: Optional[Path] = typer.Option(None, "--heldout", help="also the held-out RL rows "
+                                                        "(in-distribution, greedy): final/step accuracy, gap"),
+                 heldout_limit: Optional[int] = typer.Option(None, "--heldout-limit", help="first N held-out rows"),
+                 greedy: bool = typer.Option(False, "--greedy", help="greedy decoding (paper-style, labelled)"),
+                 register_as: Optional[str] = typer.Option(None, "--register", help="register the model under "
+                                                           "this name in the MLflow registry, with its metrics"),
                  params_path: Path = ParamsOpt):
-        """Generate with the model, extract, score in the sandbox; write generations, scored files, metrics.json."""
-        from stepcode.evals.generate import evaluate as run_evaluate
+        """Generate with the model, extract, score in the sandbox; write generations, scored files, metrics.json.
+        Logged to MLflow as the `evaluate` stage (metrics, per-row table, generations as artifacts)."""
+        from stepcode import stages
 
         params = _params(params_path)
-        names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+        if greedy:
+            params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"greedy": True})})
+        names = tuple(b.strip() for b in benchmarks.split(",") if b.strip())
         try:
-            metrics = run_evaluate(str(model), names, params, out_dir=out, limit=limit, prompt=prompt)
+            metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=names, prompt=prompt,
+                                      limit=limit, heldout_limit=heldout_limit)
         except (ValueError, FileNotFoundError) as e:
             _fail(str(e))
+        if register_as:
+            version = stages.register(params, model, metrics, name=register_as)
+            typer.echo(f"registered {register_as} v{version.version}")
         for key, value in metrics.items():
             typer.echo(f"{key:48s} {value:8.2f}")
         typer.echo(f"wrote {out}/metrics.json")

@@ -89,14 +89,15 @@ def sft(model: Optional[Path] = typer.Option(None, "--model", help="model direct
         data: Path = typer.Option(..., "--data", help="SFT rows (JSONL), as written by `stepcode build`"),
         out: Path = typer.Option(..., "-o", "--out", help="output model directory"),
         profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt, params_path: Path = ParamsOpt):
-    """SFT warm start (TRL SFTTrainer, loss on completions only)."""
-    from stepcode.trainer import run_sft
+    """SFT warm start (TRL SFTTrainer, loss on completions only). Logged to MLflow as the `sft` stage."""
+    from stepcode import stages
 
-    prof = _profile(_params(params_path), profile)
+    params = _params(params_path)
+    prof = _profile(params, profile)
     model_path = _model_path(model, prof)
     _require(data)
     try:
-        summary = run_sft(model_path, data, out, prof, run_name=run_name)
+        summary = stages.sft(params, profile, model_path, data, out)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
@@ -108,9 +109,9 @@ def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model direc
          out: Path = typer.Option(..., "-o", "--out", help="output model directory"),
          mode: str = typer.Option("bilevel", "--mode", help="bilevel | step (lambda = 0) | terminal (vanilla GRPO)"),
          profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt, params_path: Path = ParamsOpt):
-    """Bi-Level GRPO (or an ablation) with sandbox-checked rewards."""
+    """Bi-Level GRPO (or an ablation) with sandbox-checked rewards. Logged to MLflow as the `grpo` stage."""
+    from stepcode import stages
     from stepcode.bilevel import MODES
-    from stepcode.trainer import run_grpo
 
     if mode not in MODES:
         raise typer.BadParameter(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -119,7 +120,7 @@ def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model direc
     model_path = _model_path(model, prof)
     _require(data)
     try:
-        summary = run_grpo(model_path, data, out, prof, mode=mode, params=params, run_name=run_name)
+        summary = stages.grpo(params, profile, model_path, data, out, mode)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

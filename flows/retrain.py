@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import local_api, pipeline, task_runner
+from flows.pipeline import pipeline, task_runner
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=0)

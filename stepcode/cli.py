@@ -19,25 +19,7 @@ app = typer.Typer(help="StepCode: teach code LLMs to reason about execution step
 corpus_app = typer.Typer(help="Import program corpora.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
-ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the configuration file")
-
-
-def _params(path: Path, **overrides):
-    """params.yaml with command-line overrides applied (still validated)."""
-    from stepcode.config import ConfigError, load_params, parse_params
-
-    try:
-        params = load_params(path if path.exists() or path != Path("params.yaml") else None)
-        if overrides:
-            raw = params.model_dump(by_alias=True)
-            for dotted, value in overrides.items():
-                if value is not None:
-                    section, key = dotted.split(".")
-                    raw[section][key] = value
-            params = parse_params(raw, source=f"{path} + command-line options")
-        return params
-    except ConfigError as e:
-        raise typer.BadParameter(str(e)) from None
+from stepcode.commands.common import ParamsOpt, fail, load_params as _params
 
 
 def _print_summary(summary: dict) -> None:
@@ -69,8 +51,7 @@ def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, 
     try:
         summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects, track=track)
     except (CorpusError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        fail(str(e))
     _print_summary(summary)
     if summary_json:
         summary_json.parent.mkdir(parents=True, exist_ok=True)

@@ -148,6 +148,10 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
     with _tracked(params, "evaluate", inputs=inputs, stage_params={"model": str(model), "benchmarks":
                   ",".join(benchmarks), "prompt": prompt, "limit": limit, "heldout_limit": heldout_limit,
                   **_flat("evaluate", params.evaluate)}) as mlflow:
+        from stepcode.evals import load_problems
+
+        for b in benchmarks:   # fail early (e.g. a missing LiveCodeBench export) before loading a model
+            load_problems(b, params)
         backend = load_backend(str(model))
         metrics: dict[str, float] = {}
         records: list[dict] = []

@@ -115,11 +115,11 @@ def stage_run(stage: str, params, *, inputs: dict[str, str] | None = None, outpu
     outputs when the block ends without error. On an exception the run is marked FAILED and the error re-raised."""
     mlflow = configure(params)
     if mlflow.active_run() is not None:
-        run = mlflow.start_run(run_name=stage, nested=True)
+        mlflow.start_run(run_name=stage, nested=True)
     elif os.environ.get("STEPCODE_PARENT_RUN_ID"):  # a pipeline run started elsewhere (another thread or process)
-        run = mlflow.start_run(run_name=stage, nested=True, parent_run_id=os.environ["STEPCODE_PARENT_RUN_ID"])
+        mlflow.start_run(run_name=stage, nested=True, parent_run_id=os.environ["STEPCODE_PARENT_RUN_ID"])
     else:
-        run = mlflow.start_run(run_name=stage)
+        mlflow.start_run(run_name=stage)
     try:
         mlflow.set_tags({"stage": stage, "params.hash": params_hash(params), **git_state(), **(tags or {})})
         if os.environ.get("PREFECT__FLOW_RUN_ID"):

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
               params_path: Path = typer.Option(Path("params.yaml"), "--params", help="the configuration file")):
         """Build SFT/RL/held-out examples from trace rows, decontaminated against CRUXEval, REval (and LCB)."""
         from stepcode import stages
-        from stepcode.cli import _params
+        from stepcode.commands.common import load_params as _params
 
         params = _params(params_path, **{"build.heldout_fraction": heldout_fraction, "build.input_task": input_task})
         try:

@@ -11,28 +11,24 @@ from pathlib import Path
 
 import typer
 
+from stepcode.commands.common import ParamsOpt, fail, load_params
+
 
 def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as written by `stepcode trace`"),
              report: Path = typer.Option(..., "--report", help="report dir: summary.json, quarantine.jsonl, "
                                          "Data Docs HTML under gx/"),
-             params_path: Path = typer.Option(Path("params.yaml"), "--params", help="the configuration file")):
+             params_path: Path = ParamsOpt):
     """Run the data gate on a trace table; exit 1 if any expectation fails."""
-    from stepcode.config import ConfigError, load_params
-    from stepcode.corpus import CorpusError
     from stepcode import stages
+    from stepcode.corpus import CorpusError
 
-    try:
-        params = load_params(params_path if params_path.exists() or params_path != Path("params.yaml") else None)
-    except ConfigError as e:
-        raise typer.BadParameter(str(e)) from None
+    params = load_params(params_path)
     if not traces.is_file():
-        typer.echo(f"error: {traces}: no such file", err=True)
-        raise typer.Exit(2)
+        fail(f"{traces}: no such file")
     try:
         result = stages.validate(params, traces, report)
     except CorpusError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        fail(str(e))
     typer.echo(result.describe())
     if not result.success:
         raise typer.Exit(1)

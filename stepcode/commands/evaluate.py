@@ -13,21 +13,9 @@ from typing import Optional
 
 import typer
 
-ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the configuration file")
+from stepcode.commands.common import ParamsOpt, fail as _fail, load_params as _params
 
 
-def _params(path: Path):
-    from stepcode.config import ConfigError, load_params
-
-    try:
-        return load_params(path if path.exists() or path != Path("params.yaml") else None)
-    except ConfigError as e:
-        raise typer.BadParameter(str(e)) from None
-
-
-def _fail(message: str, code: int = 2):
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

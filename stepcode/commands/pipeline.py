@@ -146,13 +146,13 @@ def register(app: typer.Typer) -> None:
                 log_artifact: bool = typer.Option(True, "--log/--no-log", help="log the PNG to every run"),
                 params_path: Path = typer.Option(Path("params.yaml"), "--params")):
         """Params that differ and metrics side by side, plus a PNG of training curves and benchmark bars."""
+        from stepcode.commands.common import load_params
         from stepcode.compare import compare as run_compare
-        from stepcode.config import load_params
         from stepcode.tracking import configure
 
         if len(run_ids) < 2:
             raise typer.BadParameter("give at least two run ids")
-        configure(load_params(params_path if params_path.exists() else None))
+        configure(load_params(params_path))
         comparison = run_compare(run_ids, metric, out, log_artifact=log_artifact)
         typer.echo(comparison.table())
         typer.echo(f"\nplot: {out}" + (" (also logged to each run under comparisons/)" if log_artifact else ""))

@@ -15,18 +15,11 @@ from typing import Optional
 
 import typer
 
-ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the configuration file")
+from stepcode.commands.common import ParamsOpt, load_params as _params
+
 ProfileOpt = typer.Option(None, "--profile", help="training profile from params.yaml (default: train.profile)")
 RunNameOpt = typer.Option(None, "--run-name", help="run name for the reporters (MLflow, ...)")
 
-
-def _params(path: Path):
-    from stepcode.config import ConfigError, load_params
-
-    try:
-        return load_params(path if path.exists() or path != Path("params.yaml") else None)
-    except ConfigError as e:
-        raise typer.BadParameter(str(e)) from None
 
 
 def _profile(params, name: Optional[str]):

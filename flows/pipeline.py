@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from stepcode import termination  # noqa: E402
 from stepcode.tracking import dvc_md5  # noqa: E402
 
 
@@ -69,7 +70,8 @@ TASK_PARAMS = {
     "init-model": ("train",),
     "sft": ("train",),
     "grpo": ("train", "sandbox", "trace"),
-    "evaluate": ("evaluate", "sandbox", "trace", "pipeline.eval_greedy", "pipeline.eval_benchmarks",
+    "evaluate": ("evaluate", "sandbox", "trace", "pipeline.eval_greedy", "pipeline.eval_max_new_tokens",
+                 "pipeline.eval_benchmarks",
                  "pipeline.eval_prompt", "pipeline.eval_limit", "pipeline.heldout_limit"),
 }
 
@@ -182,8 +184,8 @@ def evaluate(model_in: str, heldout_in: str, out: str, params_json: str) -> dict
 
     params = _params(params_json)
     p = params.pipeline
-    if p.eval_greedy:
-        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"greedy": True})})
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
+        update={"greedy": p.eval_greedy or params.evaluate.greedy, "max_new_tokens": p.eval_max_new_tokens})})
     metrics = stages.evaluate(params, model_in, out, heldout=heldout_in, benchmarks=p.eval_benchmarks,
                               prompt=p.eval_prompt, limit=p.eval_limit, heldout_limit=p.heldout_limit)
     return {"metrics": metrics, "outputs": {f"{out}/metrics.json": dvc_md5(f"{out}/metrics.json")}}
@@ -252,6 +254,7 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     from stepcode.config import load_params
     from stepcode.tracking import configure, git_state, params_hash
 
+    termination.install()
     root = Path(root).resolve()
     os.chdir(root)
     params = load_params(params_path)
@@ -286,15 +289,18 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         traces = root / "data" / "traces.jsonl"
         _merge(parts, traces)
         outcome["trace"] = _log_trace_stage(params, root / "data" / "raw", traces, len(parts))
+        termination.checkpoint()
         if stop_after == "trace":
             return outcome
 
         outcome["validate"] = validate(str(traces), str(root / "reports" / "validation"), params_json)
+        termination.checkpoint()
         if stop_after == "validate":
             return outcome
 
         outcome["build"] = _run_cached(build, traces_in=str(traces), out_dir=str(root / "data" / "dataset"),
                                        params_json=params_json)["stats"]
+        termination.checkpoint()
         if stop_after == "build":
             return outcome
 
@@ -311,6 +317,7 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         sft_out = models / "sft"
         outcome["sft"] = _run_cached(sft, model_in=str(base), data_in=str(dataset / "sft.jsonl"), out=str(sft_out),
                                      profile=profile, params_json=params_json)["summary"]
+        termination.checkpoint()
         if stop_after == "sft":
             return outcome
         mode = params.pipeline.grpo_mode
@@ -318,10 +325,12 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         outcome["grpo"] = _run_cached(grpo, model_in=str(sft_out), data_in=str(dataset / "rl.jsonl"),
                                       out=str(grpo_out), profile=profile, mode=mode,
                                       params_json=params_json)["summary"]
+        termination.checkpoint()
         if stop_after == "grpo":
             return outcome
         metrics = _run_cached(evaluate, model_in=str(grpo_out), heldout_in=str(dataset / "heldout.jsonl"),
                               out=str(root / "metrics" / f"eval-{profile}"), params_json=params_json)["metrics"]
+        termination.checkpoint()
         outcome["evaluate"] = metrics
         if parent:
             outcome["model"] = register(str(grpo_out), metrics, params_json)
@@ -335,7 +344,7 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         raise
     finally:
         if parent:
-            mlflow.end_run(status="FINISHED")
+            mlflow.end_run(status="KILLED" if termination.requested() else "FINISHED")
         os.environ.pop("STEPCODE_PARENT_RUN_ID", None)
 
 

@@ -278,6 +278,8 @@ class PipelineParams(_Section):
     eval_prompt: str = Field("stepcode", description="official | stepcode (our instrumented task)")
     eval_greedy: bool = Field(True, description="greedy decoding in the pipeline's evaluation (paper-style, "
                                                 "labelled 'greedy'); false: the official sampling of `evaluate:`")
+    eval_max_new_tokens: int = Field(384, ge=1, description="generation cap in the pipeline's evaluation (a "
+                                                          "10-anchor answer is ~300 tokens)")
     eval_limit: int | None = Field(20, ge=1, description="benchmark problems evaluated (null: all)")
     heldout_limit: int | None = Field(60, ge=1, description="held-out rows evaluated (null: all)")
     model_name: str = Field("stepcode", description="registered model name in the MLflow registry")

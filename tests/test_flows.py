@@ -154,7 +154,9 @@ def test_sigterm_during_training_marks_runs_killed_and_rerun_finishes(tmp_path, 
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode != 0, out[-3000:]
     runs = {r.info.run_id: r for r in _runs("flow-killtrain")}
-    assert runs[running[0].info.run_id].info.status == "KILLED"
+    # The stage run is KILLED, or FINISHED when the signal's exception landed in a destructor (Python drops those)
+    # and the stage completed; either way the pipeline run is KILLED and the process exits non-zero.
+    assert runs[running[0].info.run_id].info.status in ("KILLED", "FINISHED")
     parent = runs[running[0].data.tags["mlflow.parentRunId"]]
     assert parent.info.status == "KILLED"
 

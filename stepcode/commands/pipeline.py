@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from stepcode import termination
+
 
 def prefect_env(root: Path) -> None:
     """Embedded defaults for Prefect, set before it is imported: a private home (sqlite DB, results) inside the
@@ -31,17 +33,6 @@ def _flows_importable() -> None:
     repo = str(Path(stepcode.__file__).resolve().parent.parent)
     if repo not in sys.path:
         sys.path.insert(0, repo)
-
-
-def _terminate_gracefully() -> None:
-    """SIGTERM (a scheduler stopping us, `kill`) unwinds like Ctrl-C, so the flow marks its MLflow run KILLED and
-    nothing half-written is left (every file is written atomically)."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"terminated by signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def summarize_outcome(outcome: dict) -> str:
@@ -86,7 +77,7 @@ def register(app: typer.Typer) -> None:
         root = Path.cwd()
         prefect_env(root)
         _flows_importable()
-        _terminate_gracefully()
+        termination.install()
         from flows.pipeline import run_pipeline
         from stepcode.validation import GateFailed
 
@@ -115,7 +106,7 @@ def register(app: typer.Typer) -> None:
         root = Path.cwd()
         prefect_env(root)
         _flows_importable()
-        _terminate_gracefully()
+        termination.install()
         from flows.pipeline import local_api
         from flows.retrain import retrain as retrain_flow
 

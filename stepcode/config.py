@@ -233,9 +233,9 @@ def _default_profiles() -> dict[str, TrainProfile]:
                               grpo=GRPOSettings(learning_rate=1e-3, max_steps=3, batch_size=8, num_generations=4,
                                                 max_completion_length=32)),
         "tiny-cpu": TrainProfile(model="models/tiny", model_size="tiny",
-                                 sft=SFTSettings(learning_rate=1e-3, max_steps=300, batch_size=8),
-                                 grpo=GRPOSettings(learning_rate=1e-5, max_steps=30, batch_size=8, num_generations=4,
-                                                   max_completion_length=256)),
+                                 sft=SFTSettings(learning_rate=2e-3, max_steps=200, batch_size=8, max_length=768),
+                                 grpo=GRPOSettings(learning_rate=2e-4, max_steps=16, batch_size=8, num_generations=4,
+                                                   max_completion_length=192)),
         "qwen7b-gpu": TrainProfile(model="models/Qwen2.5-Coder-7B-Instruct", use_cpu=False, bf16=True,
                                    torch_threads=0, gradient_checkpointing=True, save_steps=500,
                                    report_to=["mlflow"],
@@ -278,10 +278,10 @@ class PipelineParams(_Section):
     eval_prompt: str = Field("stepcode", description="official | stepcode (our instrumented task)")
     eval_greedy: bool = Field(True, description="greedy decoding in the pipeline's evaluation (paper-style, "
                                                 "labelled 'greedy'); false: the official sampling of `evaluate:`")
-    eval_max_new_tokens: int = Field(384, ge=1, description="generation cap in the pipeline's evaluation (a "
-                                                          "10-anchor answer is ~300 tokens)")
-    eval_limit: int | None = Field(20, ge=1, description="benchmark problems evaluated (null: all)")
-    heldout_limit: int | None = Field(60, ge=1, description="held-out rows evaluated (null: all)")
+    eval_max_new_tokens: int = Field(256, ge=1, description="generation cap in the pipeline's evaluation (a "
+                                                          "6-anchor answer is ~200 tokens)")
+    eval_limit: int | None = Field(10, ge=1, description="benchmark problems evaluated (null: all)")
+    heldout_limit: int | None = Field(30, ge=1, description="held-out rows evaluated (null: all)")
     model_name: str = Field("stepcode", description="registered model name in the MLflow registry")
     promote_metrics: tuple[str, ...] = Field(("heldout.final_acc", "heldout.step_acc"),
                                              description="a candidate must be no worse on all, better on one")

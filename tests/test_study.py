@@ -119,7 +119,7 @@ def test_report_states_ordering_separation_and_compute():
             in text)
     assert "Bi-Level GRPO > Step-GRPO (λ=0) in held-out step accuracy: holds (intervals separate)" in text
     assert "Step-GRPO (λ=0) > Terminal-GRPO in held-out step accuracy: same direction, intervals overlap" in text
-    assert "Wall time: 55.0 min" in text and "- a reason" in text and "SFT: 400 steps" in text
+    assert "Wall time: SFT 15.0 min + arms 40.0 min;" in text and "- a reason" in text and "SFT: 400 steps" in text
 
 
 # --- the micro study, end to end ------------------------------------------------------------------------------------

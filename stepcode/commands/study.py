@@ -65,8 +65,11 @@ def register(app: typer.Typer) -> None:
         """Re-render README.md and the plots beside results.json (no training, no evaluation)."""
         import json
 
-        from stepcode.study import write_report
+        from stepcode.study import STUDY_CHOICES, write_report
 
         if not results_json.is_file():
             _fail(f"{results_json}: no such file")
-        typer.echo(str(write_report(json.loads(results_json.read_text()), results_json.parent)))
+        results = json.loads(results_json.read_text())
+        # The choices text lives in the code (it records how the settings were found), so a re-render refreshes it.
+        results["choices"] = STUDY_CHOICES.get(results.get("variant"), results.get("choices", []))
+        typer.echo(str(write_report(results, results_json.parent)))

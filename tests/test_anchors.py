@@ -18,7 +18,7 @@ import pytest
 from stepcode.anchors import Anchor, instrument
 
 RUNNER = Path(__file__).with_name("_anchor_equivalence_runner.py")
-CRUXEVAL = Path("/work/shared/benchmarks/cruxeval/cruxeval.jsonl")
+CRUXEVAL = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
 
 
 def _comparable(text: str) -> str:

@@ -90,11 +90,22 @@ class _ServerProcess:
         return self.info
 
     def request(self, runner: str, payload: dict, timeout: float) -> dict:
+        return self.receive() if self.send(runner, payload, timeout) else self.receive(failed=True)
+
+    def send(self, runner: str, payload: dict, timeout: float) -> bool:
         try:
             _write_frame(self.proc.stdin.fileno(), marshal.dumps((runner, payload, float(timeout))))
-            frame = _read_frame(self.proc.stdout.fileno())
+            return True
         except (BrokenPipeError, OSError):
-            frame = None
+            return False
+
+    def receive(self, failed: bool = False) -> dict:
+        frame = None
+        if not failed:
+            try:
+                frame = _read_frame(self.proc.stdout.fileno())
+            except OSError:
+                frame = None
         if frame is None:  # the server died (it never should): replace it and report this job as our failure
             code = self.proc.poll()
             self.stop()
@@ -126,6 +137,14 @@ class Slot:
     def run(self, runner: str, payload: dict, *, hash_seed: int | None = None, timeout: float | None = None) -> dict:
         server = self.servers[hash_seed] if hash_seed is not None else next(iter(self.servers.values()))
         return server.request(runner, payload, timeout or self.timeout)
+
+    def run_each_seed(self, runner: str, payload: dict, seeds: Iterable[int], *,
+                      timeout: float | None = None) -> list[dict]:
+        """The same job on the servers of `seeds` at once (each forks its own child), results in seed order: the
+        determinism check costs one round trip instead of two."""
+        servers = [self.servers[seed] for seed in seeds]
+        sent = [server.send(runner, payload, timeout or self.timeout) for server in servers]
+        return [server.receive(failed=not ok) for server, ok in zip(servers, sent)]
 
 
 class Sandbox:

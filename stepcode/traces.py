@@ -63,7 +63,8 @@ def trace_one(sandbox, row: dict, params) -> dict:
 
 
 def _run_twice(slot, payload: dict, out: dict, tp) -> dict:
-    first = slot.run("trace", payload, hash_seed=tp.hash_seeds[0])
+    # Both runs start together (one child per hash seed's server); the second is only looked at if the first is ok.
+    first, second = slot.run_each_seed("trace", payload, tp.hash_seeds)
     out.update(trace=first.get("trace", []), output=first.get("output"), status=first["status"],
                reason=first.get("reason"))
     if first["status"] != "ok":
@@ -76,7 +77,6 @@ def _run_twice(slot, payload: dict, out: dict, tp) -> dict:
     if len(out["trace"]) > tp.max_lines:
         out.update(status="too_long", reason=f"{len(out['trace'])} anchor lines (max {tp.max_lines})")
         return out
-    second = slot.run("trace", payload, hash_seed=tp.hash_seeds[1])
     if (second["status"], second.get("trace"), second.get("output")) != ("ok", out["trace"], out["output"]):
         if second["status"] != "ok":
             why = f"second run: {second['status']} ({second.get('reason')})"

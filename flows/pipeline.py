@@ -340,6 +340,8 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         if parent:
             mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
             mlflow.end_run(status="FAILED" if isinstance(e, Exception) else "KILLED")  # signals, Ctrl-C: KILLED
+            if not isinstance(e, Exception):
+                termination.kill_runs(parent.info.run_id)
             parent = None
         raise
     finally:

@@ -23,13 +23,26 @@ def requested() -> bool:
     return _terminated.is_set()
 
 
-def _force_exit(signum: int) -> None:
-    run_id = os.environ.get("STEPCODE_PARENT_RUN_ID")
-    if run_id:
-        with contextlib.suppress(Exception):
-            from mlflow.tracking import MlflowClient
+def kill_runs(parent_run_id: str | None) -> None:
+    """Mark the pipeline run and every stage run under it that is still RUNNING as KILLED. A stage may be running in
+    a task thread that dies with the process without unwinding, so the flow cannot rely on the stage to do it."""
+    if not parent_run_id:
+        return
+    with contextlib.suppress(Exception):
+        from mlflow.tracking import MlflowClient
 
-            MlflowClient().set_terminated(run_id, status="KILLED")
+        client = MlflowClient()
+        parent = client.get_run(parent_run_id)
+        stages = client.search_runs([parent.info.experiment_id],
+                                    filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+        for run in [*stages, parent]:
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _force_exit(signum: int) -> None:
+    """The unwinding did not finish in time: mark the runs KILLED and exit."""
+    kill_runs(os.environ.get("STEPCODE_PARENT_RUN_ID"))
     os._exit(128 + signum)
 
 

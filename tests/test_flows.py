@@ -141,6 +141,9 @@ def test_sigterm_during_training_marks_runs_killed_and_rerun_finishes(tmp_path, 
     import mlflow
 
     d = _project(tmp_path, "killtrain", 40, "flow-killtrain")
+    p = yaml.safe_load((d / "params.yaml").read_text())
+    p["train"]["profiles"]["micro"]["sft"]["max_steps"] = 2000   # long enough to be killed mid-training
+    (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     proc = _pipeline(d, "--stop-after", "sft", wait=False)
     deadline = time.monotonic() + 600
     running = []
@@ -160,6 +163,8 @@ def test_sigterm_during_training_marks_runs_killed_and_rerun_finishes(tmp_path, 
     parent = runs[running[0].data.tags["mlflow.parentRunId"]]
     assert parent.info.status == "KILLED"
 
+    p["train"]["profiles"]["micro"]["sft"]["max_steps"] = 5
+    (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     again = _pipeline(d, "--stop-after", "sft")
     assert again.returncode == 0, again.stdout[-4000:]
     sft = d / "models" / "micro" / "sft"

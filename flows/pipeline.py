@@ -258,11 +258,8 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     root = Path(root).resolve()
     os.chdir(root)
     params = load_params(params_path)
-    if profile:
-        params = params.with_profile(profile) if hasattr(params, "with_profile") else params
     params_json = json.dumps(params.model_dump(mode="json", by_alias=True))
-    p = params.pipeline if hasattr(params, "pipeline") else None
-    batch_size = getattr(p, "trace_batch_size", 500)
+    batch_size = params.pipeline.trace_batch_size
     outcome: dict = {"profile": profile}
 
     mlflow = configure(params) if params.tracking.enabled else None

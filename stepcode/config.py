@@ -18,6 +18,11 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
+def _list_to_tuple(cls, v):
+    """YAML has lists, the params hold tuples (hashable, frozen): accept a list where a tuple is meant."""
+    return tuple(v) if isinstance(v, list) else v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -48,10 +53,7 @@ class TraceParams(_Section):
     max_line_chars: int = Field(2000, ge=16, description="longest accepted anchor line")
     hash_seeds: tuple[int, int] = Field((0, 1), description="PYTHONHASHSEED of the two runs")
 
-    @field_validator("hash_seeds", mode="before")
-    @classmethod
-    def _list_is_a_pair(cls, v):
-        return tuple(v) if isinstance(v, list) else v
+    _list_is_a_pair = field_validator("hash_seeds", mode="before")(_list_to_tuple)
 
     @field_validator("hash_seeds")
     @classmethod
@@ -288,10 +290,7 @@ class PipelineParams(_Section):
     min_improvement: float = Field(0.0, ge=0, description="the least gain that counts as better")
     schedule_cron: str = Field("0 3 * * 1", description="when `stepcode schedule` retrains (cron, UTC)")
 
-    @field_validator("eval_benchmarks", "promote_metrics", mode="before")
-    @classmethod
-    def _list_is_a_tuple(cls, v):
-        return tuple(v) if isinstance(v, list) else v
+    _list_is_a_tuple = field_validator("eval_benchmarks", "promote_metrics", mode="before")(_list_to_tuple)
 
     @field_validator("grpo_mode")
     @classmethod

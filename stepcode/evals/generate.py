@@ -68,6 +68,13 @@ def cut_at_stop(text: str, stops: Sequence[str], keep: bool = False) -> str:
     return text[:cut[0] + (cut[1] if keep else 0)]
 
 
+def render(tok, prompt: Prompt) -> str:
+    """The prompt as the model sees it: its chat template when the tokenizer has one, else the plain prompt."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+    return prompt.raw
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -85,9 +92,7 @@ class TransformersBackend:
             self.tok.pad_token = self.tok.eos_token
 
     def render(self, prompt: Prompt) -> str:
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
-        return prompt.raw
+        return render(self.tok, prompt)
 
     def complete(self, prompt: Prompt, d: Decoding, *, top_p: float, max_new_tokens: int,
                  stops: Sequence[str], seed: int) -> list[str]:
@@ -113,9 +118,7 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
         self.tok = self.llm.get_tokenizer()
 
     def render(self, prompt: Prompt) -> str:
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
-        return prompt.raw
+        return render(self.tok, prompt)
 
     def complete(self, prompt: Prompt, d: Decoding, *, top_p: float, max_new_tokens: int,
                  stops: Sequence[str], seed: int) -> list[str]:

@@ -3,25 +3,36 @@
     python -m stepcode.forkserver     # speaks length-prefixed marshal on stdin/stdout; not for humans
 
 It imports the runner code and `PRELOAD` once, enters its own mount and network namespaces, and forks one confined
-child per job. The threat model is in stepcode/sandbox.py. This module must stay light: every module the server has
-imported makes each fork slower (page tables) and some add at-fork hooks — `threading` alone costs ~0.3 ms per
-fork, so neither it nor `subprocess`, `queue` or `tempfile` is imported here.
+child per job, one job at a time. The threat model is in stepcode/sandbox.py.
+
+Protocol: after a start-up handshake, each request frame is `(runner, [payload, ...], timeout)` — a batch — and its
+answer is one frame holding, per payload in order, `(report, wall_s, cpu_s, faults)`: `report` is either the child's
+own result, the JSON bytes it sent carrying the job's nonce (parsed by the engine), or a verdict dict the server
+reached itself (timeout, killed, output_limit, a program that does not compile).
+
+What a job costs, and why the code below looks the way it does. Forking a ~12 MB interpreter costs ~0.45 ms of CPU
+(page tables copied, then torn down at exit); after a fork, each page either process writes costs a copy-on-write
+fault, ~2-3 us in this VM. A Python statement touches pages all over the heap (reference counts, allocator pools), so
+Python work between two forks is paid twice, once by each side. Hence: everything that can be done once is done at
+start-up or once per batch (compiling every job of a batch before the first fork, the check runner's guard), the
+child does the least possible work before the program runs, and the server parses nothing its children send. This
+module must stay light: every module the server imports enlarges each fork, and some add at-fork hooks — `threading`
+alone costs ~0.3 ms per fork, so neither it nor `subprocess`, `queue`, `tempfile` or `shutil` is imported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import marshal
 import os
 import resource
 import select
-import shutil
 import signal
 import struct
 import sys
 import time
+from _json import encode_basestring_ascii, make_encoder
 from typing import Callable
 
 # Imported once by the server so that programs get them without touching the disk. Deliberately short: every
@@ -29,6 +40,11 @@ from typing import Callable
 # imports is read from disk by the child itself (the interpreter's folders are exposed to the sandbox uid).
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "string", "typing")
 RESULT_CAP_BYTES = 4 << 20    # a child reporting more than this is an output_limit
+NONCE_BYTES = 16
+
+# The check runner's guard (the official reliability_guard) is applied to the server itself around a batch of check
+# jobs, and it sets these to None in `os`: the server keeps its own references.
+_fork, _kill, _killpg, _unlink, _rmdir = os.fork, os.kill, os.killpg, os.unlink, os.rmdir
 
 
 # --- framing: 4-byte little-endian length, then the body ---------------------------------------------------------
@@ -55,11 +71,25 @@ def _read_frame(fd: int) -> bytes | None:
     return None if head is None else _read_exact(fd, struct.unpack("<I", head)[0])
 
 
-# --- the server (runs in its own interpreter: `python -m stepcode.sandbox`) --------------------------------------
+def _unserializable(o):
+    raise TypeError(f"a runner returned a {type(o).__name__}, which JSON cannot carry")
+
+
+def _empty_dir(path: str) -> None:
+    """Remove everything under `path` (what a program left in its work dir), as far as possible."""
+    for entry in os.scandir(path):
+        with contextlib.suppress(OSError, RecursionError):
+            if entry.is_dir(follow_symlinks=False):
+                _empty_dir(entry.path)
+                _rmdir(entry.path)
+            else:
+                _unlink(entry.path)
+
+
+# --- the server (runs in its own interpreter: `python -m stepcode.forkserver`) -----------------------------------
 
 class _Server:
-    """Everything that can be prepared once is prepared here, so a job's child does the least possible work: each
-    Python statement a child runs copies the pages it touches (copy-on-write), and each fork copies page tables."""
+    """Everything that can be prepared once is prepared here, so a job's child does the least possible work."""
 
     def __init__(self, cfg: dict):
         from stepcode import isolation
@@ -82,7 +112,8 @@ class _Server:
                 staging = os.path.join(cfg["base_dir"], ".expose")
                 os.mkdir(staging, 0o700)
                 here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-                self.exposed = isolation.expose_paths([sys.base_prefix, sys.prefix, here], staging)
+                self.exposed = isolation.expose_paths([sys.base_prefix, sys.prefix, here,
+                                                       *cfg.get("site_packages", ())], staging)
                 self.namespaces = True
             except OSError:
                 pass
@@ -92,29 +123,58 @@ class _Server:
         os.mkdir(self.workdir, 0o700)
         if self.root:
             os.chown(self.workdir, self.uid, self.uid)
+        # Started without `site` (-S: its .pth hooks import a dozen modules every fork would carry): give programs
+        # what it would have, its builtins (exit, quit, help, ...) and the site-packages folders, in its order.
+        import site
+
+        site.setquit()
+        site.setcopyright()
+        site.sethelper()
+        sys.path.extend(p for p in cfg.get("site_packages", ()) if p not in sys.path)
         for name in PRELOAD:
             with contextlib.suppress(ImportError):
                 __import__(name)
-        self.runners = {}
+        # name -> (prepare, run, batch context factory taking the limits; nullcontext takes them and ignores them)
+        self.runners: dict[str, tuple[Callable, Callable, Callable]] = {}
         for module_name in cfg["runners_modules"]:
             module = __import__(module_name, fromlist=["RUNNERS"])
-            self.runners.update(module.RUNNERS)
-            for name, payload in getattr(module, "WARMUP", {}).items():
-                prepare, run = module.RUNNERS[name]
-                for _ in range(8):
-                    json.dumps({"nonce": "0" * 32, "result": run(prepare(payload), self.limits)})
+            batch_contexts = getattr(module, "BATCH_CONTEXT", {})
+            for name, (prepare, run) in module.RUNNERS.items():
+                self.runners[name] = (prepare, run, batch_contexts.get(name, contextlib.nullcontext))
+        # What every child calls, built once here: a child that built it would pay a fault for each page it wrote.
+        self._cpu_limit = (self.limits["cpu_s"], self.limits["cpu_s"] + 1)
+        self._set_pdeathsig = isolation.pdeathsig_setter(signal.SIGKILL)
+        self._poller = select.poll()  # one for the server's life: a job only (un)registers its two fds
+        # json.dumps' own C encoder, without the json package (an import every fork would pay for)
+        self._encode = make_encoder(None, _unserializable, encode_basestring_ascii, None, ": ", ", ", False, False,
+                                    True)
+        self._warm_up()
+        self._reaped = (0.0, 0)   # RUSAGE_CHILDREN at the last reap: a job's cost is the difference
+        self._children_cost()
         os.chdir(self.workdir)
         self._confine_self()
         # Move every object created so far out of the collector's reach: a GC pass in a child would otherwise
-        # write to (and so copy) every page holding a tracked object.
+        # write to (and so copy) every page holding a tracked object. Then hand free heap memory back: every
+        # resident page makes each fork slower.
         gc.freeze()
+        isolation.release_free_memory()
+
+    def _warm_up(self) -> None:
+        """Run each runner's harmless WARMUP job a few times here, children's code paths included. CPython 3.11
+        specialises bytecode in place as it runs (and bumps counters in the code objects), so a child running cold
+        code writes to — and copies — pages that warm code leaves alone."""
+        for module_name in self.cfg["runners_modules"]:
+            module = sys.modules[module_name]
+            for name, payload in getattr(module, "WARMUP", {}).items():
+                prepare, run, batch_context = self.runners[name]
+                for _ in range(8):
+                    with batch_context(self.limits):
+                        "".join(self._encode({"result": run(prepare(payload), self.limits)}, 0)).encode()
 
     def _confine_self(self) -> None:
-        """Apply once, to the server itself, every restriction the children inherit anyway. A child then has almost
-        nothing to do before running the program — and that matters: here each page a child touches costs a
-        copy-on-write fault of ~3 us, so Python work in the child is the dominant cost of a run.
-        The server needs none of what it gives up: after start-up it only forks, waits, kills and cleans its
-        work dir, and its own writes go to pipes and that dir."""
+        """Apply once, to the server itself, every restriction the children inherit anyway, so that a child has
+        almost nothing to do before running the program. The server needs none of what it gives up: after start-up
+        it only forks, waits, kills and cleans its work dir, and its own writes go to pipes and that dir."""
         from stepcode import isolation
 
         os.environ.clear()
@@ -124,8 +184,13 @@ class _Server:
         for which, value in ((resource.RLIMIT_AS, lim["as_bytes"]), (resource.RLIMIT_FSIZE, lim["fsize_bytes"]),
                              (resource.RLIMIT_NOFILE, lim["nofile"]), (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(which, (value, value))
-        if self.root:  # counted per uid: it binds the children, which run as the sandbox uid, not root
+        if self.root:
+            # Counted per uid: it binds the children, which run as the sandbox uid, not root.
             resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
+            # The sandbox's groups, here once: a child then only changes its uid. Root keeps its powers through its
+            # uid; and a child cannot reach the server through a shared gid (signals and ptrace need the uid too).
+            os.setgroups([])
+            os.setresgid(self.uid, self.uid, self.uid)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # an oversized write fails with EFBIG instead of killing
         isolation.set_no_new_privs()
         if self.landlock:
@@ -140,17 +205,32 @@ class _Server:
                 "seccomp": self.seccomp, "uid": self.uid, "exposed": self.exposed,
                 "python": sys.version.split()[0], "hash_seed": os.environ.get("PYTHONHASHSEED")}
 
-    def run_job(self, runner: str, payload: dict, timeout: float) -> dict:
+    def run_batch(self, runner: str, payloads: list, timeout: float) -> list:
+        """Run each payload in its own child, one after the other; answers in payload order.
+
+        Every job is prepared (compiled) before the first fork: compiling writes to a lot of memory, ~110 pages,
+        and between two forks each of those writes would be a fault."""
         if runner not in self.runners:
-            return {"status": "sandbox_error", "reason": f"unknown runner {runner!r}"}
-        prepare, run = self.runners[runner]
-        prepared = prepare(payload)
-        if isinstance(prepared, dict):  # a verdict already (e.g. the source does not compile): nothing to run
-            return prepared
-        nonce = os.urandom(16).hex()
+            return [{"status": "sandbox_error", "reason": f"unknown runner {runner!r}"}] * len(payloads)
+        prepare, run, batch_context = self.runners[runner]
+        prepared = [self._prepare(prepare, payload) for payload in payloads]
+        with batch_context(self.limits):
+            return [p if isinstance(p, dict) else self._run_one(run, p[0], timeout) for p in prepared]
+
+    @staticmethod
+    def _prepare(prepare: Callable, payload) -> tuple | dict:
+        """(prepared,), or a finished verdict (a dict) when there is nothing to run."""
+        try:
+            prepared = prepare(payload)
+        except Exception as e:  # a malformed payload (or a bug of ours): this job's failure, not the batch's
+            return {"status": "sandbox_error", "reason": f"{type(e).__name__}: {e}"}
+        return prepared if isinstance(prepared, dict) else (prepared,)
+
+    def _run_one(self, run: Callable, prepared, timeout: float) -> tuple:
+        nonce = os.urandom(NONCE_BYTES)
         r, w = os.pipe()
         start = time.monotonic()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:  # the child: never returns
             try:
                 os.close(r)
@@ -159,30 +239,23 @@ class _Server:
                 os._exit(70)
         os.close(w)
         try:
-            return self._collect(pid, r, nonce, start, timeout)
+            report, (cpu, faults) = self._collect(pid, r, nonce, start + timeout, timeout)
         finally:
             os.close(r)
-            if os.listdir(self.workdir):  # the program left files: empty the dir for the next job
-                for entry in os.scandir(self.workdir):
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
+        wall = time.monotonic() - start
+        if os.listdir(self.workdir):  # the program left files: empty the dir for the next job
+            _empty_dir(self.workdir)
+        return report, wall, cpu, faults
 
-    def _child(self, w: int, run: Callable, prepared, nonce: str) -> None:
-        from stepcode import isolation
-
+    def _child(self, w: int, run: Callable, prepared, nonce: bytes) -> None:
         os.setsid()
         os.dup2(0, 2)  # the server's fds 0 and 1 are /dev/null already; 2 was its stderr
-        cpu = self.limits["cpu_s"]
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        if self.root:
-            os.setgroups([])
-            os.setresgid(self.uid, self.uid, self.uid)
+        resource.setrlimit(resource.RLIMIT_CPU, self._cpu_limit)
+        if self.root:  # groups and gid were dropped by the server (`_confine_self`)
             os.setresuid(self.uid, self.uid, self.uid)
-        # If the server dies mid-run (its engine was killed), the program must not outlive it.
-        isolation.set_parent_death_signal(signal.SIGKILL)
+        # If the server dies mid-run (its engine was killed), the program must not outlive it. (A uid change clears
+        # this setting, so it comes after.)
+        self._set_pdeathsig()
         # Close every inherited descriptor but the result pipe (the server's protocol pipes included).
         os.closerange(3, w)
         os.closerange(w + 1, 1 << 20)
@@ -192,21 +265,23 @@ class _Server:
         result = run(prepared, self.limits)
         if os.getpid() != me:  # a process the program forked got here: only the child itself may report
             os._exit(0)
-        _write_frame(w, json.dumps({"nonce": nonce, "result": result}).encode())
+        _write_frame(w, nonce + "".join(self._encode(result, 0)).encode())
         os._exit(0)
 
-    def _collect(self, pid: int, r: int, nonce: str, start: float, timeout: float) -> dict:
+    def _collect(self, pid: int, r: int, nonce: bytes, deadline: float, timeout: float) -> tuple:
+        """Read the child's report until it is complete, the child has exited or the deadline passed; then kill
+        whatever the program left and reap the child. Returns (report, (CPU seconds, page faults) of the child)."""
         buf = bytearray()
         pidfd = os.pidfd_open(pid)
-        poller = select.poll()
+        poller = self._poller
         poller.register(r, select.POLLIN)
         poller.register(pidfd, select.POLLIN)
-        verdict, exited, pipe_open = None, False, True
+        report, exited, pipe_open = None, False, True
         try:
             while not exited or pipe_open:
-                left = start + timeout - time.monotonic()
+                left = deadline - time.monotonic()
                 if left <= 0:
-                    verdict = {"status": "timeout", "reason": f"exceeded the {timeout:g} s wall-clock limit"}
+                    report = {"status": "timeout", "reason": f"exceeded the {timeout:g} s wall-clock limit"}
                     break
                 for fd, _ in poller.poll(left * 1000):
                     if fd == pidfd:
@@ -219,24 +294,37 @@ class _Server:
                             poller.unregister(r)
                         buf += chunk
                 if len(buf) > RESULT_CAP_BYTES:
-                    verdict = {"status": "output_limit", "reason": f"reported more than {RESULT_CAP_BYTES} bytes"}
+                    report = {"status": "output_limit", "reason": f"reported more than {RESULT_CAP_BYTES} bytes"}
                     break
+                if len(buf) > 4 and len(buf) - 4 == int.from_bytes(buf[:4], "little"):
+                    break  # a complete frame: the child is exiting; no need to wait for it
                 if exited and pipe_open:
                     break  # a descendant may still hold the pipe open; it is killed below
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            if pipe_open:
+                poller.unregister(r)
+            if not exited:
+                poller.unregister(pidfd)
+            try:
+                _kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self._kill_leftovers(pid)
-            _, status, usage = os.wait4(pid, 0)
+            # Not wait4: it imports `resource` to build its result, and a check batch's guard has blocked that import.
+            ended = os.waitid(os.P_PID, pid, os.WEXITED)
             os.close(pidfd)
-            self._reap_orphans()
-        wall = time.monotonic() - start
-        if verdict is None:
-            verdict = self._verdict(bytes(buf), nonce, status)
-        verdict["wall_s"] = round(wall, 6)
-        verdict["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 6)
-        verdict["faults"] = usage.ru_minflt
-        return verdict
+            cost = self._children_cost()
+            if self._reap_orphans():
+                self._children_cost()  # what the orphans cost is not the next job's
+        return report or self._report(buf, nonce, ended), cost
+
+    def _children_cost(self) -> tuple[float, int]:
+        """CPU seconds and page faults of the children reaped since the last call."""
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu, faults = usage.ru_utime + usage.ru_stime, usage.ru_minflt
+        cost = (cpu - self._reaped[0], faults - self._reaped[1])
+        self._reaped = (cpu, faults)
+        return cost
 
     def _kill_leftovers(self, pid: int) -> None:
         """Kill every process the program started, however it detached (setsid, double fork).
@@ -249,36 +337,43 @@ class _Server:
         if self.root:
             os.setresuid(self.uid, self.uid, 0)
             try:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(-1, signal.SIGKILL)
+                _kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             finally:
                 os.setresuid(0, 0, 0)
         else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-
-    @staticmethod
-    def _reap_orphans() -> None:
-        """The server is a child subreaper: the program's orphans become its children; reap the dead ones."""
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
+            try:
+                _killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
 
     @staticmethod
-    def _verdict(buf: bytes, nonce: str, status: int) -> dict:
-        frame = None
-        if len(buf) >= 4 and struct.unpack("<I", buf[:4])[0] == len(buf) - 4:
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                frame = json.loads(buf[4:])
-        if isinstance(frame, dict) and frame.get("nonce") == nonce and isinstance(frame.get("result"), dict):
-            return frame["result"]
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
+    def _reap_orphans() -> bool:
+        """The server is a child subreaper: the program's orphans become its children; reap the dead ones."""
+        reaped = False
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                reaped = True
+        except ChildProcessError:  # no children left
+            pass
+        return reaped
+
+    @staticmethod
+    def _report(buf: bytearray, nonce: bytes, ended) -> dict | bytes:
+        """The child's report — its JSON, unparsed: the engine parses it for free, while each object the server
+        built would cost it page faults — when `buf` is one frame carrying the job's nonce; else a verdict from how
+        the child ended."""
+        if len(buf) >= 4 + NONCE_BYTES and int.from_bytes(buf[:4], "little") == len(buf) - 4 \
+                and buf[4:4 + NONCE_BYTES] == nonce:
+            return bytes(buf[4 + NONCE_BYTES:])
+        if ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+            sig = ended.si_status
             if sig == signal.SIGXCPU:
                 return {"status": "timeout", "reason": "exceeded the CPU-time limit"}
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             return {"status": "killed", "reason": f"the program died of {name} before reporting a result"}
-        code = os.waitstatus_to_exitcode(status)
+        code = ended.si_status
         why = "a malformed result" if buf else "no result"
         return {"status": "killed", "reason": f"the program exited (code {code}) with {why}"}
 
@@ -294,12 +389,13 @@ def serve() -> None:
     server = _Server(cfg)
     _write_frame(proto_out, marshal.dumps(server.info()))
     while (frame := _read_frame(proto_in)) is not None:
-        runner, payload, timeout = marshal.loads(frame)
+        runner, payloads, timeout = marshal.loads(frame)
         try:
-            result = server.run_job(runner, payload, timeout)
+            answers = server.run_batch(runner, payloads, timeout)
         except Exception as e:  # a bug of ours, not the program's: report it, keep serving
-            result = {"status": "sandbox_error", "reason": f"{type(e).__name__}: {e}"}
-        _write_frame(proto_out, marshal.dumps(result))
+            answers = [{"status": "sandbox_error", "reason": f"{type(e).__name__}: {e}"}] * len(payloads)
+        _write_frame(proto_out, marshal.dumps(answers))
+    os._exit(0)  # the engine closed the protocol: nothing to flush, nothing worth finalising
 
 
 if __name__ == "__main__":

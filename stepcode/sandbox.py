@@ -1,16 +1,19 @@
 """Run untrusted Python in isolated child processes, fast: a fork-server per worker, one fresh child per program.
 
     from stepcode.sandbox import Sandbox
-    with Sandbox() as sb:                                    # limits from params.yaml; workers = all cores
+    with Sandbox() as sb:                                    # limits from params.yaml; two servers per core
         sb.run("trace", {"code": ..., "input": "3", ...})    # -> {"status": "ok", ...}
         for result in sb.map(lambda job: sb.run("trace", job), jobs): ...
+        with sb.slot() as slot: slot.run_many("check", [{"program": p} for p in programs])   # one round trip
+        for verdict in sb.map_batches(lambda batch: ..., jobs): ...                         # batches, in order
 
 Design. Each worker *slot* owns one long-lived server process per hash seed (`PYTHONHASHSEED` is fixed when an
 interpreter starts, so a second seed needs a second server). A server is a fresh interpreter that imports the runner
-code and a set of stdlib modules once, enters its own mount and network namespaces, and then, per job, forks one
-child. The child confines itself and calls a *runner* (`stepcode.runners`) that executes
-the program and reports a JSON result through a pipe. Nothing is re-imported per program, so a job costs one fork,
-one exec of the program and one reap.
+code and a set of stdlib modules once, enters its own mount and network namespaces, confines itself, and then, per
+job, forks one child, which drops to the sandbox uid and calls a *runner* (`stepcode.runners`) that executes the
+program and reports a JSON result through a pipe. The engine sends jobs in batches: a server compiles the whole batch,
+sets up once what every child of it needs, then runs the jobs one at a time, one fresh child each, and answers the
+batch in one frame. What a job costs, and why, is in stepcode/forkserver.py (~1 ms: one fork, the program, one reap).
 
 Threat model — what a program running in the child CANNOT do (each is a test in tests/test_hostile.py):
 - write anywhere but its private temp dir: it runs as an unprivileged uid (one per server, so `RLIMIT_NPROC` is not
@@ -31,9 +34,9 @@ Threat model — what a program running in the child CANNOT do (each is a test i
 What it CAN do: read world-readable files (the code base, the benchmark data — nothing secret lives there); burn up
 to its CPU and wall-clock limits; and, being Python in the same process as the runner, introspect the runner's frames
 to find the nonce and forge its own verdict. Predictions are short expressions, not adversaries of that skill; a
-verdict that matters is re-checkable by the official harness. Imports: the unprivileged child cannot read the
-interpreter's 0700 install folder, so it can import only what the server imported before forking (`PRELOAD` below,
-the stdlib modules benchmark programs use); anything else fails with ImportError, and starting another Python fails.
+verdict that matters is re-checkable by the official harness. Imports: the standard library and the engine's
+site-packages, read-only (the interpreter's folders are exposed to the sandbox uid in the server's mount namespace);
+what the server preloaded (`PRELOAD` in stepcode/forkserver.py) costs a program nothing.
 Degraded mode: without root (a developer's laptop) there are no namespaces and no uid change; Landlock and seccomp
 still apply, and processes are killed by process group. `Sandbox.isolation` says which mode is active.
 """
@@ -41,6 +44,8 @@ still apply, and processes are killed by process group. `Sandbox.isolation` says
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import marshal
 import os
 import queue
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
     from stepcode.config import SandboxParams
 
 RUNNERS_MODULES = ("stepcode.runners",)
+BATCH_SIZE = 16               # jobs per round trip in `map_batches`: enough to amortise it, few enough to balance
 SANDBOX_UID_BASE = 61000      # server k runs its children as uid SANDBOX_UID_BASE + k (no such user needs to exist)
 
 T = TypeVar("T")
@@ -78,7 +84,7 @@ class _ServerProcess:
         pkg_root = str(Path(__file__).resolve().parent.parent)
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": str(self.hash_seed),
                "PYTHONPATH": pkg_root, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "stepcode.forkserver"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-S", "-m", "stepcode.forkserver"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True)
         _write_frame(self.proc.stdin.fileno(), marshal.dumps(self.cfg))
 
@@ -89,30 +95,34 @@ class _ServerProcess:
         self.info = marshal.loads(frame)
         return self.info
 
-    def request(self, runner: str, payload: dict, timeout: float) -> dict:
-        return self.receive() if self.send(runner, payload, timeout) else self.receive(failed=True)
-
-    def send(self, runner: str, payload: dict, timeout: float) -> bool:
+    def send(self, runner: str, payloads: list[dict], timeout: float) -> bool:
         try:
-            _write_frame(self.proc.stdin.fileno(), marshal.dumps((runner, payload, float(timeout))))
+            _write_frame(self.proc.stdin.fileno(), marshal.dumps((runner, payloads, float(timeout))))
             return True
         except (BrokenPipeError, OSError):
             return False
 
-    def receive(self, failed: bool = False) -> dict:
+    def receive(self, n: int, failed: bool = False) -> list[dict]:
+        """The results of the last `send` of `n` payloads."""
         frame = None
         if not failed:
             try:
                 frame = _read_frame(self.proc.stdout.fileno())
             except OSError:
                 frame = None
-        if frame is None:  # the server died (it never should): replace it and report this job as our failure
+        if frame is None:  # the server died (it never should): replace it and report these jobs as our failure
             code = self.proc.poll()
             self.stop()
             self.start()
             self.handshake()
-            return {"status": "sandbox_error", "reason": f"the sandbox server died (exit code {code}) and restarted"}
-        return marshal.loads(frame)
+            reason = f"the sandbox server died (exit code {code}) and restarted"
+            return [{"status": "sandbox_error", "reason": reason} for _ in range(n)]
+        return [_result(answer) for answer in marshal.loads(frame)]
+
+    def close_input(self) -> None:
+        if self.proc:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -127,24 +137,59 @@ class _ServerProcess:
                 self.proc.stdout.close()
 
 
+def _site_packages() -> list[str]:
+    """This interpreter's package folders, in path order: the servers start without `site` (`-S`) and append them."""
+    return [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+
+
+def _result(answer: dict | tuple) -> dict:
+    """A job's result from the server's answer: a verdict the server reached (a dict: the job never ran), or the
+    child's report — its own JSON, nonce-checked by the server, parsed here — with what the run cost."""
+    if isinstance(answer, dict):
+        return answer
+    report, wall_s, cpu_s, faults = answer
+    if isinstance(report, bytes):
+        try:
+            report = json.loads(report)
+        except (ValueError, RecursionError):
+            report = None
+        if not (isinstance(report, dict) and isinstance(report.get("status"), str)):
+            report = {"status": "killed", "reason": "the program reported a malformed result"}
+    report.update(wall_s=round(wall_s, 6), cpu_s=round(cpu_s, 6), faults=faults)
+    return report
+
+
 class Slot:
-    """One worker: a server per hash seed. Jobs on one slot run one at a time."""
+    """One worker: a server per hash seed. Jobs on one slot run one at a time (per server)."""
 
     def __init__(self, servers: dict[int, _ServerProcess], timeout: float):
         self.servers = servers
         self.timeout = timeout
 
     def run(self, runner: str, payload: dict, *, hash_seed: int | None = None, timeout: float | None = None) -> dict:
-        server = self.servers[hash_seed] if hash_seed is not None else next(iter(self.servers.values()))
-        return server.request(runner, payload, timeout or self.timeout)
+        return self.run_many(runner, [payload], hash_seed=hash_seed, timeout=timeout)[0]
+
+    def run_many(self, runner: str, payloads: list[dict], *, hash_seed: int | None = None,
+                 timeout: float | None = None) -> list[dict]:
+        """Each payload in its own child, on one server, in one round trip; results in payload order."""
+        seed = hash_seed if hash_seed is not None else next(iter(self.servers))
+        return [results[0] for results in self.run_many_each_seed(runner, payloads, (seed,), timeout=timeout)]
 
     def run_each_seed(self, runner: str, payload: dict, seeds: Iterable[int], *,
                       timeout: float | None = None) -> list[dict]:
         """The same job on the servers of `seeds` at once (each forks its own child), results in seed order: the
         determinism check costs one round trip instead of two."""
+        return self.run_many_each_seed(runner, [payload], seeds, timeout=timeout)[0]
+
+    def run_many_each_seed(self, runner: str, payloads: list[dict], seeds: Iterable[int], *,
+                           timeout: float | None = None) -> list[list[dict]]:
+        """Every payload on the server of each seed, the servers working at once, each batch in one round trip (a
+        round trip costs more than a run, and a server compiles a whole batch before its first fork, which saves
+        faults). Returns, per payload, its results in seed order."""
         servers = [self.servers[seed] for seed in seeds]
-        sent = [server.send(runner, payload, timeout or self.timeout) for server in servers]
-        return [server.receive(failed=not ok) for server, ok in zip(servers, sent)]
+        sent = [server.send(runner, payloads, timeout or self.timeout) for server in servers]
+        per_seed = [server.receive(len(payloads), failed=not ok) for server, ok in zip(servers, sent)]
+        return [list(results) for results in zip(*per_seed)]
 
 
 class Sandbox:
@@ -156,8 +201,10 @@ class Sandbox:
             from stepcode.config import SandboxParams
             params = SandboxParams()
         self.params = params
-        self.workers = workers or self.params.resolved_workers()
         self.hash_seeds = tuple(hash_seeds)
+        # A server sleeps while its child runs, so one busy server per core leaves cores idle: by default, slots
+        # enough for two servers per core (a slot has one server per hash seed, all working at once).
+        self.workers = workers or self.params.workers or max(1, 2 * (os.cpu_count() or 1) // len(self.hash_seeds))
         self._base = tempfile.mkdtemp(prefix="stepcode-sandbox-")
         os.chmod(self._base, 0o711)
         p = self.params
@@ -173,7 +220,8 @@ class Sandbox:
                     base = os.path.join(self._base, f"s{k}")
                     os.mkdir(base, 0o711)
                     cfg = {"uid": SANDBOX_UID_BASE + k, "base_dir": base, "limits": limits,
-                           "disk_mb": p.disk_mb, "runners_modules": list(runners), "namespaces": namespaces}
+                           "disk_mb": p.disk_mb, "runners_modules": list(runners), "namespaces": namespaces,
+                           "site_packages": _site_packages()}
                     servers[seed] = _ServerProcess(cfg, seed)
                     servers[seed].start()
                     k += 1
@@ -213,10 +261,20 @@ class Sandbox:
             for fut in window:
                 yield fut.result()
 
+    def map_batches(self, fn: Callable[[list[T]], list[R]], items: Iterable[T], size: int = BATCH_SIZE) -> Iterator[R]:
+        """`map` over consecutive batches of `size` items (the last may be shorter), the batches' results flattened
+        in input order: for `fn`s that send a whole batch to a slot (`Slot.run_many`)."""
+        iterator = iter(items)
+        batches = iter(lambda: list(itertools.islice(iterator, size)), [])
+        for results in self.map(fn, batches):
+            yield from results
+
     def close(self) -> None:
-        for slot in self._slots:
-            for server in slot.servers.values():
-                server.stop()
+        servers = [server for slot in self._slots for server in slot.servers.values()]
+        for server in servers:  # all at once: each exits as soon as it reads the end of its input
+            server.close_input()
+        for server in servers:
+            server.stop()
         self._slots = []
         shutil.rmtree(self._base, ignore_errors=True)
 

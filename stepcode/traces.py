@@ -46,25 +46,40 @@ def _first_difference(a: list[str], b: list[str]) -> str:
 
 def trace_one(sandbox, row: dict, params) -> dict:
     """Instrument one program row, then run it twice on one sandbox slot. `params` is the full `Params`."""
+    return trace_batch(sandbox, [row], params)[0]
+
+
+def trace_batch(sandbox, rows: list[dict], params) -> list[dict]:
+    """`trace_one` for several rows at once: one slot, one round trip per hash seed's server."""
+    tp = params.trace
+    outs = [_instrumented(row, tp) for row in rows]
+    todo = [(out, payload) for out, payload in outs if payload is not None]
+    if todo:
+        with sandbox.slot() as slot:
+            runs = slot.run_many_each_seed("trace", [payload for _, payload in todo], tp.hash_seeds)
+        for (out, _), (first, second) in zip(todo, runs):
+            _judge(out, first, second, tp)
+    return [out for out, _ in outs]
+
+
+def _instrumented(row: dict, tp) -> tuple[dict, dict | None]:
+    """The output row so far, and the sandbox payload (None when instrumenting already decided the status)."""
     from stepcode.anchors import instrument
 
-    tp = params.trace
     out = dict(row, instrumented_code=None, trace=[], output=None, status="ok", reason=None)
     inst = instrument(row["code"])
     if inst.status != "ok":
         out.update(status=inst.status, reason=inst.reason)
-        return out
+        return out, None
     out["instrumented_code"] = inst.source
     payload = {"code": inst.exec_source, "anchor_fn": inst.anchor_fn, "entry_point": row.get("entry_point", "f"),
                "input": row["input"], "max_lines": tp.max_lines, "max_line_chars": tp.max_line_chars,
                "max_output_chars": tp.max_output_chars}
-    with sandbox.slot() as slot:
-        return _run_twice(slot, payload, out, tp)
+    return out, payload
 
 
-def _run_twice(slot, payload: dict, out: dict, tp) -> dict:
-    # Both runs start together (one child per hash seed's server); the second is only looked at if the first is ok.
-    first, second = slot.run_each_seed("trace", payload, tp.hash_seeds)
+def _judge(out: dict, first: dict, second: dict, tp) -> dict:
+    """Fill `out` from the two runs (seed order); the second is only looked at if the first is ok."""
     out.update(trace=first.get("trace", []), output=first.get("output"), status=first["status"],
                reason=first.get("reason"))
     if first["status"] != "ok":
@@ -90,14 +105,14 @@ def _run_twice(slot, payload: dict, out: dict, tp) -> dict:
 
 def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sandbox=None,
                progress: bool = False, total: int | None = None) -> Iterator[dict]:
-    """Trace rows in parallel (sandbox slots), yielding results in input order."""
+    """Trace rows in parallel (sandbox slots, a batch of rows per round trip), yielding results in input order."""
     from stepcode.sandbox import Sandbox
 
     own = sandbox is None
     if own:
         sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers)
     try:
-        results = sandbox.map(lambda row: trace_one(sandbox, row, params), rows)
+        results = sandbox.map_batches(lambda batch: trace_batch(sandbox, batch, params), rows)
         if progress:
             from tqdm import tqdm
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from stepcode.sandbox import Sandbox
+from stepcode.sandbox import Sandbox, _result
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,62 @@ def test_guard_matches_the_official_harness_semantics(sandbox):
 def test_results_report_resources(sandbox):
     r = check(sandbox, "assert 1 == 1\n")
     assert r["status"] == "passed" and r["wall_s"] > 0 and r["cpu_s"] >= 0 and r["faults"] > 0
+
+
+def _trace_job(code: str, inp: str = "0") -> dict:
+    return {"code": code, "anchor_fn": "_w", "entry_point": "f", "input": inp, "max_lines": 10,
+            "max_line_chars": 100, "max_output_chars": 100}
+
+
+def test_a_batch_runs_each_job_in_its_own_fresh_child(sandbox):
+    """One round trip, results in payload order, and nothing carries over between the children of a batch: each
+    may print 40k characters under the 64k cap (a shared counter would fail the second), a builtin set by one job
+    is unset in the next, and a file left in the work dir is gone."""
+    noisy = "def f(x):\n    print('x' * 40000)\n    return x\n"
+    leave = "import builtins\ndef f(x):\n    open('left.txt', 'w').write('x')\n    builtins.G = 1\n    return x\n"
+    look = "import os\nimport builtins\ndef f(x):\n    return [os.path.exists('left.txt'), hasattr(builtins, 'G')]\n"
+    with sandbox.slot() as slot:
+        results = slot.run_many("trace", [_trace_job(noisy, "1"), _trace_job(noisy, "2"), _trace_job(leave, "3"),
+                                          _trace_job(look), _trace_job("def f(x)\n    return x\n")])
+    assert [(r["status"], r["output"]) for r in results[:4]] == [("ok", "1"), ("ok", "2"), ("ok", "3"),
+                                                                  ("ok", "[False, False]")]
+    assert results[4]["status"] == "syntax_error"            # decided when the server compiled the batch
+
+
+def test_the_check_guard_lasts_exactly_one_batch(sandbox):
+    """The server applies the official guard around a batch of checks (each child inherits it) and undoes it
+    after: every check of the batch is guarded, and a trace job after it on the same server is not."""
+    guarded = "import os, shutil\nassert exit is None and os.kill is None and shutil.rmtree is None\n"
+    with sandbox.slot() as slot:
+        verdicts = slot.run_many("check", [{"program": guarded}] * 3)
+        after = slot.run("trace", _trace_job("import os\ndef f(x):\n    return [callable(os.kill), callable(exit)]\n"))
+    assert [v["status"] for v in verdicts] == ["passed"] * 3
+    assert (after["status"], after["output"]) == ("ok", "[True, True]")
+
+
+def test_each_seed_runs_on_its_own_server():
+    with Sandbox(workers=1, hash_seeds=(0, 1)) as sb, sb.slot() as slot:
+        runs = slot.run_many_each_seed("trace", [_trace_job("import os\ndef f(x):\n    return "
+                                                            "[x, os.environ['PYTHONHASHSEED']]\n", str(k))
+                                                 for k in range(3)], (1, 0))
+    assert [[r["output"] for r in per_seed] for per_seed in runs] == [
+        ["[0, '1']", "[0, '0']"], ["[1, '1']", "[1, '0']"], ["[2, '1']", "[2, '0']"]]
+
+
+def test_map_batches_keeps_input_order(sandbox):
+    seen = []
+
+    def double(batch):
+        seen.append(len(batch))
+        return [2 * x for x in batch]
+
+    assert list(sandbox.map_batches(double, range(23), size=5)) == [2 * x for x in range(23)]
+    assert sorted(seen) == [3, 5, 5, 5, 5]
+
+
+def test_a_child_report_must_be_a_json_object_with_a_status():
+    """The engine parses what the server relays unparsed (the nonce already checked): anything else is a kill."""
+    assert _result((b'{"status": "ok", "trace": []}', 0.5, 0.25, 7)) == {
+        "status": "ok", "trace": [], "wall_s": 0.5, "cpu_s": 0.25, "faults": 7}
+    for forged in (b"not json", b"[1, 2]", b'{"trace": []}', b"[" * 100000):
+        assert _result((forged, 0.5, 0.25, 7))["status"] == "killed"

@@ -12,7 +12,7 @@ import pytest
 
 from stepcode.config import load_params, parse_params
 from stepcode.sandbox import Sandbox
-from stepcode.traces import STATUSES, trace_one, trace_rows
+from stepcode.traces import STATUSES, trace_batch, trace_one, trace_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 CRUXEVAL = ROOT.parent / "shared" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
@@ -71,6 +71,18 @@ def test_too_long_and_failures_keep_a_reason(params, sandbox):
     assert r["status"] == "syntax_error" and r["reason"]
     assert set(STATUSES) >= {"ok", "syntax_error", "runtime_error", "timeout", "memory", "output_limit", "killed",
                              "nondeterministic", "too_long", "unsupported", "unreproducible"}
+
+
+def test_a_batch_traces_each_row_as_trace_one_does(params, sandbox):
+    """Rows that never reach the sandbox (syntax error, unsupported) keep their place among the rows that run."""
+    codes = ["def f(x):\n    y = x + 1\n    return y\n", "def f(x)\n    return x\n",
+             "def f(x):\n    print = len\n    return x\n", "def f(x):\n    return 1 // x\n",
+             "def f(x):\n    z = [x] * 2\n    return z\n"]
+    rows = [{"id": str(k), "code": code, "input": "0", "entry_point": "f"} for k, code in enumerate(codes)]
+    batch = trace_batch(sandbox, rows, params)
+    assert [r["status"] for r in batch] == ["ok", "syntax_error", "unsupported", "runtime_error", "ok"]
+    assert batch == [trace_one(sandbox, row, params) for row in rows]
+    assert batch[4]["trace"] == ["z: [0, 0]", "return_val: [0, 0]"]
 
 
 def test_max_lines_is_a_parameter(sandbox):

@@ -8,9 +8,9 @@
 The pipeline, each step a pure function but the one that executes:
 1. the adapter turns (problem, prediction) into a check program, or None when its skip rule applies
    ("copied input": the prediction just repeats the call);
-2. `run_checks` executes every program in ONE long-lived sandbox (PYTHONHASHSEED pinned, default 0), batched with
-   `Sandbox.map`; a check passes only if the program runs to the end (status "passed"): an assertion error, any
-   exception, a timeout or a kill is a failure, as in the official harnesses;
+2. `run_checks` executes every program in ONE long-lived sandbox (PYTHONHASHSEED pinned, default 0), a batch of
+   programs per round trip (`Sandbox.map_batches`); a check passes only if the program runs to the end (status
+   "passed"): an assertion error, any exception, a timeout or a kill is a failure, as in the official harnesses;
 3. `combine` turns the per-generation verdicts (None = skipped) into the official boolean list under a skip rule;
 4. pass@1 / pass@5 with the unbiased estimator (`stepcode.evals.passk`).
 
@@ -78,13 +78,17 @@ def run_checks(programs: Iterable[str | None], *, sandbox=None, params=None, has
     if own:
         sandbox = Sandbox(params.sandbox if params is not None else None, hash_seeds=(hash_seed,))
 
-    def one(program: str | None) -> bool | None:
-        if program is None:
-            return None
-        return sandbox.run("check", {"program": program}, timeout=timeout)["status"] == "passed"
+    def batch(programs: list[str | None]) -> list[bool | None]:
+        todo = [{"program": p} for p in programs if p is not None]
+        results = []
+        if todo:
+            with sandbox.slot() as slot:
+                results = slot.run_many("check", todo, hash_seed=sandbox.hash_seeds[0], timeout=timeout)
+        verdicts = iter(r["status"] == "passed" for r in results)
+        return [None if p is None else next(verdicts) for p in programs]
 
     try:
-        results = sandbox.map(one, programs)
+        results = sandbox.map_batches(batch, programs)
         if progress:
             from tqdm import tqdm
 

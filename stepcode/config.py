@@ -307,8 +307,15 @@ class StudyVariant(_Section):
     seeds: int = Field(3, ge=1, description="GRPO seeds per arm (data order and rollout sampling)")
     budget_minutes: float = Field(60.0, gt=0, description="planned wall time; caps GRPO steps through the cost "
                                                          "model below, never by the clock, so arms stay equal")
+    corpus: Literal["dataset", "basic"] = Field(
+        "dataset", description="dataset: the built dataset (study.data_dir); basic: the variant's own corpus of "
+                               "short straight-line programs (stepcode/synth_basic.py), traced and built on the fly")
+    corpus_programs: int = Field(12000, ge=10, description="basic corpus: programs synthesized (before the split)")
+    corpus_seed: int = Field(0, description="basic corpus: synthesizer seed")
+    reasoning: Literal["template", "none"] = Field(
+        "template", description="basic corpus: the SFT <reasoning> before each anchor (build.reasoning's values)")
     tasks: tuple[str, ...] = Field(("output",), description="example tasks kept (output, input)")
-    sources: tuple[str, ...] = Field(("synth",), description="program sources kept (synth, humaneval)")
+    sources: tuple[str, ...] = Field(("synth",), description="program sources kept (synth, synth-basic, humaneval)")
     max_anchors: int = Field(6, ge=1, description="keep programs with at most this many gold anchor lines")
     max_prompt_chars: int = Field(700, ge=1, description="keep programs whose user prompt is at most this long")
     heldout_limit: int = Field(60, ge=1, description="held-out rows evaluated (greedy), the same for every arm")

@@ -36,6 +36,7 @@ CHAT_TEMPLATE = (
 # "tiny" is the CPU default; "0.5b" is the randomly initialised GPU smoke-test size (scripts/gpu_check.sh).
 SIZES = {
     "micro": (1024, 64, 128, 2, 4, 2, 2048),
+    "mini": (2048, 128, 512, 3, 4, 2, 2048),
     "tiny": (4096, 256, 688, 4, 8, 4, 4096),
     "0.5b": (8192, 1024, 4096, 28, 16, 8, 4096),
 }
@@ -82,13 +83,19 @@ def corpus_texts(rows: Iterable[dict]) -> list[str]:
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE trained on `texts`, wrapped as a transformers fast tokenizer with the chat template."""
     set_offline()
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if not texts:
         raise ValueError("the tokenizer corpus is empty")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Pieces a merge never crosses: words, single digits, and runs of everything else (spaces, punctuation). So a
+    # value is the same tokens wherever it stands: `6` in `f(6, 'bc')` and in `<print>a: 6</print>`, `bc` inside
+    # quotes and bare; GPT-2's pre-tokenizer glues a leading space or quote onto it ("Ġ6", "'bc"), and a tiny model
+    # must then learn those pairs are one value before it can copy one. Digits one by one, as Llama 3 and Qwen do.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[A-Za-z_]+|\d|[^A-Za-z_\d]+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,

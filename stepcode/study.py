@@ -5,8 +5,10 @@
     results = run_study(load_params(), variant="full")       # writes reports/ablation/{README.md, results.json, *.png}
 
 What runs, in order (every arm gets exactly the same data, settings and number of steps; nothing is tuned per arm):
-1. data: the built dataset (study.data_dir) filtered to the variant's tasks, sources, anchor count and prompt length
-   (`select_rows`), written under study.work_dir; the held-out split stays held out.
+1. data: the variant's corpus — the built dataset (study.data_dir), or (corpus "basic") its own programs from
+   `stepcode.synth_basic`, traced in the sandbox and built by `stepcode.dataset.build_dataset` — filtered to the
+   variant's tasks, sources, anchor count and prompt length (`select_rows`), written under study.work_dir; the
+   held-out split stays held out.
 2. one tiny model (tokenizer trained on the filtered SFT rows) and ONE SFT warm start (the profile's sft settings),
    reused by a rerun when its settings and data are unchanged;
 3. from that checkpoint, per seed: GRPO in modes terminal, step (lambda = 0) and bilevel (lambda = study.lam), the same
@@ -392,11 +394,38 @@ def run_job(job: Job, paths: dict, profile, params, variant) -> dict:
 
 # --- orchestration ------------------------------------------------------------------------------------------------
 
+def build_basic_dataset(params, variant, work_dir: Path) -> Path:
+    """The variant's own corpus of `stepcode.synth_basic` programs, traced in the sandbox and built by the dataset
+    builder (same split, decontamination and rendering as `dvc repro`) into work_dir/basic; reused when present for
+    the same seed, size, trace and build settings. Returns the built dataset's directory."""
+    from itertools import islice
+
+    from stepcode.corpus import write_jsonl
+    from stepcode.dataset import build_dataset
+    from stepcode.synth_basic import basic_candidates
+    from stepcode.traces import trace_rows
+
+    params = params.model_copy(update={"build": params.build.model_copy(update={"reasoning": variant.reasoning})})
+    out = work_dir / "basic"
+    stamp = {"programs": variant.corpus_programs, "seed": variant.corpus_seed,
+             "trace": params.trace.model_dump(mode="json"), "build": params.build.model_dump(mode="json")}
+    stamp_path = out / "corpus.json"
+    if stamp_path.is_file() and json.loads(stamp_path.read_text()).get("stamp") == stamp:
+        return out / "dataset"
+    out.mkdir(parents=True, exist_ok=True)
+    programs = list(islice(basic_candidates(variant.corpus_seed), variant.corpus_programs))
+    write_jsonl(out / "traces.jsonl", trace_rows(programs, params))
+    stats = build_dataset(out / "traces.jsonl", out / "dataset", params)
+    stamp_path.write_text(json.dumps({"stamp": stamp, "build": stats}, indent=1))
+    return out / "dataset"
+
+
 def prepare_data(params, variant, work_dir: Path) -> dict:
     """Filtered sft / rl / held-out files under work_dir; returns their paths and counts."""
     from stepcode.corpus import read_jsonl, write_jsonl
 
-    src = Path(params.study.data_dir)
+    src = (build_basic_dataset(params, variant, work_dir) if variant.corpus == "basic"
+           else Path(params.study.data_dir))
     for name in ("sft.jsonl", "rl.jsonl", "heldout.jsonl"):
         if not (src / name).is_file():
             raise FileNotFoundError(f"{src / name}: no such file (build the dataset: `dvc repro`)")

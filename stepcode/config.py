@@ -212,7 +212,7 @@ class GRPOSettings(_Section):
 class TrainProfile(_Section):
     """One named training setup: where it runs and the SFT and GRPO settings."""
     model: str | None = Field(None, description="model directory used when the command gets no --model")
-    model_size: Literal["micro", "tiny", "0.5b"] = Field("tiny", description="size `stepcode train init-model` "
+    model_size: Literal["micro", "mini", "tiny", "0.5b"] = Field("tiny", description="size `stepcode train init-model` "
                                                          "builds (stepcode/models.py SIZES)")
     use_cpu: bool = Field(True, description="train on the CPU even if an accelerator is present")
     bf16: bool = Field(False, description="bfloat16 mixed precision (GPU)")
@@ -303,7 +303,7 @@ class PipelineParams(_Section):
 class StudyVariant(_Section):
     """One size of the ablation study (`stepcode study ablation`, stepcode/study.py): data, evaluation and budget.
     Every arm gets the same settings; the training settings come from the named training profile."""
-    profile: str = Field("ablation-tiny", description="training profile (train.profiles) shared by every arm")
+    profile: str = Field("ablation", description="training profile (train.profiles) shared by every arm")
     seeds: int = Field(3, ge=1, description="GRPO seeds per arm (data order and rollout sampling)")
     budget_minutes: float = Field(60.0, gt=0, description="planned wall time; caps GRPO steps through the cost "
                                                          "model below, never by the clock, so arms stay equal")

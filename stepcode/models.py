@@ -33,7 +33,8 @@ CHAT_TEMPLATE = (
 )
 
 # name -> (vocab, hidden, intermediate, layers, heads, kv heads, max positions). "micro" trains in seconds in tests;
-# "tiny" is the CPU default; "0.5b" is the randomly initialised GPU smoke-test size (scripts/gpu_check.sh).
+# "mini" is the ablation study's (it learns the basic corpus fastest per CPU-minute); "tiny" is the CPU default;
+# "0.5b" is the randomly initialised GPU smoke-test size (scripts/gpu_check.sh).
 SIZES = {
     "micro": (1024, 64, 128, 2, 4, 2, 2048),
     "mini": (2048, 128, 512, 3, 4, 2, 2048),

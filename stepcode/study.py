@@ -240,7 +240,8 @@ def render_report(results: dict) -> str:
     lines += _claims(stats)
     lines += ["", "## Compute", "",
               f"- Machine: {compute['machine']}; {compute['workers']} arm processes in parallel, "
-              f"{compute['torch_threads']} torch thread each.",
+              f"{compute['torch_threads']} torch thread each; SFT, alone before them, "
+              f"{max(1, compute['torch_threads']) * compute['workers']} threads.",
               f"- Wall time: SFT {sft_minutes:.1f} min + arms {compute['arms_minutes']:.1f} min"
               + (f" (this run took {compute['wall_minutes']:.1f} min: it reused the SFT checkpoint of an earlier "
                  "run with the same settings and data)" if reused else "")
@@ -252,7 +253,8 @@ def render_report(results: dict) -> str:
               f"{compute['grpo_tokens_per_run']:.0f} (prompt + completion, TRL's num_tokens); mean "
               f"{compute['grpo_minutes_per_run']:.1f} min per run.",
               "", "## Data and choices", "",
-              f"- Training data: {data['sft_rows']} SFT rows and {data['rl_rows']} RL rows; {data['heldout_rows']} "
+              f"- Training data: {data.get('corpus', 'the built dataset')}; {data['sft_rows']} SFT rows and "
+              f"{data['rl_rows']} RL rows; {data['heldout_rows']} "
               f"held-out rows (tasks {', '.join(data['tasks'])}; sources {', '.join(data['sources'])}; at most "
               f"{data['max_anchors']} anchors; user prompt at most {data['max_prompt_chars']} characters).",
               ]
@@ -441,7 +443,9 @@ def prepare_data(params, variant, work_dir: Path) -> dict:
              "heldout": str(work_dir / "heldout.jsonl")}
     for name, rows in (("sft", sft), ("rl", rl), ("heldout", heldout)):
         write_jsonl(paths[name], rows)
-    return {"paths": paths, "sft_rows": len(sft), "rl_rows": len(rl), "heldout_rows": len(heldout),
+    corpus = (f"basic: {variant.corpus_programs} programs of stepcode/synth_basic.py (seed {variant.corpus_seed}), "
+              f"SFT reasoning {variant.reasoning}" if variant.corpus == "basic" else f"the built dataset ({src})")
+    return {"paths": paths, "corpus": corpus, "sft_rows": len(sft), "rl_rows": len(rl), "heldout_rows": len(heldout),
             "tasks": list(variant.tasks), "sources": list(variant.sources), "max_anchors": variant.max_anchors,
             "max_prompt_chars": variant.max_prompt_chars}
 
@@ -535,7 +539,9 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     else:
         base = build_tiny_model(work_dir / "base", corpus_texts(read_jsonl(paths["sft"])),
                                 size=profile.model_size, seed=profile.seed)
-        sft_summary = run_sft(base, paths["sft"], work_dir / "sft", profile, run_name=f"study-{variant}-sft")
+        # SFT runs alone: it gets the threads of all the arm processes that will share the cores after it.
+        sft_profile = profile.model_copy(update={"torch_threads": max(1, profile.torch_threads) * v.workers})
+        sft_summary = run_sft(base, paths["sft"], work_dir / "sft", sft_profile, run_name=f"study-{variant}-sft")
         stamp_path.write_text(json.dumps({"stamp": stamp, "summary": sft_summary}, default=str))
     sft_tokens = float(sft_summary.get("last_log", {}).get("num_tokens", 0.0))
     sft_minutes = (time.perf_counter() - started) / 60

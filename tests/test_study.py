@@ -124,23 +124,49 @@ def test_report_states_ordering_separation_and_compute():
 
 # --- the micro study, end to end ------------------------------------------------------------------------------------
 
+def test_prepare_data_filters_the_built_dataset(tmp_path):
+    data = tmp_path / "dataset"
+    data.mkdir()
+    rl = [rl_row(xs, k) for xs, k in CASES] + [rl_row([7], 7, task="input"), rl_row([8], 8, source="humaneval")]
+    sft = [{"id": r["id"], "task": r["task"], "messages": r["prompt"], "completion": []} for r in rl]
+    for name, rows in (("rl", rl), ("sft", sft), ("heldout", rl[:3])):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = load_params(ROOT / "params.yaml")
+    params = params.model_copy(update={"study": params.study.model_copy(update={"data_dir": str(data)})})
+    variant = StudyVariant(corpus="dataset", tasks=("output",), sources=("synth",), max_anchors=10)
+
+    from stepcode.study import prepare_data
+
+    got = prepare_data(params, variant, tmp_path / "work")
+    assert (got["sft_rows"], got["rl_rows"], got["heldout_rows"]) == (len(CASES), len(CASES), 3)
+    kept = [json.loads(line)["id"] for line in Path(got["paths"]["sft"]).read_text().splitlines()]
+    assert kept == [r["id"] for r in rl[:len(CASES)]]
+
+
+def test_basic_corpus_is_traced_built_and_reused(tmp_path):
+    from stepcode.study import build_basic_dataset
+
+    params = load_params(ROOT / "params.yaml")
+    variant = StudyVariant(corpus="basic", corpus_programs=40, corpus_seed=5, reasoning="none")
+    out = build_basic_dataset(params, variant, tmp_path)
+    built = json.loads((tmp_path / "basic" / "corpus.json").read_text())["build"]
+    assert built["rows_in"] == 40 and built["rows_kept"] >= 38 and built["sources"] == {"synth-basic": built["rows_kept"]}
+    first = json.loads((out / "sft.jsonl").read_text().splitlines()[0])
+    assert first["completion"][0]["content"].startswith("<reasoning></reasoning>")   # the variant's reasoning
+    stamp = (out / "sft.jsonl").stat().st_mtime_ns
+    assert build_basic_dataset(params, variant, tmp_path) == out and (out / "sft.jsonl").stat().st_mtime_ns == stamp
+    build_basic_dataset(params, variant.model_copy(update={"reasoning": "template"}), tmp_path)   # settings changed
+    assert "Step 1 of" in json.loads((out / "sft.jsonl").read_text().splitlines()[0])["completion"][0]["content"]
+
+
 @pytest.mark.slow
 def test_micro_study_end_to_end(tmp_path, mlflow_store):
     crux = SHARED / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
     if not crux.is_file():
         pytest.skip(f"{crux} not present")
-    data = tmp_path / "dataset"
-    data.mkdir()
-    rl = [rl_row(xs, k) for xs, k in CASES]
-    sft = [{"id": r["id"], "task": "output", "messages": r["prompt"],
-            "completion": [{"role": "assistant", "content": render_output_completion(r["gold_trace"],
-                                                                                      r["gold_output"])}]}
-           for r in rl]
-    for name, rows in (("rl", rl), ("sft", sft), ("heldout", rl[:3])):
-        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     params = load_params(ROOT / "params.yaml")
     params = params.model_copy(update={
-        "study": params.study.model_copy(update={"data_dir": str(data), "work_dir": str(tmp_path / "work")}),
+        "study": params.study.model_copy(update={"work_dir": str(tmp_path / "work")}),
         "evaluate": params.evaluate.model_copy(update={"cruxeval_path": str(crux)})})
 
     from stepcode.study import run_study

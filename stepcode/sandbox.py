@@ -66,6 +66,12 @@ RUNNERS_MODULES = ("stepcode.runners",)
 BATCH_SIZE = 16               # jobs per round trip in `map_batches`: enough to amortise it, few enough to balance
 SANDBOX_UID_BASE = 61000      # server k runs its children as uid SANDBOX_UID_BASE + k (no such user needs to exist)
 
+# The servers' environment (plus PYTHONHASHSEED and PYTHONPATH). LD_BIND_NOW: the dynamic linker resolves every
+# symbol once, at start-up, instead of on first call: a child's first call of a C function the server never called
+# would cost a symbol lookup and a copy-on-write fault on the table it patches, in every child (~13 faults each).
+SERVER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+              "LD_BIND_NOW": "1"}
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -82,8 +88,7 @@ class _ServerProcess:
 
     def start(self) -> None:
         pkg_root = str(Path(__file__).resolve().parent.parent)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": str(self.hash_seed),
-               "PYTHONPATH": pkg_root, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+        env = dict(SERVER_ENV, PYTHONHASHSEED=str(self.hash_seed), PYTHONPATH=pkg_root)
         self.proc = subprocess.Popen([sys.executable, "-S", "-m", "stepcode.forkserver"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True)
         _write_frame(self.proc.stdin.fileno(), marshal.dumps(self.cfg))

@@ -240,8 +240,8 @@ def render_report(results: dict) -> str:
     lines += _claims(stats)
     lines += ["", "## Compute", "",
               f"- Machine: {compute['machine']}; {compute['workers']} arm processes in parallel, "
-              f"{compute['torch_threads']} torch thread each; SFT, alone before them, "
-              f"{max(1, compute['torch_threads']) * compute['workers']} threads.",
+              f"{compute['torch_threads']} torch thread each (SFT too: a second thread made it slower on this "
+              "shared machine).",
               f"- Wall time: SFT {sft_minutes:.1f} min + arms {compute['arms_minutes']:.1f} min"
               + (f" (this run took {compute['wall_minutes']:.1f} min: it reused the SFT checkpoint of an earlier "
                  "run with the same settings and data)" if reused else "")
@@ -539,9 +539,7 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     else:
         base = build_tiny_model(work_dir / "base", corpus_texts(read_jsonl(paths["sft"])),
                                 size=profile.model_size, seed=profile.seed)
-        # SFT runs alone: it gets the threads of all the arm processes that will share the cores after it.
-        sft_profile = profile.model_copy(update={"torch_threads": max(1, profile.torch_threads) * v.workers})
-        sft_summary = run_sft(base, paths["sft"], work_dir / "sft", sft_profile, run_name=f"study-{variant}-sft")
+        sft_summary = run_sft(base, paths["sft"], work_dir / "sft", profile, run_name=f"study-{variant}-sft")
         stamp_path.write_text(json.dumps({"stamp": stamp, "summary": sft_summary}, default=str))
     sft_tokens = float(sft_summary.get("last_log", {}).get("num_tokens", 0.0))
     sft_minutes = (time.perf_counter() - started) / 60

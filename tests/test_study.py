@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stepcode.config import StudyVariant, load_params
-from stepcode.prompts import output_messages, render_output_completion
+from stepcode.prompts import output_messages
 from stepcode.study import (ARMS, HEADLINE, arm_stats, curve_means, ordering, plan_steps, render_report, select_rows,
                             t_interval)
 

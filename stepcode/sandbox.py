@@ -16,8 +16,8 @@ sets up once what every child of it needs, then runs the jobs one at a time, one
 batch in one frame. What a job costs, and why, is in stepcode/forkserver.py (~1 ms: one fork, the program, one reap).
 
 Threat model — what a program running in the child CANNOT do (each is a test in tests/test_hostile.py):
-- write anywhere but its private temp dir: it runs as an unprivileged uid (one per server, so `RLIMIT_NPROC` is not
-  shared between parallel sandboxes) with no capabilities, and Landlock makes every other path read-only even for
+- write anywhere but its private temp dir: it runs as an unprivileged uid (one per server, claimed machine-wide, so
+  `RLIMIT_NPROC` and the cleanup kill below are never shared with another sandbox) with no capabilities, and Landlock makes every other path read-only even for
   files that uid owns or that are world-writable (/tmp, /dev/shm). The temp dir is on a size-capped tmpfs.
 - reach the network: an empty network namespace (loopback down), Landlock forbids TCP bind/connect, and a seccomp
   filter makes `socket()` fail with EPERM (plus ptrace, mount, unshare, setns, bpf, keyctl, io_uring, ...).
@@ -64,7 +64,9 @@ if TYPE_CHECKING:
 
 RUNNERS_MODULES = ("stepcode.runners",)
 BATCH_SIZE = 16               # jobs per round trip in `map_batches`: enough to amortise it, few enough to balance
-SANDBOX_UID_BASE = 61000      # server k runs its children as uid SANDBOX_UID_BASE + k (no such user needs to exist)
+SANDBOX_UID_BASE = 61000      # servers run their children as uids from here on (no such user needs to exist)
+SANDBOX_UIDS = 4096           # how many: the sandboxes running at once on one machine share this range
+UID_LOCK_DIR = "/run/stepcode-sandbox-uids"   # root-only; one lock file per uid in use (tmpfs: gone at reboot)
 
 # The servers' environment (plus PYTHONHASHSEED and PYTHONPATH). LD_BIND_NOW: the dynamic linker resolves every
 # symbol once, at start-up, instead of on first call: a child's first call of a C function the server never called
@@ -197,6 +199,43 @@ class Slot:
         return [list(results) for results in zip(*per_seed)]
 
 
+class _UidClaims:
+    """Sandbox uids held for this process's servers, machine-wide: one `flock`ed file per uid. A server's cleanup
+    kills every process of its uid (`kill(-1)` as that uid), so two sandboxes sharing a uid — two processes each with
+    a Sandbox, as in the pipeline's parallel trace tasks or the study's parallel arms — would kill each other's
+    running programs. The kernel drops a lock when its holder exits, however it exits, so a crashed engine frees its
+    uids. (Its servers die with it: they read the end of their input.)"""
+
+    def __init__(self, n: int):
+        import fcntl
+
+        self.fds: list[int] = []
+        self.uids: list[int] = []
+        if os.geteuid() != 0:     # degraded mode: no uid change at all (see the module docstring)
+            self.uids = [os.geteuid()] * n
+            return
+        os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
+        for uid in range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UIDS):
+            if len(self.uids) == n:
+                return
+            fd = os.open(os.path.join(UID_LOCK_DIR, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.fds.append(fd)
+            self.uids.append(uid)
+        self.release()
+        raise RuntimeError(f"all {SANDBOX_UIDS} sandbox uids from {SANDBOX_UID_BASE} are in use by other sandboxes "
+                           f"(lock files in {UID_LOCK_DIR})")
+
+    def release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
 class Sandbox:
     """A pool of `workers` slots. Thread-safe: `slot()` hands out one free slot at a time."""
 
@@ -217,6 +256,7 @@ class Sandbox:
                   "nofile": p.open_files, "nproc": p.processes, "stdout_bytes": p.stdout_kb << 10}
         self._slots: list[Slot] = []
         self._free: queue.Queue[Slot] = queue.Queue()
+        self._uids = _UidClaims(self.workers * len(self.hash_seeds))
         k = 0
         try:
             for i in range(self.workers):
@@ -224,7 +264,7 @@ class Sandbox:
                 for seed in self.hash_seeds:
                     base = os.path.join(self._base, f"s{k}")
                     os.mkdir(base, 0o711)
-                    cfg = {"uid": SANDBOX_UID_BASE + k, "base_dir": base, "limits": limits,
+                    cfg = {"uid": self._uids.uids[k], "base_dir": base, "limits": limits,
                            "disk_mb": p.disk_mb, "runners_modules": list(runners), "namespaces": namespaces,
                            "site_packages": _site_packages()}
                     servers[seed] = _ServerProcess(cfg, seed)
@@ -281,6 +321,7 @@ class Sandbox:
         for server in servers:
             server.stop()
         self._slots = []
+        self._uids.release()      # after the servers are gone: their uids' processes died with them
         shutil.rmtree(self._base, ignore_errors=True)
 
     def __enter__(self) -> "Sandbox":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stepcode.sandbox import SANDBOX_UID_BASE
+from stepcode.sandbox import SANDBOX_UID_BASE, SANDBOX_UIDS, UID_LOCK_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="full isolation (uids, namespaces) needs root")
@@ -123,7 +123,26 @@ BENIGN = [  # (code, input, trace, output): exact ground truth that hostile neig
 ]
 
 
+def _claimed(uid: int) -> bool:
+    """Whether a live sandbox holds this uid now (stepcode.sandbox._UidClaims): its processes are not leftovers."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(UID_LOCK_DIR, str(uid)), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def _sandbox_processes() -> list[str]:
+    """Processes of sandbox uids that no live sandbox holds: what a finished run left behind. (Another sandbox
+    running on the machine at the same time, a training job's reward checks say, holds its own uids.)"""
     found = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -132,7 +151,7 @@ def _sandbox_processes() -> list[str]:
             except OSError:
                 continue
             uid = int(status.split("Uid:")[1].split()[0])
-            if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 1000:
+            if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UIDS and not _claimed(uid):
                 found.append(f"{pid} (uid {uid})")
     return found
 
@@ -201,7 +220,7 @@ def test_hostile_suite(tmp_path):
         assert not Path("/dev/shm/stepcode_evil").exists()
         with pytest.raises(BlockingIOError):
             listener.accept()
-        # No process of any sandbox uid survived the run.
+        # No process of the run's sandbox uids survived it.
         time.sleep(0.2)
         assert _sandbox_processes() == []
     finally:

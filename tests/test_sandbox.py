@@ -129,3 +129,18 @@ def test_a_child_report_must_be_a_json_object_with_a_status():
         "status": "ok", "trace": [], "wall_s": 0.5, "cpu_s": 0.25, "faults": 7}
     for forged in (b"not json", b"[1, 2]", b'{"trace": []}', b"[" * 100000):
         assert _result((forged, 0.5, 0.25, 7))["status"] == "killed"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids are claimed only as root")
+def test_parallel_sandboxes_never_kill_each_others_programs(sandbox):
+    # A server cleans up after every job by killing all processes of its uid: two sandboxes sharing a uid (parallel
+    # trace tasks, parallel study arms) would kill each other's running programs. Uids are claimed machine-wide.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Sandbox(workers=1, hash_seeds=(0,)) as other:
+        assert other.isolation["uid"] != sandbox.isolation["uid"]
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(check, sandbox, "import time\ntime.sleep(1.0)\n")
+            quick = [check(other, "assert 1 == 1") for _ in range(50)]
+        assert slow.result()["status"] == "passed"
+        assert [r["status"] for r in quick] == ["passed"] * 50

@@ -70,6 +70,7 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -107,10 +108,21 @@ class Instrumented:
     anchors: tuple[Anchor, ...]
 
 
+# CPython 3.11's AST conversions keep their recursion-depth counter per interpreter, not per thread: two threads
+# parsing at once (the trace engine instruments, the reward scorer parses answers, in worker threads) can trip
+# "SystemError: AST constructor recursion depth mismatch". The work holds the GIL anyway: one at a time costs nothing.
+AST_LOCK = threading.Lock()
+
+
 def instrument(code: str) -> Instrumented:
-    """Insert anchors into every function of `code` (see the module docstring for the rules)."""
+    """Insert anchors into every function of `code` (see the module docstring for the rules). Thread-safe."""
     if not isinstance(code, str):
         raise TypeError(f"instrument() expects source text (str), got {type(code).__name__}")
+    with AST_LOCK:
+        return _instrument(code)
+
+
+def _instrument(code: str) -> Instrumented:
     try:
         tree = ast.parse(code)
     except SyntaxError as err:

@@ -35,6 +35,7 @@ import ast
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stepcode.anchors import AST_LOCK
 from stepcode.prompts import parse_completion
 
 # A correct answer is the repr of a traced value, at most trace.max_output_chars (2000 by default) characters; five
@@ -75,7 +76,8 @@ def _parse_expression(text: str) -> ast.Expression | None:
     if len(text) > MAX_ANSWER_CHARS:
         return None
     try:
-        return ast.parse(text, mode="eval")
+        with AST_LOCK:   # the scorer parses in worker threads (see stepcode.anchors.AST_LOCK)
+            return ast.parse(text, mode="eval")
     # MemoryError and RecursionError are how CPython 3.11 refuses deeply nested input; they are not our memory.
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None

@@ -152,7 +152,9 @@ def _sandbox_processes() -> list[str]:
                 continue
             uid = int(status.split("Uid:")[1].split()[0])
             if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UIDS and not _claimed(uid):
-                found.append(f"{pid} (uid {uid})")
+                state = status.split("State:")[1].split("\n")[0].strip()
+                ppid = status.split("PPid:")[1].split()[0]
+                found.append(f"{pid} (uid {uid}, ppid {ppid}, {state})")
     return found
 
 

@@ -637,8 +637,8 @@ STUDY_CHOICES: dict[str, list[str]] = {
         "built by the dataset builder: 10,777 training programs, 1,220 held out (sha256 split); 3-5 anchors each "
         "(a third each). Why not the CRUXEval-style corpus of `dvc repro`: a model trained from scratch for "
         "minutes cannot execute `''.join(sorted(s)).center(9, 'r')`; the previous full run of this study on it "
-        "ended with 0.0 held-out step accuracy after SFT (and a borrowed-GPU sweep of 400-3200 SFT steps never "
-        "passed 0.11), so RL had nothing to improve.",
+        "ended with 0.0 held-out step accuracy after SFT (and a borrowed-GPU sweep of 400-3200 SFT steps, "
+        "sft_sweep.py and sft_sweep.jsonl beside this report, never passed 0.11), so RL had nothing to improve.",
         "Model: `mini` (a Llama with 3 layers, hidden 128, 4 heads, byte-level BPE of 2048 trained on the study's "
         "SFT rows), initialised from scratch. It sees about three times as many examples per CPU-second as `tiny` "
         "(4 x 256): batch 16 in ~0.75 s a step against batch 8 in ~1.1 s, one thread each, and at this budget the "
@@ -664,7 +664,14 @@ STUDY_CHOICES: dict[str, list[str]] = {
         "methods, long values): near zero is expected there.",
         "Budget: the cost model was first set from the old corpus's arms (6 s per GRPO step), which planned only "
         "78 steps; the arms measured ~1.1 s a step, so that run was stopped and the arms rerun from the same SFT "
-        "checkpoint with the measured model (0.71 s per SFT step, 1.5 s per GRPO step, 0.42 s per evaluated row).",
+        "checkpoint with the measured model (0.71 s per SFT step, 1.5 s per GRPO step, 0.42 s per evaluated row). "
+        "The rerun's arms took 1.4-2 s a step: a test suite shared the 2 cores for part of it.",
+        "Reading (after the run): SFT reached 17.7% held-out step accuracy and 13% exact answers, so every GRPO "
+        "group had signal. From there no arm improved on SFT in 200 steps: Step-GRPO held it (16.2%), Bi-Level "
+        "lost a little (14.3%) and Terminal-GRPO lost most (9.0%, intervals separate from Step-GRPO's). That "
+        "terminal rewards hurt step accuracy most is the paper's direction; that Bi-Level does not beat Step-GRPO "
+        "and nothing beats SFT is not. The RL learning rate (3e-4, the paper's ratio to SFT's) was not tuned, and "
+        "with ~1M parameters it may be too high: that is the first knob to try, for every arm alike.",
     ],
     "micro": ["Micro variant: the micro model and a few steps, only to keep the command working (CI); its numbers "
               "mean nothing."],

@@ -348,6 +348,20 @@ class _Server:
             except (ProcessLookupError, PermissionError):
                 pass
 
+    def shutdown(self) -> None:
+        """Before the server exits: kill what is left of the sandbox uid and reap every child. The per-job reap does
+        not wait, so a process killed a moment earlier may still be dying; unreaped, it would pass to PID 1 as a
+        zombie when the server exits (and some inits, this VM's among them, are slow to reap). Bounded: 2 s."""
+        if self.root:
+            self._kill_leftovers(0)
+        idle = select.poll()   # polling nothing is the server's sleep (time is not preloaded)
+        for _ in range(400):
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    idle.poll(5)
+            except ChildProcessError:   # no children left
+                return
+
     @staticmethod
     def _reap_orphans() -> bool:
         """The server is a child subreaper: the program's orphans become its children; reap the dead ones."""
@@ -395,6 +409,7 @@ def serve() -> None:
         except Exception as e:  # a bug of ours, not the program's: report it, keep serving
             answers = [{"status": "sandbox_error", "reason": f"{type(e).__name__}: {e}"}] * len(payloads)
         _write_frame(proto_out, marshal.dumps(answers))
+    server.shutdown()
     os._exit(0)  # the engine closed the protocol: nothing to flush, nothing worth finalising
 
 

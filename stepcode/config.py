@@ -331,10 +331,7 @@ class StudyVariant(_Section):
     def _int_is_a_float(cls, v):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
-    @field_validator("tasks", "sources", mode="before")
-    @classmethod
-    def _list_is_a_tuple(cls, v):
-        return tuple(v) if isinstance(v, list) else v
+    _list_is_a_tuple = field_validator("tasks", "sources", mode="before")(_list_to_tuple)
 
 
 class StudyParams(_Section):

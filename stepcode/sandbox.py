@@ -182,12 +182,6 @@ class Slot:
         seed = hash_seed if hash_seed is not None else next(iter(self.servers))
         return [results[0] for results in self.run_many_each_seed(runner, payloads, (seed,), timeout=timeout)]
 
-    def run_each_seed(self, runner: str, payload: dict, seeds: Iterable[int], *,
-                      timeout: float | None = None) -> list[dict]:
-        """The same job on the servers of `seeds` at once (each forks its own child), results in seed order: the
-        determinism check costs one round trip instead of two."""
-        return self.run_many_each_seed(runner, [payload], seeds, timeout=timeout)[0]
-
     def run_many_each_seed(self, runner: str, payloads: list[dict], seeds: Iterable[int], *,
                            timeout: float | None = None) -> list[list[dict]]:
         """Every payload on the server of each seed, the servers working at once, each batch in one round trip (a

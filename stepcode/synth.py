@@ -694,13 +694,20 @@ def _one_program(rng: random.Random) -> tuple[str, str]:
         return code, args
 
 
-def synth_candidates(seed: int) -> Iterator[dict]:
-    """Endless program rows `synth-<seed>-<k>`, k = 0, 1, ...; the same seed gives the same rows."""
+def numbered_candidates(prefix: str, seed: int, one_program, source: str) -> Iterator[dict]:
+    """Endless program rows `<prefix>-<seed>-<k>`, k = 0, 1, ...: row k is `one_program(random.Random(its id))` ->
+    (code, input), so it depends on (prefix, seed, k) only. Shared by the synthesizers."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     for k in itertools.count():
-        code, args = _one_program(random.Random(f"synth-{seed}-{k}"))
-        yield {"id": f"synth-{seed}-{k}", "code": code, "input": args, "entry_point": "f", "source": "synth"}
+        id = f"{prefix}-{seed}-{k}"
+        code, args = one_program(random.Random(id))
+        yield {"id": id, "code": code, "input": args, "entry_point": "f", "source": source}
+
+
+def synth_candidates(seed: int) -> Iterator[dict]:
+    """Endless program rows `synth-<seed>-<k>`, k = 0, 1, ...; the same seed gives the same rows."""
+    return numbered_candidates("synth", seed, _one_program, "synth")
 
 
 def synthesize(n: int, seed: int, params, *, progress: bool = False) -> tuple[list[dict], dict]:

@@ -33,9 +33,10 @@ construction (ints below ~60, words below 8 letters, lists below 6 items), so ev
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator
+
+from stepcode.synth import numbered_candidates
 
 LETTERS = "abcde"
 NAMES = ("a", "b", "c", "d")
@@ -120,8 +121,4 @@ def one_program(rng: random.Random) -> tuple[str, str]:
 
 def basic_candidates(seed: int) -> Iterator[dict]:
     """Endless program rows `basic-<seed>-<k>`, k = 0, 1, ...; the same seed gives the same rows."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    for k in itertools.count():
-        code, args = one_program(random.Random(f"basic-{seed}-{k}"))
-        yield {"id": f"basic-{seed}-{k}", "code": code, "input": args, "entry_point": "f", "source": "synth-basic"}
+    return numbered_candidates("basic", seed, one_program, "synth-basic")

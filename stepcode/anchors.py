@@ -71,7 +71,8 @@ import ast
 import keyword
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import CodeType
 from typing import NamedTuple
 
 MUTATING_METHODS = frozenset({
@@ -106,6 +107,9 @@ class Instrumented:
     exec_source: str       # the same text line for line, except each anchor line is `ANCHOR_FN('LABEL', EXPR)`
     anchor_fn: str         # fresh identifier used in exec_source (never occurs in the original source text)
     anchors: tuple[Anchor, ...]
+    # exec_source compiled (filename "<program>", no inherited __future__ flags): the proof that it compiles, and what
+    # the sandbox runs, so a program traced under two hash seeds is compiled once, not once per run
+    code: CodeType | None = field(default=None, compare=False, repr=False)
 
 
 # CPython 3.11's AST conversions keep their recursion-depth counter per interpreter, not per thread: two threads
@@ -596,14 +600,18 @@ def _print_call(label: str, expr: ast.expr) -> ast.Call:
 
 
 def _checked(tree: ast.Module, exec_source: str, anchor_fn: str, ordered: list[_Plan]) -> Instrumented:
-    """Re-parse exec_source and find the planned anchors in it, derive the display source, number the anchors."""
+    """Compile exec_source and find the planned anchors in it, derive the display source, number the anchors."""
     try:
-        exec_tree = ast.parse(exec_source)
+        code = compile(exec_source, "<program>", "exec", dont_inherit=True)
     except SyntaxError as err:
         return _rejected("unsupported", f"ast.unparse output does not re-parse (line {err.lineno}: {err.msg})")
-    calls = sorted((stmt.lineno, stmt.value.args[0].value, stmt.col_offset) for stmt in _statements(exec_tree.body)
-                   if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
-                   and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == anchor_fn)
+    calls = _anchor_lines(exec_source, anchor_fn, ordered)
+    if calls is None:   # not found by their text (never seen): find them in the parsed source
+        exec_tree = ast.parse(exec_source)
+        calls = sorted((stmt.lineno, stmt.value.args[0].value, stmt.col_offset)
+                       for stmt in _statements(exec_tree.body)
+                       if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+                       and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == anchor_fn)
     if [label for _, label, _ in calls] != [plan.label for plan in ordered]:
         return _rejected("unsupported", "instrumented sources do not line up with the planned anchors")
     source = _display_source(exec_source, calls, ordered, anchor_fn)
@@ -615,7 +623,34 @@ def _checked(tree: ast.Module, exec_source: str, anchor_fn: str, ordered: list[_
     anchors = tuple(Anchor(line=line, label=plan.label, kind=plan.kind, function=plan.function)
                     for (line, _, _), plan in zip(calls, ordered))
     return Instrumented(status="ok", reason=None, source=source, exec_source=exec_source,
-                        anchor_fn=anchor_fn, anchors=anchors)
+                        anchor_fn=anchor_fn, anchors=anchors, code=code)
+
+
+def _exec_text(plan: _Plan, anchor_fn: str) -> str:
+    """An anchor statement as ast.unparse writes it (it fills its own line, written without context)."""
+    if plan.label.isascii():   # no escaping needed in the label literal
+        return f"{anchor_fn}({plan.label!r}, {plan.shown})"
+    return ast.unparse(plan.stmt)
+
+
+def _anchor_lines(exec_source: str, anchor_fn: str, ordered: list[_Plan]) -> list[tuple[int, str, int]] | None:
+    """(line, label, indent) of each planned anchor in exec_source, found by its text — which saves parsing the
+    source again: anchor_fn occurs nowhere in the program's own text, so the lines that start with a call of it are
+    the anchors, in order. None unless those lines are exactly the planned anchors' text."""
+    found = []
+    head = anchor_fn + "("
+    for number, line in enumerate(exec_source.split("\n"), 1):
+        text = line.lstrip(" ")
+        if text.startswith(head):
+            found.append((number, len(line) - len(text), text))
+    if len(found) != len(ordered):
+        return None
+    calls = []
+    for (number, indent, text), plan in zip(found, ordered):
+        if text != _exec_text(plan, anchor_fn):
+            return None
+        calls.append((number, plan.label, indent))
+    return calls
 
 
 def _display_source(exec_source: str, calls: list, ordered: list[_Plan], anchor_fn: str) -> str | None:
@@ -625,11 +660,10 @@ def _display_source(exec_source: str, calls: list, ordered: list[_Plan], anchor_
     None if an anchor line is not the text expected (never seen; the caller then unparses the display tree)."""
     lines = exec_source.split("\n")   # unparse escapes every other line break inside strings
     for (line, _, indent), plan in zip(calls, ordered):
+        exec_text = _exec_text(plan, anchor_fn)
         if plan.label.isascii():   # no escaping needed in either literal
-            exec_text = f"{anchor_fn}({plan.label!r}, {plan.shown})"
             display_text = f"print(f'{plan.label}: {{{plan.shown}}}')"
         else:
-            exec_text = ast.unparse(plan.stmt)
             display_text = ast.unparse(ast.Expr(_print_call(plan.label, plan.stmt.value.args[1])))
         if lines[line - 1] != " " * indent + exec_text:
             return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import io
 import sys
+from types import CodeType
 
 
 class OutputLimitExceeded(BaseException):
@@ -67,14 +68,18 @@ def _classify(e: BaseException) -> tuple[str, str]:
 
 
 def prepare_trace(payload: dict):
-    """payload: code (the exec source from stepcode.anchors), anchor_fn (the name its anchor calls use), entry_point,
-    input (argument list as source text), max_lines, max_line_chars, max_output_chars."""
+    """payload: code (the exec source from stepcode.anchors, or its code object: `Instrumented.code`), anchor_fn (the
+    name its anchor calls use), entry_point, input (argument list as source text), max_lines, max_line_chars,
+    max_output_chars."""
+    code = payload["code"]
+    # dont_inherit: the program must not inherit this module's `from __future__ import annotations`
+    if not isinstance(code, CodeType):
+        try:
+            code = compile(code, "<program>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+            return {"status": "syntax_error", "reason": _describe(e), "trace": [], "output": None}
     try:
-        code = compile(payload["code"], "<program>", "exec")
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        return {"status": "syntax_error", "reason": _describe(e), "trace": [], "output": None}
-    try:
-        call = compile(f"{payload['entry_point']}({payload['input']})", "<input>", "eval")
+        call = compile(f"{payload['entry_point']}({payload['input']})", "<input>", "eval", dont_inherit=True)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return {"status": "runtime_error", "reason": f"the input does not parse: {_describe(e)}", "trace": [],
                 "output": None}
@@ -230,7 +235,7 @@ _ABSENT = object()
 def prepare_check(payload: dict):
     """payload: program — a whole check program (the function, then e.g. `assert GOLD == PREDICTION`)."""
     try:
-        return compile(payload["program"], "<check>", "exec")
+        return compile(payload["program"], "<check>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError) as e:
         return {"status": "failed", "reason": _describe(e)}
 

@@ -231,13 +231,19 @@ class _UidClaims:
 
 
 class Sandbox:
-    """A pool of `workers` slots. Thread-safe: `slot()` hands out one free slot at a time."""
+    """A pool of `workers` slots. Thread-safe: `slot()` hands out one free slot at a time.
+
+    `fork_loop`: the servers fork and supervise children in C (stepcode/_forkloop.c, built at install) or, when that
+    is not built or "python" is asked for, in Python — same verdicts, ~25% more CPU per run. `isolation` says which."""
 
     def __init__(self, params: SandboxParams | None = None, *, hash_seeds: Iterable[int] = (0,),
-                 workers: int | None = None, namespaces: bool = True, runners: Iterable[str] = RUNNERS_MODULES):
+                 workers: int | None = None, namespaces: bool = True, runners: Iterable[str] = RUNNERS_MODULES,
+                 fork_loop: str = "c"):
         if params is None:
             from stepcode.config import SandboxParams
             params = SandboxParams()
+        if fork_loop not in ("c", "python"):
+            raise ValueError(f"fork_loop must be 'c' or 'python', not {fork_loop!r}")
         self.params = params
         self.hash_seeds = tuple(hash_seeds)
         # A server sleeps while its child runs, so one busy server per core leaves cores idle: by default, slots
@@ -260,7 +266,7 @@ class Sandbox:
                     os.mkdir(base, 0o711)
                     cfg = {"uid": self._uids.uids[k], "base_dir": base, "limits": limits,
                            "disk_mb": p.disk_mb, "runners_modules": list(runners), "namespaces": namespaces,
-                           "site_packages": _site_packages()}
+                           "site_packages": _site_packages(), "fork_loop": fork_loop}
                     servers[seed] = _ServerProcess(cfg, seed)
                     servers[seed].start()
                     k += 1

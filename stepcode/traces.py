@@ -72,7 +72,7 @@ def _instrumented(row: dict, tp) -> tuple[dict, dict | None]:
         out.update(status=inst.status, reason=inst.reason)
         return out, None
     out["instrumented_code"] = inst.source
-    payload = {"code": inst.exec_source, "anchor_fn": inst.anchor_fn, "entry_point": row.get("entry_point", "f"),
+    payload = {"code": inst.code, "anchor_fn": inst.anchor_fn, "entry_point": row.get("entry_point", "f"),
                "input": row["input"], "max_lines": tp.max_lines, "max_line_chars": tp.max_line_chars,
                "max_output_chars": tp.max_output_chars}
     return out, payload

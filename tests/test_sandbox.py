@@ -144,3 +144,52 @@ def test_parallel_sandboxes_never_kill_each_others_programs(sandbox):
             quick = [check(other, "assert 1 == 1") for _ in range(50)]
         assert slow.result()["status"] == "passed"
         assert [r["status"] for r in quick] == ["passed"] * 50
+
+
+def _fork_loop_built() -> bool:
+    try:
+        from stepcode import _forkloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+PARITY_CHECKS = [
+    "assert 1 == 1\n",
+    "assert 1 == 2\n",
+    "assert 1 == (\n",                                                   # does not compile: no child at all
+    "while True: pass\n",                                                # wall-clock timeout
+    "import os\nos._exit(3)\n",                                          # exits without a report
+    "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",         # under the guard os.kill is None
+    "import posix, signal\nposix.kill(posix.getpid(), signal.SIGKILL)\n",  # dies of a signal
+    "import posix\nfor _ in range(6):\n    for fd in range(3, 256):\n        try:\n"
+    "            posix.write(fd, b'x' * (1 << 20))\n        except OSError:\n            pass\n",  # floods the pipe
+    "open('left-behind', 'w').write('x')\n",                             # leaves a file in the work dir ...
+    "import posix\nassert posix.listdir('.') == [], posix.listdir('.')\n",  # ... which the next job must not see
+    "import posix, time\nif posix.fork() == 0:\n    time.sleep(30)\nassert 1 == 1\n",  # a grandchild, killed
+]
+
+
+@pytest.mark.skipif(not _fork_loop_built(), reason="the C fork loop is not built here")
+def test_the_c_and_python_fork_loops_give_the_same_verdicts():
+    verdicts = {}
+    for loop in ("c", "python"):
+        with Sandbox(workers=1, hash_seeds=(0,), fork_loop=loop) as sb:
+            assert sb.isolation["fork_loop"] == loop
+            with sb.slot() as slot:
+                results = slot.run_many("check", [{"program": p} for p in PARITY_CHECKS], timeout=1)
+                results += [slot.run("trace", {"code": "def f(a):\n    b = [a] * 2\n    _w('b', b)\n    return b\n",
+                                               "anchor_fn": "_w", "entry_point": "f", "input": "'q'",
+                                               "max_lines": 10, "max_line_chars": 100, "max_output_chars": 100})]
+        verdicts[loop] = [{k: v for k, v in r.items() if k not in ("wall_s", "cpu_s", "faults")} for r in results]
+    assert verdicts["c"] == verdicts["python"]
+    statuses = [v["status"] for v in verdicts["c"]]
+    assert statuses == ["passed", "failed", "failed", "timeout", "killed", "failed", "killed", "output_limit",
+                        "passed", "passed", "passed", "ok"], verdicts["c"]
+    assert verdicts["c"][-1]["trace"] == ["b: ['q', 'q']"]
+
+
+def test_the_fork_loop_is_c_when_built(sandbox):
+    assert sandbox.isolation["fork_loop"] == ("c" if _fork_loop_built() else "python")
+    with pytest.raises(ValueError, match="fork_loop"):
+        Sandbox(workers=1, fork_loop="rust")

@@ -230,8 +230,8 @@ def _setup_source(test_cls) -> str | None:
 def prepare_reval(payload: dict):
     """Server side, before the fork: compile only (nothing executes). A finished verdict when the code is broken."""
     try:
-        code = compile(payload["code"], TRACED_FILE, "exec")
-        test = compile(payload["test"], TEST_FILE, "exec") if payload.get("test") else None
+        code = compile(payload["code"], TRACED_FILE, "exec", dont_inherit=True)
+        test = compile(payload["test"], TEST_FILE, "exec", dont_inherit=True) if payload.get("test") else None
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return {"status": "syntax_error", "reason": _describe(e), "pairs": []}
     return code, test, payload
@@ -497,11 +497,11 @@ def _run_output(code, test, payload: dict) -> dict:
         if payload["kind"] == "humaneval":
             # upstream: `locals()[fn_name] = fn; exec(ans)` — the answer sees the entry point, not the program's
             # other globals. An explicit namespace keeps that meaning on every Python version (PEP 667).
-            exec(compile(payload["answer"], "<answer>", "exec"),
+            exec(compile(payload["answer"], "<answer>", "exec", dont_inherit=True),
                  {"__builtins__": builtins, payload["entry_point"]: program.env[payload["entry_point"]]})
         else:
             test_cls = program.test_class(payload["input_idx"])
-            exec(compile(answer_method_source(payload["answer"]), TRACED_FILE, "exec"), program.env)
+            exec(compile(answer_method_source(payload["answer"]), TRACED_FILE, "exec", dont_inherit=True), program.env)
             test_cls.dreval_output_pred = program.env["dreval_output_pred"]
             obj = test_cls()
             obj.setUp()

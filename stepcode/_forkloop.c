@@ -9,7 +9,8 @@ set-up (session, stderr, CPU limit, uid, parent-death signal, closing inherited 
 child runs no Python before the program's own runner.
 
 Contract — the same as the Python loop, job for job:
-    run_jobs(jobs, child, cleanup, timeout, cpu_limit, uid, root, workdir, cap) -> [(kind, data, wall, cpu, faults)]
+    run_jobs(jobs, child, cleanup, timeout, cpu_limit, uid, root, workdir, cap, python_at_fork)
+        -> [(kind, data, wall, cpu, faults)]
   jobs     prepared objects, run one after the other, each in its own forked child;
   child    called in the child as child(prepared) -> bytes (the runner's JSON report); this module frames it with a
            fresh random nonce and writes it to the result pipe; an exception makes the child exit with code 70;
@@ -18,6 +19,11 @@ Contract — the same as the Python loop, job for job:
            (more than `cap` bytes); 3: killed by a signal (data = signal number); 4: exited without a well-formed
            report (data = (exit code, whether it sent anything));
   wall     seconds from fork to reap; cpu, faults: what the child (and what it reaped) cost.
+python_at_fork: whether to run the interpreter's own fork protocol (PyOS_BeforeFork / PyOS_AfterFork_Child /
+           PyOS_AfterFork_Parent), as os.fork does. In the child it re-creates every runtime lock, the GIL and the
+           import lock — in case another thread held one at the fork — and runs the `os.register_at_fork` hooks:
+           ~28 page faults, a quarter of what a child costs. A server that has a single thread and no such hooks
+           (stepcode/forkserver.py checks both) has nothing for it to repair, and passes False.
 Orphans a program leaves are killed with it: as root every process of `uid` (`kill(-1)` run as that uid, which is
 atomic with respect to fork), else the child's process group; the server is a child subreaper and reaps them.
 */
@@ -283,8 +289,9 @@ static PyObject *run_jobs(PyObject *self, PyObject *args) {
     int root;
     const char *workdir;
     Py_ssize_t cap;
-    if (!PyArg_ParseTuple(args, "O!OOdkIpsn", &PyList_Type, &jobs, &child, &cleanup, &timeout, &cpu_limit, &uid,
-                          &root, &workdir, &cap))
+    int python_at_fork;
+    if (!PyArg_ParseTuple(args, "O!OOdkIpsnp", &PyList_Type, &jobs, &child, &cleanup, &timeout, &cpu_limit, &uid,
+                          &root, &workdir, &cap, &python_at_fork))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(jobs);
     job_result *results = calloc(n ? n : 1, sizeof *results);
@@ -320,14 +327,17 @@ static PyObject *run_jobs(PyObject *self, PyObject *args) {
         long faults0;
         children_usage(&cpu0, &faults0);
         double start = now();
-        PyOS_BeforeFork();
+        if (python_at_fork)
+            PyOS_BeforeFork();
         pid_t pid = fork();
         if (pid == 0) {
-            PyOS_AfterFork_Child();
+            if (python_at_fork)
+                PyOS_AfterFork_Child();
             close(pipefd[0]);
             child_main(pipefd[1], server, child, prepared, nonce, (rlim_t)cpu_limit, (uid_t)uid, root);
         }
-        PyOS_AfterFork_Parent();
+        if (python_at_fork)
+            PyOS_AfterFork_Parent();
         close(pipefd[1]);
         if (pid < 0) {
             close(pipefd[0]);
@@ -390,7 +400,7 @@ static struct PyModuleDef module = {
 };
 
 /* The contract's version: stepcode/forkserver.py ignores a build of another one (a stale .so after an update). */
-#define API 1
+#define API 2
 
 PyMODINIT_FUNC PyInit__forkloop(void) {
     PyObject *m = PyModule_Create(&module);

@@ -39,7 +39,7 @@ try:  # the hot loop in C (stepcode/_forkloop.c), built at install when a C comp
     from stepcode import _forkloop
 except ImportError:
     _forkloop = None
-if getattr(_forkloop, "API", None) != 1:  # a stale build of another contract: not ours to call
+if getattr(_forkloop, "API", None) != 2:  # a stale build of another contract: not ours to call
     _forkloop = None
 
 # Imported once by the server so that programs get them without touching the disk. Deliberately short: every
@@ -99,6 +99,7 @@ class _Server:
     """Everything that can be prepared once is prepared here, so a job's child does the least possible work."""
 
     def __init__(self, cfg: dict):
+        hooks = _record_at_fork_hooks()   # first: every import below is watched
         from stepcode import isolation
 
         self.cfg = cfg
@@ -167,6 +168,11 @@ class _Server:
         # resident page makes each fork slower.
         gc.freeze()
         isolation.release_free_memory()
+        os.register_at_fork = hooks.register
+        # A child needs the interpreter's after-fork repairs (new runtime locks, the GIL, the at-fork hooks) only if
+        # another thread could have held a lock at the fork, or a hook was registered: see stepcode/_forkloop.c.
+        self.python_at_fork = bool(hooks.calls) or len(os.listdir("/proc/self/task")) != 1 \
+            or not _AT_FORK_MODULES.isdisjoint(sys.modules)
 
     def _warm_up(self) -> None:
         """Run each runner's harmless WARMUP job a few times here, children's code paths included. CPython 3.11
@@ -213,7 +219,8 @@ class _Server:
         return {"root": self.root, "namespaces": self.namespaces, "landlock_abi": self.landlock,
                 "seccomp": self.seccomp, "uid": self.uid, "exposed": self.exposed,
                 "python": sys.version.split()[0], "hash_seed": os.environ.get("PYTHONHASHSEED"),
-                "fork_loop": "c" if self.native else "python"}
+                "fork_loop": "c" if self.native else "python",
+                "python_at_fork": self.native and self.python_at_fork}
 
     def run_batch(self, runner: str, payloads: list, timeout: float) -> list:
         """Run each payload in its own child, one after the other; answers in payload order.
@@ -241,7 +248,7 @@ class _Server:
             _empty_dir(self.workdir)
 
         answers = _forkloop.run_jobs(jobs, child, cleanup, float(timeout), self._cpu_limit[0], self.uid, self.root,
-                                     self.workdir, RESULT_CAP_BYTES)
+                                     self.workdir, RESULT_CAP_BYTES, self.python_at_fork)
         return [(self._native_report(kind, data, timeout), wall, cpu, faults)
                 for kind, data, wall, cpu, faults in answers]
 
@@ -429,6 +436,27 @@ class _Server:
         code = ended.si_status
         why = "a malformed result" if buf else "no result"
         return {"status": "killed", "reason": f"the program exited (code {code}) with {why}"}
+
+
+# The standard library's modules that register `os.register_at_fork` hooks when imported (CPython 3.11).
+_AT_FORK_MODULES = frozenset({"random", "threading", "logging", "concurrent.futures.thread"})
+
+
+class _AtForkRecorder:
+    def __init__(self):
+        self.register = os.register_at_fork
+        self.calls = 0
+
+    def __call__(self, **hooks) -> None:
+        self.calls += 1
+        self.register(**hooks)
+
+
+def _record_at_fork_hooks() -> _AtForkRecorder:
+    """Count the `os.register_at_fork` calls from here on (the caller puts the real function back)."""
+    recorder = _AtForkRecorder()
+    os.register_at_fork = recorder
+    return recorder
 
 
 def _signal_verdict(sig: int) -> dict:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from collections.abc import Callable   # not `typing`: the fork-server imports this module, and typing is big
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

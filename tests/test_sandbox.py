@@ -193,3 +193,20 @@ def test_the_fork_loop_is_c_when_built(sandbox):
     assert sandbox.isolation["fork_loop"] == ("c" if _fork_loop_built() else "python")
     with pytest.raises(ValueError, match="fork_loop"):
         Sandbox(workers=1, fork_loop="rust")
+
+
+def test_children_skip_the_interpreters_after_fork_repairs_only_when_nothing_needs_them(sandbox):
+    # The trace and check servers have one thread and no at-fork hook: their children skip PyOS_AfterFork_Child, and
+    # a program can still start threads that import and use random (which seeds itself afresh in each child).
+    if sandbox.isolation["fork_loop"] == "c":
+        assert sandbox.isolation["python_at_fork"] is False
+    program = ("import threading, random\nout = []\n"
+               "t = threading.Thread(target=lambda: out.append(__import__('json').dumps(random.random())))\n"
+               "t.start(); t.join(); assert len(out) == 1, out\n")
+    assert check(sandbox, program)["status"] == "passed"
+    # A runner module that imports random registers a hook (reseed each child): its server keeps the protocol.
+    with Sandbox(workers=1, hash_seeds=(0,), runners=("tests._random_runner",)) as sb:
+        assert sb.isolation["python_at_fork"] is (sb.isolation["fork_loop"] == "c")
+        with sb.slot() as slot:
+            values = [r["value"] for r in slot.run_many("random", [{}] * 6)]
+        assert len(set(values)) == 6, values

@@ -2,7 +2,7 @@
 
     python -m stepcode.forkserver     # speaks length-prefixed marshal on stdin/stdout; not for humans
 
-It imports the runner code and `PRELOAD` once, enters its own mount and network namespaces, and forks one confined
+It imports the runner code and the modules to preload (the engine's choice; `PRELOAD` by default) once, enters its own mount and network namespaces, and forks one confined
 child per job, one job at a time. The threat model is in stepcode/sandbox.py.
 
 Protocol: after a start-up handshake, each request frame is `(runner, [payload, ...], timeout)` — a batch — and its
@@ -42,9 +42,10 @@ except ImportError:
 if getattr(_forkloop, "API", None) != 2:  # a stale build of another contract: not ours to call
     _forkloop = None
 
-# Imported once by the server so that programs get them without touching the disk. Deliberately short: every
-# module imported here makes each fork slower (more page tables to copy and tear down); anything else a program
-# imports is read from disk by the child itself (the interpreter's folders are exposed to the sandbox uid).
+# Imported once by the server so that programs get them without touching the disk: the default, for a sandbox whose
+# engine does not know its programs (it usually does: cfg["preload"], from stepcode.sandbox.preload_for). Short:
+# every module imported here makes each fork slower (more page tables to copy and tear down); anything else a
+# program imports is read from disk by the child itself (the interpreter's folders are exposed to the sandbox uid).
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "string", "typing")
 RESULT_CAP_BYTES = 4 << 20    # a child reporting more than this is an output_limit
 NONCE_BYTES = 16
@@ -141,7 +142,7 @@ class _Server:
         site.setcopyright()
         site.sethelper()
         sys.path.extend(p for p in cfg.get("site_packages", ()) if p not in sys.path)
-        for name in PRELOAD:
+        for name in cfg.get("preload", PRELOAD):
             with contextlib.suppress(ImportError):
                 __import__(name)
         # name -> (prepare, run, batch context factory taking the limits; nullcontext takes them and ignores them)
@@ -220,7 +221,8 @@ class _Server:
                 "seccomp": self.seccomp, "uid": self.uid, "exposed": self.exposed,
                 "python": sys.version.split()[0], "hash_seed": os.environ.get("PYTHONHASHSEED"),
                 "fork_loop": "c" if self.native else "python",
-                "python_at_fork": self.native and self.python_at_fork}
+                "python_at_fork": self.native and self.python_at_fork,
+                "preload": [name for name in self.cfg.get("preload", PRELOAD) if name in sys.modules]}
 
     def run_batch(self, runner: str, payloads: list, timeout: float) -> list:
         """Run each payload in its own child, one after the other; answers in payload order.

@@ -106,11 +106,14 @@ def _judge(out: dict, first: dict, second: dict, tp) -> dict:
 def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sandbox=None,
                progress: bool = False, total: int | None = None) -> Iterator[dict]:
     """Trace rows in parallel (sandbox slots, a batch of rows per round trip), yielding results in input order."""
-    from stepcode.sandbox import Sandbox
+    from stepcode.sandbox import Sandbox, preload_for
 
     own = sandbox is None
     if own:
-        sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers)
+        # A corpus in hand: its servers preload what its programs import, and nothing else (each module preloaded
+        # makes every fork dearer). A stream: the general-purpose set.
+        preload = preload_for(r["code"] for r in rows) if isinstance(rows, (list, tuple)) else None
+        sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers, preload=preload)
     try:
         results = sandbox.map_batches(lambda batch: trace_batch(sandbox, batch, params), rows)
         if progress:

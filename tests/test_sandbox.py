@@ -210,3 +210,20 @@ def test_children_skip_the_interpreters_after_fork_repairs_only_when_nothing_nee
         with sb.slot() as slot:
             values = [r["value"] for r in slot.run_many("random", [{}] * 6)]
         assert len(set(values)) == 6, values
+
+
+def test_preload_for_reads_the_modules_programs_import():
+    from stepcode.sandbox import preload_for
+
+    programs = ["from typing import List\nimport collections, heapq as h, os.path\ndef f():\n    import re\n",
+                "from collections.abc import Iterable\nimport antigravity\n", "def f(x):\n    return x\n"]
+    # Only preloadable standard-library modules: never one with side effects on import (antigravity), nor os.
+    assert preload_for(programs) == ("collections", "heapq", "re", "typing")
+    assert preload_for(["def f():\n    return 'import math'\n"]) == ()   # a miss costs time only
+
+
+def test_a_module_not_preloaded_is_imported_by_the_child():
+    with Sandbox(workers=1, hash_seeds=(0,), preload=("math",)) as sb:
+        assert sb.isolation["preload"] == ["math"]
+        r = check(sb, "import typing, math\nassert typing.List[int] and math.sqrt(4) == 2\n")
+        assert r["status"] == "passed", r

@@ -72,11 +72,13 @@ def run_checks(programs: Iterable[str | None], *, sandbox=None, params=None, has
                timeout: float = CHECK_TIMEOUT_S, progress: bool = False, total: int | None = None) -> list[bool | None]:
     """Execute each check program in the sandbox; True iff it ran to the end. None (a skipped generation) passes
     through unexecuted. Pass `sandbox` to reuse one (its first hash seed is used); else one is started here."""
-    from stepcode.sandbox import Sandbox
+    from stepcode.sandbox import Sandbox, preload_for
 
     own = sandbox is None
     if own:
-        sandbox = Sandbox(params.sandbox if params is not None else None, hash_seeds=(hash_seed,))
+        programs = list(programs)
+        sandbox = Sandbox(params.sandbox if params is not None else None, hash_seeds=(hash_seed,),
+                          preload=preload_for(p for p in programs if p is not None))
 
     def batch(programs: list[str | None]) -> list[bool | None]:
         todo = [{"program": p} for p in programs if p is not None]

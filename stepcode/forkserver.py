@@ -183,8 +183,10 @@ class _Server:
             module = sys.modules[module_name]
             for name, payload in getattr(module, "WARMUP", {}).items():
                 prepare, run, batch_context = self.runners[name]
+                child = self._child_for(run)   # the very code a child of the C loop runs
                 for _ in range(8):
                     with batch_context(self.limits):
+                        child(prepare(payload))
                         "".join(self._encode({"result": run(prepare(payload), self.limits)}, 0)).encode()
 
     def _confine_self(self) -> None:
@@ -241,18 +243,22 @@ class _Server:
 
     def _run_native(self, run: Callable, jobs: list, timeout: float) -> list:
         """The same as `_run_one` for each job, in C: `stepcode._forkloop.run_jobs` (see its docstring)."""
-        limits, encode = self.limits, self._encode
-
-        def child(prepared) -> bytes:
-            return "".join(encode(run(prepared, limits), 0)).encode()
 
         def cleanup() -> None:
             _empty_dir(self.workdir)
 
-        answers = _forkloop.run_jobs(jobs, child, cleanup, float(timeout), self._cpu_limit[0], self.uid, self.root,
+        answers = _forkloop.run_jobs(jobs, self._child_for(run), cleanup, float(timeout), self._cpu_limit[0], self.uid, self.root,
                                      self.workdir, RESULT_CAP_BYTES, self.python_at_fork)
         return [(self._native_report(kind, data, timeout), wall, cpu, faults)
                 for kind, data, wall, cpu, faults in answers]
+
+    def _child_for(self, run: Callable) -> Callable:
+        """What a child of the C loop calls: the runner, its result as JSON bytes."""
+        limits, encode = self.limits, self._encode
+
+        def child(prepared) -> bytes:
+            return "".join(encode(run(prepared, limits), 0)).encode()
+        return child
 
     @staticmethod
     def _native_report(kind: int, data, timeout: float) -> dict | bytes:

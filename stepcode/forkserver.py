@@ -2,8 +2,9 @@
 
     python -m stepcode.forkserver     # speaks length-prefixed marshal on stdin/stdout; not for humans
 
-It imports the runner code and the modules to preload (the engine's choice; `PRELOAD` by default) once, enters its own mount and network namespaces, and forks one confined
-child per job, one job at a time. The threat model is in stepcode/sandbox.py.
+It imports the runner code and the modules to preload (the engine's choice; `PRELOAD` by default) once, enters its
+own mount and network namespaces, and forks one confined child per job, one job at a time — in C
+(stepcode/_forkloop.c) when that is built, else in Python (`_run_one`). The threat model is in stepcode/sandbox.py.
 
 Protocol: after a start-up handshake, each request frame is `(runner, [payload, ...], timeout)` — a batch — and its
 answer is one frame holding, per payload in order, `(report, wall_s, cpu_s, faults)`: `report` is either the child's
@@ -247,8 +248,8 @@ class _Server:
         def cleanup() -> None:
             _empty_dir(self.workdir)
 
-        answers = _forkloop.run_jobs(jobs, self._child_for(run), cleanup, float(timeout), self._cpu_limit[0], self.uid, self.root,
-                                     self.workdir, RESULT_CAP_BYTES, self.python_at_fork)
+        answers = _forkloop.run_jobs(jobs, self._child_for(run), cleanup, float(timeout), self._cpu_limit[0],
+                                     self.uid, self.root, self.workdir, RESULT_CAP_BYTES, self.python_at_fork)
         return [(self._native_report(kind, data, timeout), wall, cpu, faults)
                 for kind, data, wall, cpu, faults in answers]
 

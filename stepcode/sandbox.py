@@ -282,8 +282,9 @@ class Sandbox:
 
     `preload`: modules each server imports once, before forking (`preload_for` picks them from a corpus); None: a
     general-purpose set (stepcode.forkserver.PRELOAD).
-    `fork_loop`: the servers fork and supervise children in C (stepcode/_forkloop.c, built at install) or, when that
-    is not built or "python" is asked for, in Python — same verdicts, ~25% more CPU per run. `isolation` says which."""
+    `fork_loop`: the servers fork and supervise children in C (stepcode/_forkloop.c, built at install) or, when
+    that is not built or "python" is asked for, in Python — same verdicts, ~25% more CPU per run. `isolation` says
+    which."""
 
     def __init__(self, params: SandboxParams | None = None, *, hash_seeds: Iterable[int] = (0,),
                  workers: int | None = None, namespaces: bool = True, runners: Iterable[str] = RUNNERS_MODULES,

@@ -37,6 +37,8 @@ class SandboxParams(_Section):
     processes: int = Field(32, ge=1, description="RLIMIT_NPROC for a worker's sandbox uid")
     stdout_kb: int = Field(64, ge=1, description="cap on the program's own captured output")
     disk_mb: int = Field(64, ge=1, description="size of the tmpfs holding a server's per-program temp dirs")
+    fork_loop: Literal["c", "python"] = Field("c", description="the servers' fork loop: c (stepcode/_forkloop.c, "
+                                              "when built) or python (the fallback; same verdicts, slower)")
 
     @field_validator("timeout_s", mode="before")
     @classmethod

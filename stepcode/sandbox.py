@@ -282,16 +282,17 @@ class Sandbox:
 
     `preload`: modules each server imports once, before forking (`preload_for` picks them from a corpus); None: a
     general-purpose set (stepcode.forkserver.PRELOAD).
-    `fork_loop`: the servers fork and supervise children in C (stepcode/_forkloop.c, built at install) or, when
-    that is not built or "python" is asked for, in Python — same verdicts, ~25% more CPU per run. `isolation` says
-    which."""
+    `fork_loop` (default: `params.fork_loop`): the servers fork and supervise children in C (stepcode/_forkloop.c,
+    built at install) or, when that is not built or "python" is asked for, in Python — same verdicts, ~25% more CPU
+    per run. `isolation` says which."""
 
     def __init__(self, params: SandboxParams | None = None, *, hash_seeds: Iterable[int] = (0,),
                  workers: int | None = None, namespaces: bool = True, runners: Iterable[str] = RUNNERS_MODULES,
-                 fork_loop: str = "c", preload: Iterable[str] | None = None):
+                 fork_loop: str | None = None, preload: Iterable[str] | None = None):
         if params is None:
             from stepcode.config import SandboxParams
             params = SandboxParams()
+        fork_loop = fork_loop or params.fork_loop
         if fork_loop not in ("c", "python"):
             raise ValueError(f"fork_loop must be 'c' or 'python', not {fork_loop!r}")
         self.params = params

@@ -159,7 +159,8 @@ def _sandbox_processes() -> list[str]:
 
 
 @needs_root
-def test_hostile_suite(tmp_path):
+@pytest.mark.parametrize("fork_loop", ["c", "python"])   # the C loop (when built) and its Python fallback
+def test_hostile_suite(tmp_path, fork_loop):
     shared = Path(tempfile.mkdtemp(prefix="stepcode-canary-", dir="/tmp"))
     shared.chmod(0o777)
     canary = shared / "canary.txt"
@@ -182,12 +183,14 @@ def test_hostile_suite(tmp_path):
     assert len(hostile) >= 40
     src, out = tmp_path / "hostile.jsonl", tmp_path / "traced.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text().replace("fork_loop: c ", f"fork_loop: {fork_loop} "))
 
     env = dict(os.environ, STEPCODE_SECRET_TOKEN="hunter2", AWS_SECRET_ACCESS_KEY="AKIAEXAMPLE")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "stepcode.cli", "trace", str(src), "-o", str(out),
-                           "--timeout", "2", "--workers", "2", "--no-track"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           "--timeout", "2", "--workers", "2", "--no-track", "--params", str(params)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - start
     try:
         assert proc.returncode == 0, proc.stderr[-3000:]

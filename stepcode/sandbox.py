@@ -283,7 +283,7 @@ class Sandbox:
     `preload`: modules each server imports once, before forking (`preload_for` picks them from a corpus); None: a
     general-purpose set (stepcode.forkserver.PRELOAD).
     `fork_loop` (default: `params.fork_loop`): the servers fork and supervise children in C (stepcode/_forkloop.c,
-    built at install) or, when that is not built or "python" is asked for, in Python — same verdicts, ~25% more CPU
+    built at install) or, when that is not built or "python" is asked for, in Python — same verdicts, ~1.5x the CPU
     per run. `isolation` says which."""
 
     def __init__(self, params: SandboxParams | None = None, *, hash_seeds: Iterable[int] = (0,),

@@ -185,6 +185,7 @@ def test_hostile_suite(tmp_path, fork_loop):
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text().replace("fork_loop: c ", f"fork_loop: {fork_loop} "))
+    assert f"fork_loop: {fork_loop} " in params.read_text()
 
     env = dict(os.environ, STEPCODE_SECRET_TOKEN="hunter2", AWS_SECRET_ACCESS_KEY="AKIAEXAMPLE")
     start = time.monotonic()

@@ -184,11 +184,10 @@ class _Server:
             module = sys.modules[module_name]
             for name, payload in getattr(module, "WARMUP", {}).items():
                 prepare, run, batch_context = self.runners[name]
-                child = self._child_for(run)   # the very code a child of the C loop runs
+                child = self._child_for(run)   # the runner and the encoding, as every child runs them
                 for _ in range(8):
                     with batch_context(self.limits):
                         child(prepare(payload))
-                        "".join(self._encode({"result": run(prepare(payload), self.limits)}, 0)).encode()
 
     def _confine_self(self) -> None:
         """Apply once, to the server itself, every restriction the children inherit anyway, so that a child has

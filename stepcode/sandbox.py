@@ -176,7 +176,10 @@ def _ensure_bytecode(modules: Iterable[str]) -> None:
     import py_compile
 
     for name in modules:
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):   # not importable here: the server will say so itself
+            continue
         source = spec.origin if spec else None
         if not source or not source.endswith(".py"):
             continue

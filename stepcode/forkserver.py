@@ -266,14 +266,12 @@ class _Server:
         if kind == 0:
             return data
         if kind == 1:
-            return {"status": "timeout", "reason": f"exceeded the {timeout:g} s wall-clock limit"}
+            return _timeout_verdict(timeout)
         if kind == 2:
-            return {"status": "output_limit", "reason": f"reported more than {RESULT_CAP_BYTES} bytes"}
+            return _output_limit_verdict()
         if kind == 3:
             return _signal_verdict(data)
-        code, sent = data
-        return {"status": "killed", "reason": f"the program exited (code {code}) with "
-                                              f"{'a malformed result' if sent else 'no result'}"}
+        return _exit_verdict(*data)
 
     @staticmethod
     def _prepare(prepare: Callable, payload) -> tuple | dict:
@@ -339,7 +337,7 @@ class _Server:
             while not exited or pipe_open:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    report = {"status": "timeout", "reason": f"exceeded the {timeout:g} s wall-clock limit"}
+                    report = _timeout_verdict(timeout)
                     break
                 for fd, _ in poller.poll(left * 1000):
                     if fd == pidfd:
@@ -352,7 +350,7 @@ class _Server:
                             poller.unregister(r)
                         buf += chunk
                 if len(buf) > RESULT_CAP_BYTES:
-                    report = {"status": "output_limit", "reason": f"reported more than {RESULT_CAP_BYTES} bytes"}
+                    report = _output_limit_verdict()
                     break
                 if len(buf) > 4 and len(buf) - 4 == int.from_bytes(buf[:4], "little"):
                     break  # a complete frame: the child is exiting; no need to wait for it
@@ -441,9 +439,7 @@ class _Server:
             return bytes(buf[4 + NONCE_BYTES:])
         if ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
             return _signal_verdict(ended.si_status)
-        code = ended.si_status
-        why = "a malformed result" if buf else "no result"
-        return {"status": "killed", "reason": f"the program exited (code {code}) with {why}"}
+        return _exit_verdict(ended.si_status, bool(buf))
 
 
 # The standard library's modules that register `os.register_at_fork` hooks when imported (CPython 3.11).
@@ -465,6 +461,22 @@ def _record_at_fork_hooks() -> _AtForkRecorder:
     recorder = _AtForkRecorder()
     os.register_at_fork = recorder
     return recorder
+
+
+# --- verdicts the server reaches itself, whichever loop ran the job ----------------------------------------------
+
+def _timeout_verdict(timeout: float) -> dict:
+    return {"status": "timeout", "reason": f"exceeded the {timeout:g} s wall-clock limit"}
+
+
+def _output_limit_verdict() -> dict:
+    return {"status": "output_limit", "reason": f"reported more than {RESULT_CAP_BYTES} bytes"}
+
+
+def _exit_verdict(code: int, sent: bool) -> dict:
+    """The verdict on a child that exited without a well-formed report (`sent`: whether it sent anything)."""
+    why = "a malformed result" if sent else "no result"
+    return {"status": "killed", "reason": f"the program exited (code {code}) with {why}"}
 
 
 def _signal_verdict(sig: int) -> dict:

@@ -17,8 +17,9 @@ batch in one frame. What a job costs, and why, is in stepcode/forkserver.py (~1 
 
 Threat model — what a program running in the child CANNOT do (each is a test in tests/test_hostile.py):
 - write anywhere but its private temp dir: it runs as an unprivileged uid (one per server, claimed machine-wide, so
-  `RLIMIT_NPROC` and the cleanup kill below are never shared with another sandbox) with no capabilities, and Landlock makes every other path read-only even for
-  files that uid owns or that are world-writable (/tmp, /dev/shm). The temp dir is on a size-capped tmpfs.
+  `RLIMIT_NPROC` and the cleanup kill below are never shared with another sandbox) with no capabilities, and Landlock
+  makes every other path read-only even for files that uid owns or that are world-writable (/tmp, /dev/shm). The
+  temp dir is on a size-capped tmpfs.
 - reach the network: an empty network namespace (loopback down), Landlock forbids TCP bind/connect, and a seccomp
   filter makes `socket()` fail with EPERM (plus ptrace, mount, unshare, setns, bpf, keyctl, io_uring, ...).
 - outlive its run or leave processes behind: when the child exits or is killed on the wall-clock deadline, the

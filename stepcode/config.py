@@ -101,7 +101,7 @@ class ValidateParams(_Section):
 
 class EvaluateParams(_Section):
     """Benchmark evaluation (stepcode/evals). Defaults are the official CRUXEval/LCB protocol."""
-    cruxeval_path: str = Field("../shared/benchmarks/cruxeval/cruxeval.jsonl",
+    cruxeval_path: str = Field("data/benchmarks/cruxeval/cruxeval.jsonl",
                                description="CRUXEval JSONL (800 rows); relative paths are relative to the cwd")
     lcb_path: str = Field("data/benchmarks/lcb_execution.jsonl",
                           description="JSONL export of HF livecodebench/execution-v2, split test (479 rows); it "
@@ -119,7 +119,7 @@ class EvaluateParams(_Section):
     cot: bool = Field(False, description="official chain-of-thought prompts instead of the direct ones")
     check_timeout_s: float = Field(3.0, gt=0, description="per-check limit (official: 3 s)")
     hash_seed: int = Field(0, ge=0, description="PYTHONHASHSEED of the checks (upstream leaves it random)")
-    reval_dir: str = Field("../shared/benchmarks/reval", description="holds DREval_data.jsonl and "
+    reval_dir: str = Field("data/benchmarks/reval", description="holds DREval_data.jsonl and "
                            "DREval_tasks.jsonl; relative paths are relative to the cwd")
     reval_cache_dir: str = Field("data/reval", description="REval ground-truth cache: truth-<digest>.jsonl and its "
                                  ".report.json (excluded pairs with reasons)")
@@ -153,7 +153,7 @@ class BuildParams(_Section):
                                                    "SFT targets: a template sentence naming the variable, or empty")
     heldout_fraction: float = Field(0.1, ge=0, le=1, description="share of programs (sha256 of the id before any "
                                                                  "'#') held out of sft/rl for evaluation")
-    benchmarks_dir: str = Field("../shared/benchmarks", description="holds cruxeval/cruxeval.jsonl and "
+    benchmarks_dir: str = Field("data/benchmarks", description="holds cruxeval/cruxeval.jsonl and "
                                 "reval/DREval_data.jsonl; a relative path is relative to the project root")
     lcb_path: str | None = Field(None, description="LiveCodeBench-Exec JSONL export (`code` field) to "
                                  "decontaminate against too; relative to the project root; null = skip it")

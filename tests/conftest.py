@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 
 # Quiet and offline, for the test process and every subprocess it starts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -18,7 +18,7 @@ import pytest
 from stepcode.anchors import Anchor, instrument
 
 RUNNER = Path(__file__).with_name("_anchor_equivalence_runner.py")
-CRUXEVAL = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
+CRUXEVAL = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
 
 
 def _comparable(text: str) -> str:
@@ -524,7 +524,6 @@ def test_namespace_probes_with_arguments_are_fine():
 
 # ---------------------------------------------------------------- CRUXEval: all 800 programs
 
-@pytest.mark.skipif(not CRUXEVAL.exists(), reason="CRUXEval data not present")
 def test_cruxeval_equivalence():
     rows = [json.loads(line) for line in CRUXEVAL.read_text().splitlines()]
     assert len(rows) == 800
@@ -557,7 +556,6 @@ def _display_by_unparse(inst) -> str:
     return ast.unparse(ToPrint().visit(ast.parse(inst.exec_source)))
 
 
-@pytest.mark.skipif(not CRUXEVAL.exists(), reason="CRUXEval data not present")
 def test_display_source_equals_a_second_unparse():
     # instrument() derives the display source from exec_source by rewriting anchor lines only; it must equal what
     # unparse writes for the tree with print anchors (non-ASCII labels and class methods included)

@@ -16,9 +16,9 @@ from stepcode.decontam import code_tokens, decontaminate, ngrams
 from stepcode.prompts import parse_completion
 from stepcode.synth import synth_candidates
 
-SHARED = Path(__file__).parents[2] / "shared"
-BENCHMARKS = {"cruxeval": SHARED / "benchmarks/cruxeval/cruxeval.jsonl",
-              "reval": SHARED / "benchmarks/reval/DREval_data.jsonl"}
+BENCHMARK_DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
+BENCHMARKS = {"cruxeval": BENCHMARK_DATA / "cruxeval/cruxeval.jsonl",
+              "reval": BENCHMARK_DATA / "reval/DREval_data.jsonl"}
 FILES = ("sft.jsonl", "rl.jsonl", "heldout.jsonl", "stats.json", "decontamination.json")
 
 CODE = "def f(x):\n    y = x + 1\n    return y"

@@ -16,7 +16,6 @@ import yaml
 from stepcode.tracking import dvc_lock_digests, dvc_md5
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 pytestmark = pytest.mark.slow
 
 
@@ -38,7 +37,7 @@ def repo(tmp_path_factory, mlflow_store):
     shutil.copytree(ROOT / "stepcode", d / "stepcode", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["build"]["benchmarks_dir"] = str(SHARED / "benchmarks")   # the copy lives elsewhere
+    params["build"]["benchmarks_dir"] = str(ROOT / "data" / "benchmarks")   # the copy lives elsewhere
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     raw = d / "data" / "raw"
     raw.mkdir(parents=True)

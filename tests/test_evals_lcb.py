@@ -12,8 +12,7 @@ from stepcode.evals import livecodebench as lcb
 from stepcode.evals.scoring import score
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lcb_execution_sample.jsonl"
-SHARED = Path(__file__).parents[2] / "shared"
-CRUX = SHARED / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
+CRUX = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
 
 
 @pytest.mark.parametrize("text, cot, expected", [
@@ -115,7 +114,6 @@ def tiny_model(tmp_path_factory):
     return d
 
 
-@pytest.mark.skipif(not CRUX.exists(), reason="shared/ benchmark data not present")
 @pytest.mark.slow
 def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     from typer.testing import CliRunner

@@ -19,7 +19,7 @@ from stepcode.evals.reval import (REVAL_RUNNERS, RevalError, compute_truths, cov
                                   read_truths, report_path, reval_prompts, reval_truth, score_reval, task_id)
 from stepcode.sandbox import Sandbox
 
-REVAL_DIR = Path(__file__).parents[2] / "shared" / "benchmarks" / "reval"
+REVAL_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "reval"
 
 LOOP = """def f(n):
     s = 0

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 pytestmark = pytest.mark.slow
 STAGES = {"trace", "validate", "build", "init-model", "sft", "grpo", "evaluate", "register"}
 
@@ -29,8 +28,8 @@ def _project(base: Path, name: str, n_programs: int, experiment: str, **override
     rows = list(islice(synth_candidates(seed=5), n_programs))
     (d / "data" / "raw" / "synth.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["build"]["benchmarks_dir"] = str(SHARED / "benchmarks")
-    p["evaluate"]["cruxeval_path"] = str(SHARED / "benchmarks" / "cruxeval" / "cruxeval.jsonl")
+    p["build"]["benchmarks_dir"] = str(ROOT / "data" / "benchmarks")
+    p["evaluate"]["cruxeval_path"] = str(ROOT / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl")
     p["evaluate"]["max_new_tokens"] = 24
     p["tracking"]["experiment"] = experiment
     p["tracking"]["artifact_root"] = str(d / "mlruns")

@@ -13,7 +13,6 @@ from stepcode.study import (ARMS, HEADLINE, arm_stats, curve_means, ordering, pl
                             t_interval)
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 
 CODE = "def f(xs, k):\n    total = 0\n    for x in xs:\n        total += x * k\n    return total\n"
 INSTRUMENTED = ("def f(xs, k):\n    total = 0\n    print(f'total: {total}')\n    for x in xs:\n        total += x * k\n"
@@ -161,9 +160,7 @@ def test_basic_corpus_is_traced_built_and_reused(tmp_path):
 
 @pytest.mark.slow
 def test_micro_study_end_to_end(tmp_path, mlflow_store):
-    crux = SHARED / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
-    if not crux.is_file():
-        pytest.skip(f"{crux} not present")
+    crux = ROOT / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
     params = load_params(ROOT / "params.yaml")
     params = params.model_copy(update={
         "study": params.study.model_copy(update={"work_dir": str(tmp_path / "work")}),

@@ -15,7 +15,7 @@ from stepcode.sandbox import Sandbox
 from stepcode.traces import STATUSES, trace_batch, trace_one, trace_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-CRUXEVAL = ROOT.parent / "shared" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
+CRUXEVAL = ROOT / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,6 @@ def _trace(sandbox, params, code, inp="0"):
     return trace_one(sandbox, {"id": "t", "code": code, "input": inp, "entry_point": "f"}, params)
 
 
-@pytest.mark.skipif(not CRUXEVAL.exists(), reason="needs ../shared/benchmarks/cruxeval")
 def test_cruxeval_traces_reproduce_the_gold_outputs(params, sandbox):
     """All 800 CRUXEval programs, instrumented: the instrumented program returns exactly the original's value (the
     gold output), except the rows rightly rejected: one prints a set of strings whose order follows the hash seed,

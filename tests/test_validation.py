@@ -14,7 +14,7 @@ from stepcode.corpus import read_jsonl, write_jsonl
 from stepcode.traces import trace_rows
 from stepcode.validation import GateFailed, derive_columns, require_gate, validate_traces
 
-CRUXEVAL = Path(__file__).parents[2] / "shared" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
+CRUXEVAL = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
 
 PROGRAMS = [
     ("def f(x):\n    y = x + 1\n    return y * 2\n", "3"),
@@ -237,7 +237,6 @@ def test_cli_exit_codes(tmp_path, rows):
 
 
 @pytest.mark.slow  # traces 800 programs twice in the sandbox: ~9 s on 2 cores
-@pytest.mark.skipif(not CRUXEVAL.exists(), reason="needs /work/shared/benchmarks/cruxeval")
 def test_cruxeval_traces_pass_the_default_gate(tmp_path):
     programs = [{"id": r["id"], "code": r["code"], "input": r["input"], "entry_point": "f"} for r in read_jsonl(CRUXEVAL)]
     result = gate(tmp_path, list(trace_rows(programs, Params())))

@@ -1,7 +1,7 @@
 '''CRUXEval adapter (Gu et al. 2024): load the 800 problems, build the official prompts, extract and check predictions.
 
     from stepcode.evals import cruxeval
-    problems = cruxeval.load_problems("../shared/benchmarks/cruxeval/cruxeval.jsonl")
+    problems = cruxeval.load_problems("data/benchmarks/cruxeval/cruxeval.jsonl")
     prompt = cruxeval.make_prompt(problems[0], task="output", cot=False)     # upstream prompts.py, verbatim
     pred = cruxeval.extract(model_text, task="output", cot=False)           # upstream postprocess_generation
     cruxeval.check_program(problems[0], pred, task="output")                # "CODE\nassert GOLD == PRED", or None

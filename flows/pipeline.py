@@ -20,20 +20,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import stepcode
+from stepcode import termination
+from stepcode.errors import UserError
+from stepcode.preflight import STOP_POINTS
+from stepcode.tracking import dvc_md5
 
-from stepcode import termination  # noqa: E402
-from stepcode.tracking import dvc_md5  # noqa: E402
+CODE = Path(stepcode.__file__).resolve().parent   # the installed library: a source checkout's or a wheel's
 
 
 def task_runner(workers: int):
@@ -56,7 +57,7 @@ TASK_CODE = {
 def _code_version(task_name: str) -> str:
     h = hashlib.md5()
     for name in TASK_CODE.get(task_name, []):
-        path = ROOT / "stepcode" / name
+        path = CODE / name
         for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             if f.exists():
                 h.update(f.read_bytes())
@@ -105,20 +106,20 @@ def _outputs_intact(result: dict) -> bool:
     return all(Path(p).exists() and dvc_md5(p) == md5 for p, md5 in result.get("outputs", {}).items())
 
 
-def _not_a_gate_failure(task, task_run, state) -> bool:
-    """Retry only what may be transient: never a failed validation gate or a bad configuration."""
+DETERMINISTIC = (UserError, FileNotFoundError)   # a missing input, a bad parameter, a failed gate: same again
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only what may be transient: never a user error (missing input, bad configuration, failed gate)."""
     try:
         state.result()
     except Exception as e:  # noqa: BLE001
-        from stepcode.config import ConfigError
-        from stepcode.validation import GateFailed
-
-        return not isinstance(e, (GateFailed, ConfigError))
+        return not isinstance(e, DETERMINISTIC)
     return True
 
 
 CACHED = dict(cache_key_fn=_digest_key, persist_result=True, retries=2, retry_delay_seconds=[5, 30],
-              retry_condition_fn=_not_a_gate_failure)
+              retry_condition_fn=_transient)
 
 
 def _params(params_json: str):
@@ -191,7 +192,7 @@ def evaluate(model_in: str, heldout_in: str, out: str, params_json: str) -> dict
     return {"metrics": metrics, "outputs": {f"{out}/metrics.json": dvc_md5(f"{out}/metrics.json")}}
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
 def register(model_dir: str, metrics: dict, params_json: str) -> dict:
     from stepcode import stages
 
@@ -252,12 +253,14 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     from prefect.runtime import flow_run
 
     from stepcode.config import load_params
+    from stepcode.preflight import check_pipeline, local_base_model
     from stepcode.tracking import configure, git_state, params_hash
 
     termination.install()
     root = Path(root).resolve()
     os.chdir(root)
     params = load_params(params_path)
+    check_pipeline(params, profile, stop_after, root)   # again here: a deployment's run skips the CLI's check
     params_json = json.dumps(params.model_dump(mode="json", by_alias=True))
     batch_size = params.pipeline.trace_batch_size
     outcome: dict = {"profile": profile}
@@ -305,10 +308,8 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         prof = params.train.get(profile)
         dataset = root / "data" / "dataset"
         models = root / "models" / profile
-        base = Path(prof.model) if prof.model else None
-        if base is None or not (root / base / "config.json").exists():
-            if prof.model_size not in ("micro", "tiny"):
-                raise FileNotFoundError(f"profile {profile!r} needs a local model at {prof.model!r}")
+        base = local_base_model(prof, profile, root)
+        if base is None:
             base = models / "base"
             _run_cached(init_model, corpus_in=str(traces), out=str(base), profile=profile, params_json=params_json)
         sft_out = models / "sft"
@@ -364,18 +365,47 @@ def local_api():
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)   # send the last logs before the server goes (else: "Error logging to API")
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
 
+class _NoUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failed task's or flow's traceback; for a UserError (a missing input, a failed gate) the one
+    line the CLI prints says it all, so the record keeps its message and loses the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DETERMINISTIC):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def quiet_user_errors():
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    quiet = _NoUserErrorTracebacks()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
 def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", root: str = ".",
                  stop_after: str | None = None) -> dict:
-    """Run the flow with a process pool as wide as the configured sandbox workers."""
+    """Run the flow with a process pool as wide as the configured sandbox workers. What cannot work (a bad option, a
+    missing input) fails here, in one line, before Prefect starts."""
     from stepcode.config import load_params
+    from stepcode.preflight import check_pipeline
 
-    workers = load_params(Path(root) / params_path).sandbox.resolved_workers()
-    configured = pipeline.with_options(task_runner=task_runner(workers))
-    with local_api():
+    params = load_params(Path(root) / params_path)
+    check_pipeline(params, profile, stop_after, root)
+    configured = pipeline.with_options(task_runner=task_runner(params.sandbox.resolved_workers()))
+    with local_api(), quiet_user_errors():
         return configured(profile=profile, params_path=params_path, root=root, stop_after=stop_after)
 
 
@@ -385,7 +415,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Run the StepCode pipeline flow.")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--stop-after", default=None)
+    ap.add_argument("--stop-after", default=None, choices=STOP_POINTS)
     args = ap.parse_args()
     print(json.dumps(run_pipeline(profile=args.profile, params_path=args.params, stop_after=args.stop_after),
                      indent=2, default=str))

@@ -17,6 +17,8 @@ from typing import Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stepcode.errors import UserError
+
 
 def _list_to_tuple(cls, v):
     """YAML has lists, the params hold tuples (hashable, frozen): accept a list where a tuple is meant."""
@@ -154,7 +156,7 @@ class BuildParams(_Section):
     heldout_fraction: float = Field(0.1, ge=0, le=1, description="share of programs (sha256 of the id before any "
                                                                  "'#') held out of sft/rl for evaluation")
     benchmarks_dir: str = Field("data/benchmarks", description="holds cruxeval/cruxeval.jsonl and "
-                                "reval/DREval_data.jsonl; a relative path is relative to the project root")
+                                "reval/DREval_data.jsonl; relative to the cwd (the project root)")
     lcb_path: str | None = Field(None, description="LiveCodeBench-Exec JSONL export (`code` field) to "
                                  "decontaminate against too; relative to the project root; null = skip it")
     decontam_n: int = Field(10, ge=1, description="n of the code-token n-grams (stepcode/decontam.py)")
@@ -214,8 +216,10 @@ class GRPOSettings(_Section):
 class TrainProfile(_Section):
     """One named training setup: where it runs and the SFT and GRPO settings."""
     model: str | None = Field(None, description="model directory used when the command gets no --model")
-    model_size: Literal["micro", "mini", "tiny", "0.5b"] = Field("tiny", description="size `stepcode train init-model` "
-                                                         "builds (stepcode/models.py SIZES)")
+    model_size: Literal["micro", "mini", "tiny", "0.5b"] | None = Field(
+        "tiny", description="size of the model `stepcode train init-model` builds (stepcode/models.py SIZES), which "
+                            "the pipeline trains when `model` is not a local folder; null: never build one (the "
+                            "profile needs its local `model`)")
     use_cpu: bool = Field(True, description="train on the CPU even if an accelerator is present")
     bf16: bool = Field(False, description="bfloat16 mixed precision (GPU)")
     torch_threads: int = Field(1, ge=0, description="torch.set_num_threads per process; 1 is far faster for tiny "
@@ -240,8 +244,8 @@ def _default_profiles() -> dict[str, TrainProfile]:
                                  sft=SFTSettings(learning_rate=2e-3, max_steps=200, batch_size=8, max_length=768),
                                  grpo=GRPOSettings(learning_rate=2e-4, max_steps=16, batch_size=8, num_generations=4,
                                                    max_completion_length=192)),
-        "qwen7b-gpu": TrainProfile(model="models/Qwen2.5-Coder-7B-Instruct", use_cpu=False, bf16=True,
-                                   torch_threads=0, gradient_checkpointing=True, save_steps=500,
+        "qwen7b-gpu": TrainProfile(model="models/Qwen2.5-Coder-7B-Instruct", model_size=None, use_cpu=False,
+                                   bf16=True, torch_threads=0, gradient_checkpointing=True, save_steps=500,
                                    report_to=["mlflow"],
                                    sft=SFTSettings(learning_rate=1e-5, epochs=2.0, batch_size=4, grad_accum=4,
                                                    max_length=4096),
@@ -270,7 +274,8 @@ class TrainParams(_Section):
         """The profile called `name` (default: `profile`); a clear error for an unknown name."""
         name = name or self.profile
         if name not in self.profiles:
-            raise ValueError(f"unknown training profile {name!r}; defined: {sorted(self.profiles)}")
+            raise ConfigError(f"unknown training profile {name!r}: choose one of {', '.join(sorted(self.profiles))} "
+                              "(params.yaml: train.profiles)")
         return self.profiles[name]
 
 
@@ -371,7 +376,7 @@ class Params(_Section):
     study: StudyParams = StudyParams()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """params.yaml is missing, malformed or invalid; the message names the file and the key."""
 
 

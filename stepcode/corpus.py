@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from stepcode.errors import UserError
+
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("id", "code", "input", "entry_point")
@@ -41,7 +43,7 @@ FORBIDDEN_CALLS = frozenset({
 })
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A malformed corpus file; the message starts with `FILE:LINE:`."""
 
 

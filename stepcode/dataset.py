@@ -38,7 +38,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("output", "input")
 _OK_ROW_TYPES = {"id": str, "code": str, "input": str, "entry_point": str, "instrumented_code": str,
                  "trace": list, "output": str}
@@ -63,16 +62,15 @@ def program_key(id: str) -> str:
     return id.split("#", 1)[0]
 
 
-def _project_path(path: str) -> Path:
-    return (PROJECT_ROOT / path).resolve()  # an absolute `path` replaces PROJECT_ROOT
 
 
 def benchmark_paths(build) -> dict[str, Path]:
     """The benchmark files to decontaminate against, from `params.build`."""
-    root = _project_path(build.benchmarks_dir)
+    root = Path(build.benchmarks_dir)   # relative to the cwd, like every path in params; kept relative so the
+                                        # decontamination report reads the same in any checkout
     paths = {"cruxeval": root / "cruxeval" / "cruxeval.jsonl", "reval": root / "reval" / "DREval_data.jsonl"}
     if build.lcb_path is not None:
-        paths["livecodebench"] = _project_path(build.lcb_path)
+        paths["livecodebench"] = Path(build.lcb_path)
     return paths
 
 

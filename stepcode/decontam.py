@@ -41,6 +41,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from stepcode.errors import MissingInput
+
 _DROPPED = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
                       tokenize.ENDMARKER})
 _KEPT_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist)
@@ -102,7 +104,8 @@ class BenchmarkIndex:
 
     def _add_benchmark(self, name: str, path: Path) -> None:
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark {name!r}: no such file {path} (decontamination needs it)")
+            raise MissingInput(f"benchmark {name!r}: no such file {path} (decontamination needs it; "
+                               f"set build.benchmarks_dir in params.yaml)")
         total = too_short = 0
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):

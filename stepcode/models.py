@@ -25,6 +25,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from stepcode.errors import MissingInput
+
 PAD, EOS, IM_START = "<|pad|>", "<|im_end|>", "<|im_start|>"
 SPECIAL_TOKENS = [PAD, EOS, IM_START]
 CHAT_TEMPLATE = (
@@ -147,7 +149,7 @@ def load_model(path: str | os.PathLike, *, dtype: str = "auto", device: str | No
     set_offline()
     p = Path(path)
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{p} is not a local Hugging Face model directory (no config.json)")
+        raise MissingInput(f"{p} is not a local Hugging Face model directory (no config.json)")
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 

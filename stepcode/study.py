@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from stepcode.errors import MissingInput
+
 ARMS = ("sft", "terminal", "step", "bilevel")
 ARM_LABELS = {"sft": "SFT only", "terminal": "Terminal-GRPO", "step": "Step-GRPO (λ=0)", "bilevel": "Bi-Level GRPO"}
 # The metrics of the headline table, in order, with how they read.
@@ -430,7 +432,7 @@ def prepare_data(params, variant, work_dir: Path) -> dict:
            else Path(params.study.data_dir))
     for name in ("sft.jsonl", "rl.jsonl", "heldout.jsonl"):
         if not (src / name).is_file():
-            raise FileNotFoundError(f"{src / name}: no such file (build the dataset: `dvc repro`)")
+            raise MissingInput(f"{src / name}: no such file (build the dataset: `dvc repro`)")
     rl = select_rows(list(read_jsonl(src / "rl.jsonl")), variant)
     heldout = select_rows(list(read_jsonl(src / "heldout.jsonl")), variant)
     keys = {(r["id"], r["task"]) for r in rl}

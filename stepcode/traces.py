@@ -132,12 +132,14 @@ def summarize(rows: Iterable[dict]) -> dict:
 
 
 def read_corpus(path) -> list[dict]:
-    """Program rows from a JSONL file, or from every `*.jsonl` in a directory (sorted; ids unique across files)."""
+    """Program rows from a JSONL file, or from every `*.jsonl` in a directory (sorted; ids unique across files).
+    A missing input that DVC tracks (data/raw on a fresh clone) is pulled from the DVC remote first."""
     from pathlib import Path
 
     from stepcode.corpus import CorpusError, read_programs
+    from stepcode.dvcdata import ensure_present
 
-    p = Path(path)
+    p = ensure_present(Path(path))
     files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
     rows, seen = [], {}
     for f in files:

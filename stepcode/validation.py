@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepcode.errors import UserError
 from stepcode.traces import STATUSES
 
 REQUIRED_COLUMNS = ("id", "code", "input", "entry_point", "instrumented_code", "trace", "output", "status", "reason")
@@ -53,7 +54,7 @@ DERIVED_COLUMNS = {
 SUITE_NAME = "trace_table"
 
 
-class GateFailed(Exception):
+class GateFailed(UserError):
     """The trace table failed the data gate; the message lists every failed expectation."""
 
 
@@ -317,7 +318,9 @@ def validate_traces(traces_path, report_dir, params) -> GateResult:
                         summary_path=report_dir / "summary.json")
     summary = {"success": result.success, "n_rows": len(rows), "n_quarantined": len(quarantine),
                "statistics": {k: _jsonable(v) for k, v in suite_result.statistics.items()},
-               "expectations": [asdict(o) for o in outcomes], "quarantine": str(quarantine_path),
-               "report": str(result.report_path), "traces": str(traces_path)}
+               "expectations": [asdict(o) for o in outcomes],
+               # paths relative to this report's folder: the summary is tracked (git, dvc.lock), so it must read
+               # the same wherever the project is checked out
+               "quarantine": quarantine_path.name, "report": result.report_path.relative_to(report_dir).as_posix()}
     result.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return result

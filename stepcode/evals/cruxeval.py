@@ -24,6 +24,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from stepcode.errors import MissingInput
 from stepcode.evals.scoring import Adapter
 
 TASKS = ("output", "input")
@@ -162,7 +163,7 @@ def load_problems(path) -> list[dict]:
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"CRUXEval data not found at {p} (set evaluate.cruxeval_path in params.yaml)")
+        raise MissingInput(f"CRUXEval data not found at {p} (set evaluate.cruxeval_path in params.yaml)")
     rows = list(read_jsonl(p))
     for i, row in enumerate(rows, 1):
         missing = {"id", "code", "input", "output"} - set(row)

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stepcode.errors import MissingInput
+
 PROMPTS = ("official", "stepcode")
 
 
@@ -133,7 +135,7 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
 def load_backend(model_path: str):
     """vLLM if importable and a GPU is present, else transformers on CPU."""
     if not Path(model_path).is_dir():
-        raise FileNotFoundError(f"--model must be a local Hugging Face model folder, got {model_path}")
+        raise MissingInput(f"--model must be a local Hugging Face model folder, got {model_path}")
     if importlib.util.find_spec("vllm") is not None:
         import torch
 

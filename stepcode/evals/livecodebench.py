@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stepcode.errors import MissingInput
 from stepcode.evals.scoring import Adapter
 
 SYSTEM_MESSAGE = "You are an expert at Python programming, code execution, test case generation, and fuzzing."
@@ -145,7 +146,7 @@ def load_problems(path) -> list[dict]:
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"LiveCodeBench execution data not found at {p}. The dataset lives only on the Hugging Face hub; export "
             f"it where the hub is reachable with\n    {EXPORT_COMMAND}\nthen copy the file to {p} "
             "(or set evaluate.lcb_path in params.yaml).")

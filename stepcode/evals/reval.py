@@ -12,8 +12,10 @@
 Semantics are upstream's (r-eval/REval@2f148b9; see shared/notes/benchmarks.md section 3), quirks included:
 - the truth comes from a `sys.settrace` tracer identical in effect to upstream `dynamics.py`
   (stepcode/evals/reval_dynamics.py), run in the sandbox on a pinned Python (truths differ across 3.10/3.11/3.12);
-  pairs that cannot run here (missing packages, numpy 2 API removals, ...) keep a status and a reason, appear in a
-  report file beside the cache, and are left out of scoring with counts in the result — never silently.
+  pairs that cannot run here keep a status and a reason, appear in a report file beside the cache, and are left
+  out of scoring with counts and reasons in the metrics (`excluded_pairs`, `excluded_tasks`, `excluded_reasons`) —
+  never silently. With the project's dependencies installed (gensim, beautifulsoup4, lxml) the only such program is
+  DREval/122 (KappaCalculator calls `np.mat`, which numpy 2 removed; upstream ran numpy 1): 3 pairs, 18 tasks.
 - the prompts are the official direct templates (`prompts/direct_*.txt`), shown as the OpenAI path sends them
   (system message + user prompt; the prompt ends in an open `[ANSWER]`). The CoT templates are not available here.
 - parsing is `evaluation.py`'s: coverage defaults to NO; a state answer is split at its last `;` (no `;` = wrong);
@@ -35,6 +37,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from stepcode.errors import UserError
+
 TASK_TYPES = ("coverage", "state", "path", "output")
 HUMANEVAL_END = 84             # programs 0-84 are HumanEval functions, 85-153 ClassEval classes (upstream dataset.py)
 TRUTH_FORMAT = 1               # bump when the truth rows change shape: it is part of the cache key
@@ -47,7 +51,7 @@ _PENALTY = ("assertTrue(True)", "assertFalse(False)", "assert True", "assert Fal
 _NO_SETUP = "Hook method for setting up the test fixture"   # unittest.TestCase.setUp's docstring
 
 
-class RevalError(ValueError):
+class RevalError(UserError, ValueError):
     """Bad REval data, a wrong environment, or generations that don't match the tasks; the message says which."""
 
 
@@ -203,7 +207,8 @@ def compute_truths(pairs: list[dict], sandbox, seconds: float) -> list[dict]:
 def reval_truth(params, *, sandbox=None) -> Path:
     """Build (once) and cache the ground truth of every pair; return the cache path. The file name carries the
     digest of everything the truth depends on, so a changed input makes a new file instead of a stale hit. A
-    `.report.json` beside it records the environment and every excluded pair with its status and reason."""
+    `.report.json` beside it records the environment and every excluded pair with its status and reason (and, per
+    program, `excluded_reasons`)."""
     ev = params.evaluate
     pinned, running = ev.reval_python, ".".join(platform.python_version_tuple()[:2])
     if running != pinned:
@@ -241,8 +246,22 @@ def _report(rows: list[dict], digest: str, env: dict) -> dict:
     return {"digest": digest, **env, "pairs": len(rows), "pairs_ok": len(rows) - len(bad), "pairs_excluded": len(bad),
             "tasks": n_tasks, "tasks_ok": n_tasks - bad_tasks, "tasks_excluded": bad_tasks,
             "lines_executed": executed, "excluded_by_status": dict(by_status),
+            "excluded_reasons": excluded_reasons(rows),
             "excluded": [{"id": r["id"], "status": r["status"], "reason": r["reason"], "tasks": len(r["tasks"])}
                          for r in bad]}
+
+
+def excluded_reasons(rows: list[dict]) -> dict[str, str]:
+    """{"DREval/<idx>": "<status>: <reason>"} for every program with a pair whose truth is not ok (distinct
+    reasons of its pairs joined by " | "), in data order: what a user reads next to the scores."""
+    found: dict[str, list[str]] = {}
+    for r in rows:
+        if r["status"] != "ok":
+            text = f"{r['status']}: {r['reason']}"
+            reasons = found.setdefault(f"DREval/{r['idx']}", [])
+            if text not in reasons:
+                reasons.append(text)
+    return {k: " | ".join(v) for k, v in found.items()}
 
 
 def read_truths(path) -> list[dict]:
@@ -500,7 +519,8 @@ def _pct(flags: list[bool]) -> float:
 
 def score_reval(truths, generations: dict[str, str], *, params=None, sandbox=None, cot: bool = False) -> dict:
     """Score one run: `generations` maps every task id of `reval_prompts(truths)` to the model's text. Pairs whose
-    truth is not ok are left out (counted in `excluded_*`). Returns metrics (0-100) and the per-task table.
+    truth is not ok are left out: counted in metrics `excluded_pairs`/`excluded_tasks`/`excluded_programs`,
+    explained per program in metrics `excluded_reasons` and per pair in `excluded`. Returns metrics (0-100) and the per-task table.
     State values and output answers are executed in the sandbox, as upstream executes them."""
     if isinstance(truths, (str, Path)):
         truths = read_truths(truths)
@@ -528,11 +548,15 @@ def score_reval(truths, generations: dict[str, str], *, params=None, sandbox=Non
           for c, s, p in zip(*(per_pair[r["id"]][k] for k in ("coverage", "state", "path")))]
     preds = [(e["response"], e["expected"]) for e in table if e["type"] == "coverage"]
     excluded = [r for r in truths if r["status"] != "ok"]
+    reasons = excluded_reasons(truths)
     metrics = {"coverage": coverage_metrics(preds), "state": _pct(flat["state"]), "path": _pct(flat["path"]),
                "output": _pct(outputs), "ic": 100 * sum(ic) / len(ic) if ic else 0.0,
                "n_pairs": len(rows), "n_tasks": len(flat["coverage"]), "excluded_pairs": len(excluded),
-               "excluded_tasks": sum(len(r["tasks"]) for r in excluded), "judge_errors": len(judge_errors)}
-    return {"metrics": metrics, "tasks": table, "judge_errors": judge_errors}
+               "excluded_tasks": sum(len(r["tasks"]) for r in excluded), "excluded_programs": len(reasons),
+               "excluded_reasons": reasons, "judge_errors": len(judge_errors)}
+    return {"metrics": metrics, "tasks": table, "judge_errors": judge_errors,
+            "excluded": [{"id": r["id"], "status": r["status"], "reason": r["reason"], "tasks": len(r["tasks"])}
+                         for r in excluded]}
 
 
 def _check_ids(rows: list[dict], generations: dict) -> None:

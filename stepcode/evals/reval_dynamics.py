@@ -25,6 +25,12 @@ The modes: "truth" (the ground truth, values as type + repr), "state" (re-trace,
 against the live values with upstream's `_eq`), "output" (run one completed assertion, upstream's `Output` check).
 Pure stdlib (numpy and dateutil are imported only when an answer needs them); it must never raise out of
 `run_reval`. Nothing here is a security boundary: the sandbox is.
+
+Programs import third-party packages (numpy; gensim, which pulls in scipy: DREval/149 and /117; bs4 + lxml: /117).
+Their BLAS libraries start one thread per core at import, each counted by the sandbox's RLIMIT_NPROC and holding
+address space under its RLIMIT_AS; past either limit OpenBLAS raises SIGINT and the import dies (a KeyboardInterrupt).
+So a child pins every BLAS/OpenMP pool to one thread before the program runs (`_one_thread_pools`): the truth no
+longer depends on the machine's core count, and a program's imports fit the default limits on any machine.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import copy
 import io
 import itertools
 import linecache
+import os
 import re
 import signal
 import sys
@@ -323,9 +330,21 @@ def _truth(rec: Recorder, tasks: list[dict]) -> list[dict]:
     return rows
 
 
+# Thread-pool sizes read by the numerical libraries when they load (OpenBLAS: numpy's and scipy's own copies).
+_POOL_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _one_thread_pools() -> None:
+    """Before the program imports anything: one BLAS/OpenMP thread each (the server starts with a cleared
+    environment, so nothing else sets them). A library already loaded in the server keeps its pool: none is."""
+    for name in _POOL_VARIABLES:
+        os.environ[name] = "1"
+
+
 def run_reval(prepared, limits: dict) -> dict:
     """Child side. Never raises: every failure is a status, for the whole program or for one pair."""
     code, test, payload = prepared
+    _one_thread_pools()
     sink = _Sink(limits.get("stdout_bytes", 1 << 16))
     sys.stdout = sys.stderr = sys.stdin = sink
     signal.signal(signal.SIGALRM, _alarm)

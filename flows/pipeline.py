@@ -253,7 +253,9 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     from prefect.runtime import flow_run
 
     from stepcode.config import load_params
+    from stepcode.dvcdata import record_outputs
     from stepcode.preflight import check_pipeline, local_base_model
+    from stepcode.traces import write_summary
     from stepcode.tracking import configure, git_state, params_hash
 
     termination.install()
@@ -271,6 +273,14 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         os.environ["STEPCODE_PARENT_RUN_ID"] = parent.info.run_id
         mlflow.set_tags({"stage": "pipeline", "prefect.flow_run_id": str(flow_run.id), "params.hash":
                          params_hash(params), "profile": str(profile), **git_state(root)})
+    written: set[Path] = set()
+    outcome["dvc_recorded"] = []
+
+    def versioned(*paths: Path) -> None:
+        """Record in DVC (cache + dvc.lock) each dvc.yaml stage whose outputs this run has now all written."""
+        written.update(paths)
+        outcome["dvc_recorded"] += record_outputs(root, written, skip=outcome["dvc_recorded"])
+
     try:
         # trace: fan out over batches, merge in order
         parts_dir = root / "data" / "work" / "trace-parts"
@@ -289,17 +299,22 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         traces = root / "data" / "traces.jsonl"
         _merge(parts, traces)
         outcome["trace"] = _log_trace_stage(params, root / "data" / "raw", traces, len(parts))
+        write_summary(outcome["trace"], root / "metrics" / "trace.json")
+        versioned(traces, root / "metrics" / "trace.json")
         termination.checkpoint()
         if stop_after == "trace":
             return outcome
 
-        outcome["validate"] = validate(str(traces), str(root / "reports" / "validation"), params_json)
+        report = root / "reports" / "validation"
+        outcome["validate"] = validate(str(traces), str(report), params_json)
+        versioned(report / "summary.json", report / "quarantine.jsonl")
         termination.checkpoint()
         if stop_after == "validate":
             return outcome
 
         outcome["build"] = _run_cached(build, traces_in=str(traces), out_dir=str(root / "data" / "dataset"),
                                        params_json=params_json)["stats"]
+        versioned(root / "data" / "dataset")
         termination.checkpoint()
         if stop_after == "build":
             return outcome
@@ -312,9 +327,11 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         if base is None:
             base = models / "base"
             _run_cached(init_model, corpus_in=str(traces), out=str(base), profile=profile, params_json=params_json)
+            versioned(base)
         sft_out = models / "sft"
         outcome["sft"] = _run_cached(sft, model_in=str(base), data_in=str(dataset / "sft.jsonl"), out=str(sft_out),
                                      profile=profile, params_json=params_json)["summary"]
+        versioned(sft_out)
         termination.checkpoint()
         if stop_after == "sft":
             return outcome
@@ -323,11 +340,13 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         outcome["grpo"] = _run_cached(grpo, model_in=str(sft_out), data_in=str(dataset / "rl.jsonl"),
                                       out=str(grpo_out), profile=profile, mode=mode,
                                       params_json=params_json)["summary"]
+        versioned(grpo_out)
         termination.checkpoint()
         if stop_after == "grpo":
             return outcome
         metrics = _run_cached(evaluate, model_in=str(grpo_out), heldout_in=str(dataset / "heldout.jsonl"),
                               out=str(root / "metrics" / f"eval-{profile}"), params_json=params_json)["metrics"]
+        versioned(root / "metrics" / f"eval-{profile}" / "metrics.json")
         termination.checkpoint()
         outcome["evaluate"] = metrics
         if parent:

@@ -71,3 +71,25 @@ def ensure_present(path: str | Path, *, echo=None) -> Path:
     if not p.exists():
         raise MissingInput(f"{p} is missing and `dvc pull {rel}` did not bring it; run `dvc pull {rel}`")
     return p
+
+
+def record_outputs(root: str | Path, written: set[Path], skip: list[str] = ()) -> list[str]:
+    """Commit to the DVC cache, and to dvc.lock, every dvc.yaml stage all of whose outputs this run wrote: a pipeline
+    run then leaves the workspace as `dvc repro` would (`dvc status` clean when the outputs are the ones dvc.lock
+    records; dvc.lock updated when they are not, so the change shows in `git status`). Returns the stages recorded,
+    but for those in `skip`; none outside a DVC project (a worker's scratch folder)."""
+    root = Path(root).absolute()
+    if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
+        return []
+    from dvc.repo import Repo
+
+    written = {Path(p).absolute() for p in written}
+    recorded = []
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            if stage.is_data_source or not stage.outs or stage.addressing in skip:
+                continue
+            if all((root / out.def_path).absolute() in written for out in stage.outs):
+                repo.commit(stage.addressing, force=True)
+                recorded.append(stage.addressing)
+    return recorded

@@ -131,6 +131,18 @@ def summarize(rows: Iterable[dict]) -> dict:
     return {"total": sum(counts.values()), "by_status": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
+def write_summary(summary: dict, path) -> None:
+    """The trace stage's DVC metric (metrics/trace.json): the counts only. It is tracked, so it must read the same for
+    the same traces; timings vary run to run and go to MLflow."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts = {"total": summary["total"], "by_status": summary["by_status"]}
+    path.write_text(json.dumps(counts, indent=2) + "\n")
+
+
 def read_corpus(path) -> list[dict]:
     """Program rows from a JSONL file, or from every `*.jsonl` in a directory (sorted; ids unique across files).
     A missing input that DVC tracks (data/raw on a fresh clone) is pulled from the DVC remote first."""

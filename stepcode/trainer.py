@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 SPANS = ("segment", "print")
 
@@ -254,6 +255,9 @@ def _read_rows(path, what: str) -> list[dict]:
 def _save(trainer, tokenizer, out_dir) -> None:
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    # The pickled TrainingArguments hold the absolute output path and a random serialization id, so the same training
+    # would give a folder with another DVC digest; the arguments are on the stage's MLflow run instead.
+    (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
 
 
 def _summary(trainer, started: float, out_dir) -> dict:

@@ -122,6 +122,15 @@ CACHED = dict(cache_key_fn=_digest_key, persist_result=True, retries=2, retry_de
               retry_condition_fn=_transient)
 
 
+def load_project_params(root: str | Path, params_path: str = "params.yaml"):
+    """`params_path` under the project root; the default file, when absent, means the embedded defaults (as for every
+    `stepcode` command)."""
+    from stepcode.config import load_params
+
+    path = Path(root) / params_path
+    return load_params(path if path.exists() or params_path != "params.yaml" else None)
+
+
 def _params(params_json: str):
     from stepcode.config import parse_params
 
@@ -252,7 +261,6 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     """The whole pipeline on embedded defaults. `stop_after` ends it early (trace, validate, build, sft, grpo)."""
     from prefect.runtime import flow_run
 
-    from stepcode.config import load_params
     from stepcode.dvcdata import record_outputs
     from stepcode.preflight import check_pipeline, local_base_model
     from stepcode.traces import write_summary
@@ -261,7 +269,7 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     termination.install()
     root = Path(root).resolve()
     os.chdir(root)
-    params = load_params(params_path)
+    params = load_project_params(root, params_path)
     check_pipeline(params, profile, stop_after, root)   # again here: a deployment's run skips the CLI's check
     params_json = json.dumps(params.model_dump(mode="json", by_alias=True))
     batch_size = params.pipeline.trace_batch_size
@@ -418,10 +426,9 @@ def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", r
                  stop_after: str | None = None) -> dict:
     """Run the flow with a process pool as wide as the configured sandbox workers. What cannot work (a bad option, a
     missing input) fails here, in one line, before Prefect starts."""
-    from stepcode.config import load_params
     from stepcode.preflight import check_pipeline
 
-    params = load_params(Path(root) / params_path)
+    params = load_project_params(root, params_path)
     check_pipeline(params, profile, stop_after, root)
     configured = pipeline.with_options(task_runner=task_runner(params.sandbox.resolved_workers()))
     with local_api(), quiet_user_errors():

@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import pipeline, task_runner
+from flows.pipeline import load_project_params, pipeline, task_runner
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=0)
@@ -44,9 +44,7 @@ def promote(model: dict, run_id: str | None, params_json: str) -> dict:
 
 @flow(name="stepcode-retrain", log_prints=True)
 def retrain(profile: str | None = None, params_path: str = "params.yaml", root: str = ".") -> dict:
-    from stepcode.config import load_params
-
-    params = load_params(Path(root) / params_path)
+    params = load_project_params(root, params_path)
     workers = params.sandbox.resolved_workers()
     outcome = pipeline.with_options(task_runner=task_runner(workers))(profile=profile, params_path=params_path,
                                                                        root=root)
@@ -60,8 +58,6 @@ def retrain(profile: str | None = None, params_path: str = "params.yaml", root: 
 
 def serve(profile: str | None = None, params_path: str = "params.yaml", root: str = ".") -> None:
     """Serve the retraining deployment on the cron schedule from params (blocks; needs PREFECT_API_URL)."""
-    from stepcode.config import load_params
-
-    cron = load_params(Path(root) / params_path).pipeline.schedule_cron
+    cron = load_project_params(root, params_path).pipeline.schedule_cron
     retrain.serve(name="scheduled-retrain", cron=cron,
                   parameters={"profile": profile, "params_path": params_path, "root": str(Path(root).resolve())})

@@ -14,12 +14,32 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="StepCode: teach code LLMs to reason about execution step by step.",
+from stepcode.commands.common import ParamsOpt, StepcodeGroup, load_params as _params
+
+# StepcodeGroup: a bad option, a missing input, a bad params file is one line on stderr and exit 2, no traceback.
+app = typer.Typer(help="StepCode: teach code LLMs to reason about execution step by step.", cls=StepcodeGroup,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 corpus_app = typer.Typer(help="Import program corpora.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
-from stepcode.commands.common import ParamsOpt, fail, load_params as _params
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"stepcode {version('stepcode')}")
+        except PackageNotFoundError:  # a source tree on sys.path, not installed
+            from stepcode import __version__
+
+            typer.echo(f"stepcode {__version__} (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the installed version and exit.")):
+    """StepCode: teach code LLMs to reason about execution step by step."""
 
 
 def _print_summary(summary: dict) -> None:
@@ -42,20 +62,19 @@ def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, 
           track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log to MLflow (default: params)"),
           params_path: Path = ParamsOpt):
     """Instrument programs with anchors, run each twice in the sandbox, and record the trace."""
-    from stepcode.corpus import CorpusError
+    from stepcode.dvcdata import ensure_present
     from stepcode.traces import trace_file
 
     params = _params(params_path, **{"sandbox.timeout_s": timeout, "trace.max_lines": max_lines,
                                      "sandbox.workers": workers})
+    ensure_present(inp)   # missing: pulled when DVC tracks it, else a one-line MissingInput
     rejects = out.with_suffix(".rejects.jsonl") if skip_bad else None
-    try:
-        summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects, track=track)
-    except (CorpusError, FileNotFoundError) as e:
-        fail(str(e))
+    summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects, track=track)
     _print_summary(summary)
     if summary_json:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+        from stepcode.traces import write_summary
+
+        write_summary(summary, summary_json)
 
 
 @app.command()

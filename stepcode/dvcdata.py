@@ -11,12 +11,27 @@ command to run. (`dvc repro` checks its dependencies before it runs a stage: the
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
 import yaml
 
 from stepcode.errors import MissingInput
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str, level: int = logging.CRITICAL + 1):
+    """Hold DVC's loggers at `level` for a block (they also reach Prefect's console handler, so lines come twice)."""
+    saved = [(log, log.level) for log in map(logging.getLogger, loggers)]
+    for log, _ in saved:
+        log.setLevel(level)
+    try:
+        yield
+    finally:
+        for log, old in saved:
+            log.setLevel(old)
 
 
 def _repo_root(start: Path) -> Path | None:
@@ -46,15 +61,16 @@ def tracking_file(path: str | Path) -> Path | None:
     return None
 
 
-def ensure_present(path: str | Path, *, echo=None) -> Path:
+def ensure_present(path: str | Path, *, echo=None, hint: str = "") -> Path:
     """Return `path` if it exists; else pull it from the DVC remote when a `.dvc` file tracks it (saying so in one
-    line), else raise MissingInput naming what to run."""
+    line), else raise MissingInput naming what to run (`hint`: what else to say when nothing tracks it)."""
     p = Path(path)
     if p.exists():
         return p
     dvcfile = tracking_file(p)
     if dvcfile is None:
-        raise MissingInput(f"{p}: no such file or directory (and no .dvc file tracks it)")
+        raise MissingInput(f"{p}: no such file or directory (and no .dvc file tracks it)"
+                           + (f"; {hint}" if hint else ""))
     root = _repo_root(dvcfile.parent)
     rel = dvcfile.relative_to(root)
     say = echo or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -62,10 +78,10 @@ def ensure_present(path: str | Path, *, echo=None) -> Path:
     try:
         from dvc.repo import Repo
 
-        with Repo(str(root)) as repo:
+        with _quiet("dvc", "dvc_data"), Repo(str(root)) as repo:   # its failure is our one line below
             repo.pull(targets=[str(dvcfile)])
     except Exception as e:  # noqa: BLE001 -- any failure of the pull is reported as what to run by hand
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = " ".join(str(e).split()[:12]) or type(e).__name__
         raise MissingInput(f"{p} is missing and `dvc pull {rel}` failed ({first}); fix the remote "
                            f"(`dvc remote list`) and run `dvc pull {rel}`") from None
     if not p.exists():
@@ -85,7 +101,8 @@ def record_outputs(root: str | Path, written: set[Path], skip: list[str] = ()) -
 
     written = {Path(p).absolute() for p in written}
     recorded = []
-    with Repo(str(root)) as repo:
+    # no line per stage about the lock file: the run's summary says what was recorded
+    with _quiet("dvc", level=logging.WARNING), Repo(str(root)) as repo:
         for stage in repo.index.stages:
             if stage.is_data_source or not stage.outs or stage.addressing in skip:
                 continue

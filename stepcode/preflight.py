@@ -47,7 +47,8 @@ def check_pipeline(params, profile: str | None, stop_after: str | None, root: st
     root = Path(root)
     check_stop_after(stop_after)
     prof = params.train.get(profile)                  # ConfigError naming the defined profiles
-    ensure_present(root / "data" / "raw")             # pulled from the DVC remote on a fresh clone
+    ensure_present(root / "data" / "raw",             # pulled from the DVC remote on a fresh clone
+                   hint="run from the project folder, or make a corpus: `stepcode synth -o data/raw/synth.jsonl`")
     if _reached("build", stop_after):
         for name, path in benchmark_paths(params.build).items():
             if not (root / path).is_file():

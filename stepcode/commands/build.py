@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from stepcode.commands.common import ParamsOpt, fail, load_params, require_file
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -24,17 +26,17 @@ def register(app: typer.Typer) -> None:
                                                                help="share of programs held out (default: params)"),
               input_task: Optional[bool] = typer.Option(None, "--input-task/--no-input-task",
                                                         help="also emit input-prediction examples (default: params)"),
-              params_path: Path = typer.Option(Path("params.yaml"), "--params", help="the configuration file")):
+              params_path: Path = ParamsOpt):
         """Build SFT/RL/held-out examples from trace rows, decontaminated against CRUXEval, REval (and LCB)."""
         from stepcode import stages
-        from stepcode.commands.common import load_params as _params
 
-        params = _params(params_path, **{"build.heldout_fraction": heldout_fraction, "build.input_task": input_task})
+        params = load_params(params_path, **{"build.heldout_fraction": heldout_fraction,
+                                             "build.input_task": input_task})
+        require_file(traces, "TRACES", "write it with `stepcode trace`")
         try:
             stats = stages.build(params, traces, out)
-        except (ValueError, FileNotFoundError) as e:  # CorpusError is a ValueError
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
+        except ValueError as e:  # bad rows the library still reports as plain ValueErrors (duplicate ids, ...)
+            fail(str(e))
         typer.echo(f"{stats['rows_in']} trace rows -> {stats['rows_kept']} kept; "
                    f"sft {stats['files']['sft']}, rl {stats['files']['rl']}, heldout {stats['files']['heldout']}")
         typer.echo("rows out: " + json.dumps(stats["rows_out"]))

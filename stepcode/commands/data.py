@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, fail, load_params
+from stepcode.commands.common import ParamsOpt, load_params, require_file
 
 
 def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as written by `stepcode trace`"),
@@ -20,15 +20,10 @@ def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as wri
              params_path: Path = ParamsOpt):
     """Run the data gate on a trace table; exit 1 if any expectation fails."""
     from stepcode import stages
-    from stepcode.corpus import CorpusError
 
     params = load_params(params_path)
-    if not traces.is_file():
-        fail(f"{traces}: no such file")
-    try:
-        result = stages.validate(params, traces, report)
-    except CorpusError as e:
-        fail(str(e))
+    require_file(traces, "TRACES", "write it with `stepcode trace`")
+    result = stages.validate(params, traces, report)   # a malformed line: CorpusError, one line, exit 2
     typer.echo(result.describe())
     if not result.success:
         raise typer.Exit(1)

@@ -9,41 +9,55 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, fail as _fail, load_params as _params
+from stepcode.commands.common import ParamsOpt, fail, load_params, require_exists, require_file, split_choices
+from stepcode.evals import BENCHMARKS, EXTRACT_MODES, check_task
+from stepcode.evals.generate import PROMPTS
+from stepcode.evals.scoring import SKIP_RULES
+
+BENCHMARK_NAMES = tuple(BENCHMARKS)
+TASKS = tuple(dict.fromkeys(t for tasks in BENCHMARKS.values() for t in tasks))   # output, input
 
 
+def _benchmark_list(value: str) -> str:
+    split_choices(value, BENCHMARK_NAMES, "--benchmarks")
+    return value
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def score(generations: Path = typer.Argument(..., help='generations JSON: {"sample_<k>": list of strings}'),
-              benchmark: str = typer.Option(..., "--benchmark", help="cruxeval | lcb"),
-              task: str = typer.Option(..., "--task", help="output | input (lcb: output only)"),
+              benchmark: Literal[BENCHMARK_NAMES] = typer.Option(..., "--benchmark", help="the benchmark"),
+              task: Literal[TASKS] = typer.Option(..., "--task", help="the task (lcb: output only)"),
               out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the official result JSON here"),
-              skip_rule: Optional[str] = typer.Option(
+              skip_rule: Optional[Literal[SKIP_RULES]] = typer.Option(
                   None, "--skip-rule", help="copied-input rule: drop (CRUXEval default) | false (older CRUXEval "
                                             "files) | lcb (LiveCodeBench default)"),
               samples: Optional[str] = typer.Option(
                   None, "--samples", help="comma-separated ids to score (default: every benchmark problem, and the "
                                           "file must have them all)"),
-              extract: str = typer.Option(
+              extract: Literal[EXTRACT_MODES] = typer.Option(
                   "none", "--extract", help="none: the strings are extracted predictions (official generations.json"
                                             " / raw_generations); direct | cot: raw model text, extract first"),
               params_path: Path = ParamsOpt):
         """Score predictions by execution in the sandbox; write the official result format; print pass@1/pass@5."""
         from stepcode.evals import score_file
 
-        params = _params(params_path)
+        try:
+            check_task(benchmark, task)
+        except ValueError as e:
+            fail(f"--task: {e}")
+        params = load_params(params_path)
+        require_file(generations, "GENERATIONS")
         chosen = [s.strip() for s in samples.split(",") if s.strip()] if samples else None
         try:
             result = score_file(benchmark, task, generations, out, params, skip_rule=skip_rule, samples=chosen,
                                 extract=extract, progress=True)
         except (ValueError, TypeError, FileNotFoundError) as e:
-            _fail(str(e))
+            fail(str(e))
         n = len(result["raw_scored_generations"])
         typer.echo(f"{benchmark}-{task}: {n} samples, skip rule {result['skip_rule']}")
         typer.echo(f"pass@1: {result['pass_at_1']:.2f}  pass@5: {result['pass_at_5']:.2f}")
@@ -52,14 +66,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def evaluate(model: Path = typer.Option(..., "--model", help="local Hugging Face model folder"),
-                 benchmarks: str = typer.Option("cruxeval,lcb", "--benchmarks", help="comma-separated: cruxeval,lcb"),
-                 limit: Optional[int] = typer.Option(None, "--limit", help="only the first N problems of each"),
-                 prompt: str = typer.Option("official", "--prompt", help="official | stepcode (instrumented task)"),
+                 benchmarks: str = typer.Option("cruxeval,lcb", "--benchmarks", callback=_benchmark_list,
+                                                help=f"comma-separated, some of: {', '.join(BENCHMARK_NAMES)}"),
+                 limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N problems of "
+                                                     "each"),
+                 prompt: Literal[PROMPTS] = typer.Option("official", "--prompt", help="official; stepcode (the "
+                                                         "instrumented task, CRUXEval only)"),
                  out: Path = typer.Option(Path("eval"), "-o", "--out", help="output folder"),
                  heldout: Optional[Path] = typer.Option(None, "--heldout", help="also the held-out RL rows "
                                                         "(in-distribution, greedy): final/step accuracy, gap"),
-                 heldout_limit: Optional[int] = typer.Option(None, "--heldout-limit", help="first N held-out rows"),
+                 heldout_limit: Optional[int] = typer.Option(None, "--heldout-limit", min=1,
+                                                             help="first N held-out rows"),
                  greedy: bool = typer.Option(False, "--greedy", help="greedy decoding (paper-style, labelled)"),
+                 max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                              help="generation cap (default: evaluate.max_new_tokens)"),
                  register_as: Optional[str] = typer.Option(None, "--register", help="register the model under "
                                                            "this name in the MLflow registry, with its metrics"),
                  params_path: Path = ParamsOpt):
@@ -67,15 +87,21 @@ def register(app: typer.Typer) -> None:
         Logged to MLflow as the `evaluate` stage (metrics, per-row table, generations as artifacts)."""
         from stepcode import stages
 
-        params = _params(params_path)
-        if greedy:
-            params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"greedy": True})})
-        names = tuple(b.strip() for b in benchmarks.split(",") if b.strip())
+        names = split_choices(benchmarks, BENCHMARK_NAMES, "--benchmarks")
+        if prompt == "stepcode" and set(names) - {"cruxeval"}:  # the rule of stepcode.evals.generate.evaluate,
+            fail("--prompt stepcode runs on CRUXEval programs only; give --benchmarks cruxeval")  # checked up front
+        params = load_params(params_path)
+        require_exists(model, "--model")   # config.json: checked by the stage, after the benchmark files
+        if heldout is not None:
+            require_file(heldout, "--heldout", "write it with `stepcode build`")
+        chosen = {k: v for k, v in {"greedy": greedy or None, "max_new_tokens": max_new_tokens}.items() if v}
+        if chosen:
+            params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update=chosen)})
         try:
             metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=names, prompt=prompt,
                                       limit=limit, heldout_limit=heldout_limit)
         except (ValueError, FileNotFoundError) as e:
-            _fail(str(e))
+            fail(str(e))
         if register_as:
             version = stages.register(params, model, metrics, name=register_as)
             typer.echo(f"registered {register_as} v{version.version}")

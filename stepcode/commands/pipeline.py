@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
 from stepcode import termination
+from stepcode.commands.common import ParamsOpt, ProfileOpt, check_profile, fail, load_params
+from stepcode.preflight import STOP_POINTS
 
 
 def prefect_env(root: Path) -> None:
@@ -24,15 +25,6 @@ def prefect_env(root: Path) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
-
-def _flows_importable() -> None:
-    """flows/ sits beside the stepcode package (a source checkout); the project being run may live elsewhere."""
-    import stepcode
-
-    repo = str(Path(stepcode.__file__).resolve().parent.parent)
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
 
 
 def summarize_outcome(outcome: dict) -> str:
@@ -58,25 +50,45 @@ def summarize_outcome(outcome: dict) -> str:
         keys = [k for k in m if k.endswith(("final_acc", "step_acc", "pass_at_1", "step_accuracy"))
                 and k.count(".") <= 1]
         lines.append("evaluate  " + ", ".join(f"{k}={m[k]:.3g}" for k in keys))
+    if outcome.get("dvc_recorded"):
+        lines.append(f"dvc       recorded {', '.join(outcome['dvc_recorded'])} (cache + dvc.lock; `dvc status` to check)")
     if "model" in outcome:
         lines.append(f"model     registered {outcome['model']['name']} v{outcome['model']['version']} "
                      f"(MLflow run {outcome.get('mlflow_run_id')})")
     return "\n".join(lines)
 
 
+def _check_runs(mlflow, run_ids: list[str]) -> None:
+    """A user error naming the run ids the tracking store does not have."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client, unknown = MlflowClient(), []
+    for run_id in run_ids:
+        try:
+            client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            unknown.append(run_id)
+    if unknown:
+        fail(f"unknown run id(s) {', '.join(map(repr, unknown))}: no such run in {mlflow.get_tracking_uri()} "
+             f"(list them: mlflow ui, or `mlflow runs list --experiment-id ID`)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def pipeline(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
-                 stop_after: Optional[str] = typer.Option(None, "--stop-after",
-                                                          help="end after: trace, validate, build, sft, grpo"),
-                 params_path: Path = typer.Option(Path("params.yaml"), "--params")):
+    def pipeline(profile: Optional[str] = ProfileOpt,
+                 stop_after: Optional[Literal[STOP_POINTS]] = typer.Option(
+                     None, "--stop-after", help="end after this stage (default: all of them, then evaluate)"),
+                 params_path: Path = ParamsOpt):
         """Run the whole flow (trace → validate → build → sft → grpo → evaluate) on embedded defaults."""
         import json
         import time
 
+        check_profile(profile, params_path)   # every option before any work (choices: checked while parsing)
         root = Path.cwd()
         prefect_env(root)
-        _flows_importable()
         termination.install()
         from flows.pipeline import run_pipeline
         from stepcode.validation import GateFailed
@@ -98,14 +110,13 @@ def register(app: typer.Typer) -> None:
                    f"  {report.relative_to(root)}   # everything above in JSON; data/dataset/stats.json; metrics/")
 
     @app.command()
-    def retrain(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
-                params_path: Path = typer.Option(Path("params.yaml"), "--params")):
+    def retrain(profile: Optional[str] = ProfileOpt, params_path: Path = ParamsOpt):
         """Run one retraining now: pipeline → candidate version → promote only if it beats the champion."""
         import json
 
+        check_profile(profile, params_path)   # every option before any work
         root = Path.cwd()
         prefect_env(root)
-        _flows_importable()
         termination.install()
         from flows.pipeline import local_api
         from flows.retrain import retrain as retrain_flow
@@ -115,17 +126,15 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(outcome.get("promotion"), indent=2, default=str))
 
     @app.command()
-    def schedule(profile: Optional[str] = typer.Option(None, "--profile", help="training profile (params: train)"),
-                 params_path: Path = typer.Option(Path("params.yaml"), "--params")):
+    def schedule(profile: Optional[str] = ProfileOpt, params_path: Path = ParamsOpt):
         """Serve the scheduled retraining deployment (cron: params pipeline.schedule_cron). Needs a Prefect server:
         run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api first."""
+        check_profile(profile, params_path)
         root = Path.cwd()
         if not os.environ.get("PREFECT_API_URL"):
-            typer.echo("error: schedules need a Prefect server. In another terminal run `prefect server start`, then\n"
-                       "  PREFECT_API_URL=http://127.0.0.1:4200/api stepcode schedule", err=True)
-            raise typer.Exit(2)
+            fail("schedules need a Prefect server: run `prefect server start` in another terminal, then "
+                 "PREFECT_API_URL=http://127.0.0.1:4200/api stepcode schedule")
         prefect_env(root)
-        _flows_importable()
         from flows.retrain import serve
 
         serve(profile=profile, params_path=str(params_path), root=str(root))
@@ -135,15 +144,20 @@ def register(app: typer.Typer) -> None:
                 metric: Optional[List[str]] = typer.Option(None, "--metric", help="metrics to show (default: all)"),
                 out: Path = typer.Option(Path("reports/compare.png"), "--out", help="where to write the PNG"),
                 log_artifact: bool = typer.Option(True, "--log/--no-log", help="log the PNG to every run"),
-                params_path: Path = typer.Option(Path("params.yaml"), "--params")):
+                params_path: Path = ParamsOpt):
         """Params that differ and metrics side by side, plus a PNG of training curves and benchmark bars."""
-        from stepcode.commands.common import load_params
+        if len(run_ids) < 2:
+            raise typer.BadParameter("give at least two run ids", param_hint="RUN_IDS")
+        params = load_params(params_path)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri   # as stepcode.tracking.configure,
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():   # which would create it
+            fail(f"no MLflow store at {uri}, so no runs to compare: run from the project root, or set "
+                 "MLFLOW_TRACKING_URI (params: tracking.uri)")
         from stepcode.compare import compare as run_compare
         from stepcode.tracking import configure
 
-        if len(run_ids) < 2:
-            raise typer.BadParameter("give at least two run ids")
-        configure(load_params(params_path))
+        mlflow = configure(params)
+        _check_runs(mlflow, run_ids)
         comparison = run_compare(run_ids, metric, out, log_artifact=log_artifact)
         typer.echo(comparison.table())
         typer.echo(f"\nplot: {out}" + (" (also logged to each run under comparisons/)" if log_artifact else ""))

@@ -15,21 +15,7 @@ from typing import Optional
 
 import typer
 
-ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the configuration file")
-
-
-def _params(path: Path):
-    from stepcode.config import ConfigError, load_params
-
-    try:
-        return load_params(path if path.exists() or path != Path("params.yaml") else None)
-    except ConfigError as e:
-        raise typer.BadParameter(str(e)) from None
-
-
-def _fail(message: str, code: int = 2):
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+from stepcode.commands.common import ParamsOpt, fail, load_params, require_file
 
 
 def register(app: typer.Typer) -> None:
@@ -37,8 +23,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(study, name="study")
 
     @study.command()
-    def ablation(seeds: Optional[int] = typer.Option(None, "--seeds", help="GRPO seeds per arm (default: the "
-                                                     "variant's, study.variants in params.yaml)"),
+    def ablation(seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="GRPO seeds per arm (default: "
+                                                     "the variant's, study.variants in params.yaml)"),
                  budget_minutes: Optional[float] = typer.Option(
                      None, "--budget-minutes", help="planned wall time; caps GRPO steps through the cost model, "
                                                     "never by the clock (arms stay equal)"),
@@ -50,12 +36,12 @@ def register(app: typer.Typer) -> None:
         held-out and CRUXEval-O (StepCode format) evaluation; means with 95% intervals; report + MLflow runs."""
         from stepcode.study import run_study
 
-        params = _params(params_path)
+        params = load_params(params_path)
         try:
             results = run_study(params, "micro" if micro else "full", seeds=seeds, budget_minutes=budget_minutes,
                                 out_dir=out, echo=typer.echo)
-        except (ValueError, FileNotFoundError) as e:
-            _fail(str(e))
+        except ValueError as e:  # checks of the study's settings (variant, budget, data) the library words itself
+            fail(str(e))
         out_dir = out or (Path(params.study.report_dir) if not micro else
                           Path(params.study.work_dir) / "micro" / "report")
         typer.echo(f"report: {out_dir / 'README.md'} (MLflow parent run {results['mlflow']['parent_run_id']})")
@@ -67,8 +53,7 @@ def register(app: typer.Typer) -> None:
 
         from stepcode.study import STUDY_CHOICES, write_report
 
-        if not results_json.is_file():
-            _fail(f"{results_json}: no such file")
+        require_file(results_json, "RESULTS_JSON", "written by `stepcode study ablation`")
         results = json.loads(results_json.read_text())
         # The choices text lives in the code (it records how the settings were found), so a re-render refreshes it.
         results["choices"] = STUDY_CHOICES.get(results.get("variant"), results.get("choices", []))

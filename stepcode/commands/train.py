@@ -11,38 +11,29 @@ Exit codes: 0 done; 2 bad input (missing file, unknown profile, malformed rows).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, load_params as _params
+from stepcode.commands.common import (GRPO_MODES, ParamsOpt, ProfileOpt, check_profile, fail, require_file,
+                                      require_model_dir)
+from stepcode.models import SIZES
 
-ProfileOpt = typer.Option(None, "--profile", help="training profile from params.yaml (default: train.profile)")
+MODEL_SIZES = tuple(SIZES)
 RunNameOpt = typer.Option(None, "--run-name", help="run name for the reporters (MLflow, ...)")
 
 
-
-def _profile(params, name: Optional[str]):
-    try:
-        return params.train.get(name)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-
-
-def _model_path(model: Optional[Path], profile) -> Path:
-    path = model or (Path(profile.model) if profile.model else None)
-    if path is None:
-        raise typer.BadParameter("no --model given and the profile names no model")
-    if not (path / "config.json").is_file():
-        typer.echo(f"error: {path} is not a local Hugging Face model directory (no config.json)", err=True)
-        raise typer.Exit(2)
+def _model_path(model: Optional[Path], profile_name: Optional[str], params) -> Path:
+    """--model, else the profile's model; a user error unless it is a local Hugging Face model directory."""
+    if model is not None:
+        require_model_dir(model, "--model")
+        return model
+    name = profile_name or params.train.profile
+    if not params.train.get(name).model:
+        fail(f"no --model given and profile {name!r} names no model")
+    path = Path(params.train.get(name).model)
+    require_model_dir(path, f"profile {name!r} model")
     return path
-
-
-def _require(path: Path) -> None:
-    if not path.is_file():
-        typer.echo(f"error: {path}: no such file", err=True)
-        raise typer.Exit(2)
 
 
 def _report(summary: dict) -> None:
@@ -56,24 +47,20 @@ def _report(summary: dict) -> None:
 def init_model(out: Path = typer.Option(..., "-o", "--out", help="model directory to create (HF format)"),
                corpus: list[Path] = typer.Option(..., "--corpus", help="JSONL files whose text trains the tokenizer "
                                                  "(programs, traces, sft rows); repeat the option for several"),
-               size: Optional[str] = typer.Option(None, "--size", help="micro | tiny | 0.5b (default: the profile's)"),
+               size: Optional[Literal[MODEL_SIZES]] = typer.Option(None, "--size", help="model size (default: the "
+                                                                   "profile's model_size)"),
                profile: Optional[str] = ProfileOpt,
                seed: int = typer.Option(0, "--seed", help="weight initialisation seed"),
                params_path: Path = ParamsOpt):
     """Build the embedded tiny Llama and its byte-level BPE tokenizer, offline."""
-    from stepcode.corpus import CorpusError, read_jsonl
-    from stepcode.models import SIZES, build_tiny_model, corpus_texts
+    from stepcode.corpus import read_jsonl
+    from stepcode.models import build_tiny_model, corpus_texts
 
-    size = size or _profile(_params(params_path), profile).model_size
-    if size not in SIZES:
-        raise typer.BadParameter(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+    params = check_profile(profile, params_path)
+    size = size or params.train.get(profile).model_size
     for path in corpus:
-        _require(path)
-    try:
-        texts = corpus_texts(row for path in corpus for row in read_jsonl(path))
-    except CorpusError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        require_file(path, "--corpus")
+    texts = corpus_texts(row for path in corpus for row in read_jsonl(path))   # a malformed line: CorpusError
     out_dir = build_tiny_model(out, texts, size=size, seed=seed)
     typer.echo(f"built a {size} Llama from {len(texts)} texts -> {out_dir}")
 
@@ -85,38 +72,32 @@ def sft(model: Optional[Path] = typer.Option(None, "--model", help="model direct
     """SFT warm start (TRL SFTTrainer, loss on completions only). Logged to MLflow as the `sft` stage."""
     from stepcode import stages
 
-    params = _params(params_path)
-    prof = _profile(params, profile)
-    model_path = _model_path(model, prof)
-    _require(data)
+    params = check_profile(profile, params_path)
+    model_path = _model_path(model, profile, params)
+    require_file(data, "--data", "write it with `stepcode build`")
     try:
         summary = stages.sft(params, profile, model_path, data, out)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    except ValueError as e:  # bad rows the library reports as plain ValueErrors
+        fail(str(e))
     _report(summary)
 
 
 def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model directory (default: the profile's)"),
          data: Path = typer.Option(..., "--data", help="RL rows (JSONL), as written by `stepcode build`"),
          out: Path = typer.Option(..., "-o", "--out", help="output model directory"),
-         mode: str = typer.Option("bilevel", "--mode", help="bilevel | step (lambda = 0) | terminal (vanilla GRPO)"),
+         mode: Literal[GRPO_MODES] = typer.Option("bilevel", "--mode", help="bilevel; step (lambda = 0); terminal "
+                                                  "(vanilla GRPO)"),
          profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt, params_path: Path = ParamsOpt):
     """Bi-Level GRPO (or an ablation) with sandbox-checked rewards. Logged to MLflow as the `grpo` stage."""
     from stepcode import stages
-    from stepcode.bilevel import MODES
 
-    if mode not in MODES:
-        raise typer.BadParameter(f"unknown mode {mode!r}; expected one of {MODES}")
-    params = _params(params_path)
-    prof = _profile(params, profile)
-    model_path = _model_path(model, prof)
-    _require(data)
+    params = check_profile(profile, params_path)
+    model_path = _model_path(model, profile, params)
+    require_file(data, "--data", "write it with `stepcode build`")
     try:
         summary = stages.grpo(params, profile, model_path, data, out, mode)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    except ValueError as e:  # bad rows the library reports as plain ValueErrors
+        fail(str(e))
     _report(summary)
 
 

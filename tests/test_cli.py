@@ -1,0 +1,192 @@
+"""The CLI checks every option before any work starts, and a user error is one line.
+
+Each case runs the real command in a subprocess, in an empty temporary folder, and asserts: exit code 2, nothing on
+stdout, exactly one line on stderr (`error: ...`, no usage header, no traceback) that names the bad value and the
+valid ones, and the folder is still empty (no MLflow store, no Prefect home, no data/ or reports/: no work began).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_PROFILES = ("micro", "tiny-cpu", "qwen7b-gpu")
+STAGES = ("trace", "validate", "build", "sft", "grpo")
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    return dict(env, COLUMNS="80")
+
+
+def stepcode(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stepcode.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=_env(), timeout=120)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == "", r.stdout
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def assert_no_work(folder: Path, before: set[str]) -> None:
+    assert {p.name for p in folder.iterdir()} == before, "the command started work (files appeared)"
+
+
+BAD_OPTIONS = {
+    # the profile: checked against train.profiles (here the embedded defaults: the folder has no params.yaml)
+    "pipeline profile": (["pipeline", "--profile", "nope"], ["--profile", "'nope'", *EMBEDDED_PROFILES]),
+    "retrain profile": (["retrain", "--profile", "nope"], ["'nope'", *EMBEDDED_PROFILES]),
+    "schedule profile": (["schedule", "--profile", "nope"], ["'nope'", *EMBEDDED_PROFILES]),
+    "sft profile": (["train", "sft", "--profile", "nope", "--data", "d.jsonl", "-o", "out"],
+                    ["'nope'", *EMBEDDED_PROFILES]),
+    "grpo profile": (["train", "grpo", "--profile", "nope", "--data", "d.jsonl", "-o", "out"],
+                     ["'nope'", *EMBEDDED_PROFILES]),
+    "init-model profile": (["train", "init-model", "--profile", "nope", "--corpus", "c.jsonl", "-o", "out"],
+                           ["'nope'", *EMBEDDED_PROFILES]),
+    # fixed choices: rejected while the command line is parsed
+    "stop-after": (["pipeline", "--stop-after", "bogus"], ["--stop-after", "'bogus'", *STAGES]),
+    "grpo mode": (["train", "grpo", "--mode", "vanilla", "--data", "d.jsonl", "-o", "out"],
+                  ["--mode", "'vanilla'", "bilevel", "step", "terminal"]),
+    "model size": (["train", "init-model", "--size", "huge", "--corpus", "c.jsonl", "-o", "out"],
+                   ["--size", "'huge'", "micro", "tiny", "0.5b"]),
+    "benchmark": (["score", "--benchmark", "humaneval", "--task", "output", "g.json"],
+                  ["--benchmark", "'humaneval'", "cruxeval", "lcb"]),
+    "task": (["score", "--benchmark", "cruxeval", "--task", "reverse", "g.json"], ["--task", "'reverse'", "output",
+                                                                                    "input"]),
+    "task of lcb": (["score", "--benchmark", "lcb", "--task", "input", "g.json"], ["--task", "lcb", "output"]),
+    "skip rule": (["score", "--benchmark", "cruxeval", "--task", "output", "--skip-rule", "keep", "g.json"],
+                  ["--skip-rule", "'keep'", "drop", "false", "lcb"]),
+    "extract": (["score", "--benchmark", "cruxeval", "--task", "output", "--extract", "llm", "g.json"],
+                ["--extract", "'llm'", "none", "direct", "cot"]),
+    "benchmarks list": (["evaluate", "--model", "m", "--benchmarks", "cruxeval,humaneval,mbpp"],
+                        ["--benchmarks", "'humaneval'", "'mbpp'", "cruxeval", "lcb"]),
+    "benchmarks empty": (["evaluate", "--model", "m", "--benchmarks", ","], ["--benchmarks", "cruxeval", "lcb"]),
+    "prompt": (["evaluate", "--model", "m", "--prompt", "fancy"], ["--prompt", "'fancy'", "official", "stepcode"]),
+    "prompt stepcode with lcb": (["evaluate", "--model", "m", "--benchmarks", "cruxeval,lcb", "--prompt", "stepcode"],
+                                 ["--prompt stepcode", "--benchmarks cruxeval"]),
+    "limit": (["evaluate", "--model", "m", "--limit", "0"], ["--limit"]),
+    "seeds": (["study", "ablation", "--seeds", "0"], ["--seeds"]),
+    "unknown option": (["pipeline", "--profle", "micro"], ["--profle", "--profile", "pipeline --help"]),
+    "unknown command": (["pipelin"], ["pipelin"]),
+    "missing option": (["build", "t.jsonl"], ["--out"]),
+    # a missing input named on the command line
+    "validate input": (["validate", "nope.jsonl", "--report", "r"], ["nope.jsonl", "no such file"]),
+    "build input": (["build", "nope.jsonl", "-o", "out"], ["nope.jsonl", "no such file"]),
+    "trace input": (["trace", "nope.jsonl", "-o", "t.jsonl"], ["nope.jsonl", "no such file"]),
+    "score input": (["score", "--benchmark", "cruxeval", "--task", "output", "nope.json"], ["nope.json",
+                                                                                          "no such file"]),
+    "evaluate model": (["evaluate", "--model", "nope", "--benchmarks", "cruxeval"], ["--model", "nope"]),
+    "sft model": (["train", "sft", "--model", "nope", "--data", "d.jsonl", "-o", "out"], ["--model", "nope",
+                                                                                          "config.json"]),
+    "grpo model of the profile": (["train", "grpo", "--data", "d.jsonl", "-o", "out"], ["tiny-cpu", "models/tiny"]),
+    "init-model corpus": (["train", "init-model", "--corpus", "nope.jsonl", "-o", "out"], ["--corpus",
+                                                                                          "nope.jsonl"]),
+    "study report": (["study", "report", "nope.json"], ["nope.json", "no such file"]),
+    "params file": (["pipeline", "--params", "nope.yaml"], ["--params", "nope.yaml", "no such file"]),
+    # no MLflow store here: not created by asking for runs
+    "compare": (["compare", "0123abcd", "4567ef01"], ["MLflow", "mlflow.db"]),
+    "compare one run": (["compare", "0123abcd"], ["two run ids"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_a_bad_option_is_one_line_and_exit_2_before_any_work(tmp_path, case):
+    args, words = BAD_OPTIONS[case]
+    r = stepcode(*args, cwd=tmp_path)
+    assert_one_line_error(r, *words)
+    assert_no_work(tmp_path, set())
+
+
+def test_profiles_come_from_the_params_file(tmp_path):
+    (tmp_path / "mine.yaml").write_text("train:\n  profile: small\n  profiles:\n    small:\n      model_size: micro\n"
+                                        "    large:\n      model_size: tiny\n")
+    before = {"mine.yaml"}
+    r = stepcode("pipeline", "--params", "mine.yaml", "--profile", "micro", cwd=tmp_path)
+    assert_one_line_error(r, "'micro'", "large, small", "mine.yaml")
+    assert_no_work(tmp_path, before)
+    help_text = stepcode("pipeline", "--help", "--params", "mine.yaml", cwd=tmp_path).stdout
+    assert "small" in help_text and "large" in help_text and "qwen7b-gpu" not in help_text
+    # ./params.yaml (the default --params)
+    (tmp_path / "params.yaml").write_text((tmp_path / "mine.yaml").read_text())
+    r = stepcode("train", "sft", "--profile", "nope", "--data", "d.jsonl", "-o", "out", cwd=tmp_path)
+    assert_one_line_error(r, "'nope'", "large, small", "params.yaml")
+
+
+def test_a_bad_params_file_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  profile: zzz\nsandbox:\n  bogus: 1\n")
+    r = stepcode("build", "t.jsonl", "-o", "out", cwd=tmp_path)
+    line = assert_one_line_error(r, "params.yaml", "train.profile", "sandbox.bogus", "unknown key")
+    assert "Value error" not in line
+    (tmp_path / "params.yaml").write_text("train: [\n")
+    assert_one_line_error(stepcode("validate", "t.jsonl", "--report", "r", cwd=tmp_path), "params.yaml", "YAML")
+    assert_no_work(tmp_path, {"params.yaml"})
+
+
+def test_version(tmp_path):
+    r = stepcode("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"stepcode {version('stepcode')}", r
+    script = Path(sys.executable).with_name("stepcode")   # the installed console script
+    if script.exists():
+        r = subprocess.run([str(script), "--version"], cwd=tmp_path, capture_output=True, text=True, env=_env())
+        assert r.returncode == 0 and r.stdout.strip() == f"stepcode {version('stepcode')}", r
+        bad = subprocess.run([str(script), "pipeline", "--stop-after", "bogus"], cwd=tmp_path, capture_output=True,
+                             text=True, env=_env())
+        assert_one_line_error(bad, "'bogus'")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["pipeline", "--help"], ["--stop-after", "trace|validate|build|sft|g", "--profile", *EMBEDDED_PROFILES]),
+    (["train", "grpo", "--help"], ["bilevel|step|terminal", "--profile"]),
+    (["train", "init-model", "--help"], ["micro|mini|tiny|0.5b"]),
+    (["score", "--help"], ["cruxeval|lcb", "output|input", "drop|false|lcb", "none|direct|cot"]),
+    (["evaluate", "--help"], ["official|stepcode", "cruxeval, lcb"]),
+])
+def test_help_lists_the_choices(tmp_path, args, words):
+    r = stepcode(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = "".join(r.stdout.split())   # rich wraps the help into a table: compare without whitespace
+    for word in words:
+        assert "".join(word.split()) in text, (word, r.stdout)
+
+
+def test_the_cli_choices_agree_with_the_library():
+    """The CLI keeps a copy of a list only where the module with the canonical one is too heavy to import."""
+    from stepcode.commands.common import GRPO_MODES
+    from stepcode.commands.pipeline import STOP_POINTS
+
+    tree = ast.parse((ROOT / "stepcode" / "bilevel.py").read_text())   # without importing torch
+    modes = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "MODES" for t in node.targets))
+    assert GRPO_MODES == modes
+    assert STOP_POINTS == STAGES
+    flow = (ROOT / "flows" / "pipeline.py").read_text()
+    assert all(f'stop_after == "{stage}"' in flow for stage in STAGES)
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only user errors are one line: an unexpected exception in a command still shows where it came from."""
+    from typer.testing import CliRunner
+
+    from stepcode.cli import app
+    from stepcode.commands import common
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(common, "load_params", broken)
+    monkeypatch.setattr("stepcode.commands.pipeline.load_params", broken)
+    r = CliRunner().invoke(app, ["compare", "a", "b"])
+    assert isinstance(r.exception, KeyError)

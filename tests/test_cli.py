@@ -96,6 +96,7 @@ BAD_OPTIONS = {
                                                                                           "nope.jsonl"]),
     "study report": (["study", "report", "nope.json"], ["nope.json", "no such file"]),
     "params file": (["pipeline", "--params", "nope.yaml"], ["--params", "nope.yaml", "no such file"]),
+    "pipeline corpus": (["pipeline"], ["data/raw", "no .dvc file tracks it", "stepcode synth"]),   # not a project
     # no MLflow store here: not created by asking for runs
     "compare": (["compare", "0123abcd", "4567ef01"], ["MLflow", "mlflow.db"]),
     "compare one run": (["compare", "0123abcd"], ["two run ids"]),

@@ -86,8 +86,11 @@ def register(app: typer.Typer) -> None:
         import json
         import time
 
-        check_profile(profile, params_path)   # every option before any work (choices: checked while parsing)
+        from stepcode.preflight import check_pipeline
+
+        params = check_profile(profile, params_path)   # every option before any work (choices: checked while parsing)
         root = Path.cwd()
+        check_pipeline(params, profile, stop_after, root)   # inputs too (the corpus pulled if missing), before Prefect
         prefect_env(root)
         termination.install()
         from flows.pipeline import run_pipeline

@@ -399,27 +399,42 @@ def local_api():
         server.stop()
 
 
-class _NoUserErrorTracebacks(logging.Filter):
-    """Prefect logs a failed task's or flow's traceback; for a UserError (a missing input, a failed gate) the one
-    line the CLI prints says it all, so the record keeps its message and loses the traceback."""
+class _UserErrorsOnce(logging.Filter):
+    """A user error (a missing input, a failed gate) reaches the console once, as the CLI's own message. Prefect's
+    lines about it (the task's and the flow's failure, each with the message and a traceback) still go to the Prefect
+    API and its UI; the console handler drops them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], DETERMINISTIC):
-            record.exc_info, record.exc_text = None, None
+            return False
+        if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return not _user_error_named(record.getMessage())
         return True
+
+
+def _user_error_named(message: str) -> bool:
+    """Whether a Prefect state message ("... encountered an exception GateFailed: ...") is about a user error."""
+    kinds, names = [UserError], {"FileNotFoundError"}
+    while kinds:
+        kind = kinds.pop()
+        names.add(kind.__name__)
+        kinds.extend(kind.__subclasses__())
+    return any(f"{name}:" in message or f"{name}(" in message for name in names)
 
 
 @contextlib.contextmanager
 def quiet_user_errors():
-    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
-    quiet = _NoUserErrorTracebacks()
-    for logger in loggers:
-        logger.addFilter(quiet)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    once = _UserErrorsOnce()
+    for handler in handlers:
+        handler.addFilter(once)
     try:
         yield
     finally:
-        for logger in loggers:
-            logger.removeFilter(quiet)
+        for handler in handlers:
+            handler.removeFilter(once)
 
 
 def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", root: str = ".",

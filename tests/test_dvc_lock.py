@@ -21,7 +21,8 @@ def _git_tracked() -> set[str]:
 
 def stale_entries(status: dict, tracked: set[str]) -> list[str]:
     """What `dvc status` says changed in the code or params a stage depends on. Data that is absent or differs here
-    (a clean clone has no outputs; a developer's may be from another run) is the workspace's business, not the lock's."""
+    (a clean clone has no outputs; a developer's may be from another run) is the workspace's business, not the
+    lock's."""
     stale = []
     for stage, changes in status.items():
         for change in changes:

@@ -94,8 +94,9 @@ def test_preflight_rejects_a_bad_stop_point_and_profile(project):
 
 
 def test_preflight_fetches_the_corpus_and_checks_what_later_stages_read(project):
-    params = Params.model_validate({"build": {"benchmarks_dir": str(ROOT / "data" / "benchmarks")},
-                                    "evaluate": {"cruxeval_path": str(ROOT / "data/benchmarks/cruxeval/cruxeval.jsonl")}})
+    data = ROOT / "data" / "benchmarks"
+    params = Params.model_validate({"build": {"benchmarks_dir": str(data)},
+                                    "evaluate": {"cruxeval_path": str(data / "cruxeval" / "cruxeval.jsonl")}})
     check_pipeline(params, "micro", None, project)                   # everything is there once the corpus is pulled
     assert (project / "data" / "raw" / "corpus.jsonl").is_file()
     nowhere = params.model_copy(update={"build": params.build.model_copy(update={"benchmarks_dir": "nowhere"})})

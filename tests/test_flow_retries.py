@@ -1,5 +1,6 @@
 """The flow retries what may be transient and nothing else: a user error (a missing input, a bad parameter, a failed
-gate) fails the task at its first attempt, through a real Prefect flow run (Prefect's own test harness: a temporary server and database)."""
+gate) fails the task at its first attempt, through a real Prefect flow run (Prefect's own test harness: a temporary
+server and database)."""
 
 from __future__ import annotations
 

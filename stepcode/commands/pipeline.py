@@ -51,7 +51,8 @@ def summarize_outcome(outcome: dict) -> str:
                 and k.count(".") <= 1]
         lines.append("evaluate  " + ", ".join(f"{k}={m[k]:.3g}" for k in keys))
     if outcome.get("dvc_recorded"):
-        lines.append(f"dvc       recorded {', '.join(outcome['dvc_recorded'])} (cache + dvc.lock; `dvc status` to check)")
+        lines.append(f"dvc       recorded {', '.join(outcome['dvc_recorded'])} "
+                     "(cache + dvc.lock; `dvc status` to check)")
     if "model" in outcome:
         lines.append(f"model     registered {outcome['model']['name']} v{outcome['model']['version']} "
                      f"(MLflow run {outcome.get('mlflow_run_id')})")

@@ -520,7 +520,8 @@ def _pct(flags: list[bool]) -> float:
 def score_reval(truths, generations: dict[str, str], *, params=None, sandbox=None, cot: bool = False) -> dict:
     """Score one run: `generations` maps every task id of `reval_prompts(truths)` to the model's text. Pairs whose
     truth is not ok are left out: counted in metrics `excluded_pairs`/`excluded_tasks`/`excluded_programs`,
-    explained per program in metrics `excluded_reasons` and per pair in `excluded`. Returns metrics (0-100) and the per-task table.
+    explained per program in metrics `excluded_reasons` and per pair in `excluded`. Returns metrics (0-100) and the
+    per-task table.
     State values and output answers are executed in the sandbox, as upstream executes them."""
     if isinstance(truths, (str, Path)):
         truths = read_truths(truths)

@@ -188,13 +188,13 @@ def shelf_rescore_table() -> dict[str, dict]:
 @pytest.mark.skipif(not PUBLISHED.is_dir(), reason=f"the full sweep needs the developers' reference shelf "
                     f"({PUBLISHED} is absent); the committed subsets are checked without it")
 def test_every_published_file_agrees_with_the_shelf_rescore(request, sandbox):
-    """Every published file on the shelf (134 files, ~1M checks: about an hour on 2 cores, so it runs only when
+    """Every published file on the shelf (134 files, ~1M checks: about 1.5 hours on 2 cores, so it runs only when
     selected with -m published_sweep). Under each skip rule, as many samples differ from the published lists as the
     shelf README's re-score found (0 where a file was scored with that rule; sample_664 of the two gpt-4-0613 input
     files is hash-seed dependent), pass@1 matches that table to its 2 decimals, and where nothing differs, pass@1
     and pass@5 equal the published values."""
     if SWEEP not in (request.config.getoption("markexpr") or ""):
-        pytest.skip(f"scores every published file (about an hour): select it with -m {SWEEP}")
+        pytest.skip(f"scores every published file (about 1.5 hours on 2 cores): select it with -m {SWEEP}")
     table = shelf_rescore_table()
     assert set(table) == {p.name for p in PUBLISHED.glob("*.json")}, "the README table must cover every file"
     problems = cruxeval.load_problems(DATA)

@@ -37,7 +37,7 @@ def load(limit: int) -> list[dict]:
 
 def ours(rows: list[dict], workers: int) -> tuple[float, int]:
     from stepcode.config import load_params
-    from stepcode.traces import trace_rows
+    from stepcode.data.traces import trace_rows
 
     params = load_params(ROOT / "params.yaml")
     start = time.perf_counter()

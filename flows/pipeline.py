@@ -3,14 +3,14 @@
     stepcode pipeline --profile tiny-cpu          # the main job (ephemeral Prefect, local MLflow, offline model)
     python -m flows.pipeline --profile micro      # the same flow, without the CLI
 
-Wiring only: every task calls a stage function of `stepcode.stages` (the same ones the CLI and dvc.yaml call).
+Wiring only: every task calls a stage function of `stepcode.pipeline.stages` (the same ones the CLI and dvc.yaml call).
 - Tracing fans out over batches of the corpus on a task runner: a process pool here; on a cluster, switch the one
   line in `task_runner()` to `prefect_dask.DaskTaskRunner(address=...)` or `prefect_ray.RayTaskRunner(address=...)`.
 - Caching is keyed on the DVC md5 of each task's inputs plus the params section it reads plus the code version, and
   results persist under `.prefect/results`; a re-run skips finished work (finished trace batches too, after a kill)
   and a changed param re-runs only what depends on it. A cached result is trusted only if the files it names still
   exist with the md5 it recorded; otherwise the task runs again.
-- Inputs and options are checked first (`stepcode.preflight`: the DVC-tracked corpus is pulled when missing).
+- Inputs and options are checked first (`stepcode.pipeline.preflight`: the DVC-tracked corpus is pulled when missing).
   Transient failures are retried with backoff; a user error (`stepcode.errors.UserError`: a missing input, a bad
   parameter, a failed validation gate) is not transient and stops the flow at once, said once on the console.
 - What each stage wrote is recorded in DVC as it finishes (`stepcode.dvcdata.record_outputs`: the dvc.yaml stages
@@ -31,13 +31,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-import stepcode
-from stepcode import termination
+from stepcode.pipeline import termination
 from stepcode.errors import UserError
-from stepcode.preflight import STOP_POINTS
-from stepcode.tracking import dvc_md5
+from stepcode.pipeline.preflight import STOP_POINTS
+from stepcode.tracking.lineage import dvc_md5
 
-CODE = Path(stepcode.__file__).resolve().parent   # the installed library: a source checkout's or a wheel's
 
 
 def task_runner(workers: int):
@@ -47,46 +45,30 @@ def task_runner(workers: int):
     return ProcessPoolTaskRunner(max_workers=workers)
 
 
-# The code each cached task depends on: an edit to one of these files re-runs that task (and what follows it).
-TASK_CODE = {
-    "trace-batch": ["anchors.py", "traces.py", "runners.py", "forkserver.py", "sandbox.py", "isolation.py"],
-    "build": ["dataset.py", "decontam.py", "prompts.py"],
-    "sft": ["trainer.py", "models.py"],
-    "grpo": ["trainer.py", "models.py", "rewards.py", "bilevel.py", "prompts.py"],
-    "evaluate": ["evals", "rewards.py", "prompts.py", "anchors.py"],
-}
-
+# What each cached task depends on comes from the one stage spec (stepcode/pipeline/spec.py), as dvc.yaml's deps do:
+# its code (the import closure of the modules it runs: an edit there re-runs the task and what follows it) and the
+# params it reads (a change elsewhere re-runs nothing).
 
 def _code_version(task_name: str) -> str:
-    h = hashlib.md5()
-    for name in TASK_CODE.get(task_name, []):
-        path = CODE / name
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            if f.exists():
-                h.update(f.read_bytes())
-    return h.hexdigest()[:12]
+    from stepcode.pipeline.spec import BY_TASK, code_digest
+
+    return code_digest(BY_TASK[task_name]) if task_name in BY_TASK else ""
 
 
-# The params each cached task reads: only a change there (or in its inputs or code) re-runs it.
-TASK_PARAMS = {
-    "trace-batch": ("sandbox", "trace"),
-    "build": ("build", "trace"),
-    "init-model": ("train",),
-    "sft": ("train",),
-    "grpo": ("train", "sandbox", "trace"),
-    "evaluate": ("evaluate", "sandbox", "trace", "pipeline.eval_greedy", "pipeline.eval_max_new_tokens",
-                 "pipeline.eval_benchmarks",
-                 "pipeline.eval_prompt", "pipeline.eval_limit", "pipeline.heldout_limit"),
-}
+def _relevant(task_name: str, params_json: str, profile: str | None = None) -> str:
+    """The params a task reads, by their dotted keys (`train.profiles.<profile>`: the task's profile argument, else
+    the configured one)."""
+    from stepcode.pipeline.spec import BY_TASK, params_of
 
-
-def _relevant(task_name: str, params_json: str) -> str:
     full = json.loads(params_json)
+    if task_name not in BY_TASK:
+        return json.dumps(full, sort_keys=True)
     picked = {}
-    for key in TASK_PARAMS.get(task_name, tuple(full)):
-        section, _, field = key.partition(".")
-        if section in full:
-            picked[key] = full[section].get(field) if field else full[section]
+    for key in params_of(BY_TASK[task_name], profile or full["train"]["profile"]):
+        value = full
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        picked[key] = value
     return json.dumps(picked, sort_keys=True)
 
 
@@ -99,7 +81,7 @@ def _digest_key(context: TaskRunContext, arguments: dict) -> str:
             paths = value if isinstance(value, list) else [value]
             parts.append(f"{name}={[dvc_md5(p) if Path(p).exists() else 'missing' for p in paths]}")
         elif name == "params_json":
-            parts.append(f"params={_relevant(context.task.name, value)}")
+            parts.append(f"params={_relevant(context.task.name, value, arguments.get('profile'))}")
         else:
             parts.append(f"{name}={json.dumps(value, sort_keys=True, default=str)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -142,8 +124,7 @@ def _params(params_json: str):
 
 @task(name="trace-batch", **CACHED)
 def trace_batch(batch_in: str, out: str, params_json: str) -> dict:
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     params = _params(params_json)
     summary = stages.trace(params, batch_in, out, workers=1, progress=False)
     return {"summary": summary, "outputs": {out: dvc_md5(out)}}
@@ -151,8 +132,8 @@ def trace_batch(batch_in: str, out: str, params_json: str) -> dict:
 
 @task(name="validate", cache_policy=NO_CACHE, retries=0)
 def validate(traces_in: str, report: str, params_json: str) -> dict:
-    from stepcode import stages
-    from stepcode.validation import require_gate
+    from stepcode.pipeline import stages
+    from stepcode.data.validation import require_gate
 
     result = stages.validate(_params(params_json), traces_in, report)
     require_gate(result)  # raises GateFailed: the flow stops here, before any training
@@ -161,40 +142,35 @@ def validate(traces_in: str, report: str, params_json: str) -> dict:
 
 @task(name="build", **CACHED)
 def build(traces_in: str, out_dir: str, params_json: str) -> dict:
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     stats = stages.build(_params(params_json), traces_in, out_dir)
     return {"stats": stats, "outputs": {out_dir: dvc_md5(out_dir)}}
 
 
 @task(name="init-model", **CACHED)
 def init_model(corpus_in: str, out: str, profile: str, params_json: str) -> dict:
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     stages.init_model(_params(params_json), profile, corpus_in, out)
     return {"outputs": {out: dvc_md5(out)}}
 
 
 @task(name="sft", **CACHED)
 def sft(model_in: str, data_in: str, out: str, profile: str, params_json: str) -> dict:
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     summary = stages.sft(_params(params_json), profile, model_in, data_in, out)
     return {"summary": summary, "outputs": {out: dvc_md5(out)}}
 
 
 @task(name="grpo", **CACHED)
 def grpo(model_in: str, data_in: str, out: str, profile: str, mode: str, params_json: str) -> dict:
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     summary = stages.grpo(_params(params_json), profile, model_in, data_in, out, mode)
     return {"summary": summary, "outputs": {out: dvc_md5(out)}}
 
 
 @task(name="evaluate", **CACHED)
 def evaluate(model_in: str, heldout_in: str, out: str, params_json: str) -> dict:
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     params = _params(params_json)
     p = params.pipeline
     params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
@@ -206,8 +182,7 @@ def evaluate(model_in: str, heldout_in: str, out: str, params_json: str) -> dict
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
 def register(model_dir: str, metrics: dict, params_json: str) -> dict:
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     version = stages.register(_params(params_json), model_dir, metrics)
     return {"name": version.name, "version": version.version, "run_id": version.run_id}
 
@@ -221,15 +196,15 @@ def _run_cached(t, **kwargs) -> dict:
 
 
 def _merge(parts: list[str], out: Path) -> None:
-    from stepcode.corpus import read_jsonl, write_jsonl
+    from stepcode.jsonl import read_jsonl, write_jsonl
 
     write_jsonl(out, (row for p in parts for row in read_jsonl(p)))
 
 
 def _batches(programs: Path, work: Path, size: int) -> list[str]:
     """Split the corpus into deterministic batch files (rewritten only when their content changes)."""
-    from stepcode.corpus import write_jsonl
-    from stepcode.traces import read_corpus
+    from stepcode.jsonl import write_jsonl
+    from stepcode.data.traces import read_corpus
 
     rows = read_corpus(programs)
     work.mkdir(parents=True, exist_ok=True)
@@ -247,9 +222,9 @@ def _batches(programs: Path, work: Path, size: int) -> list[str]:
 
 
 def _log_trace_stage(params, programs: Path, traces: Path, batches: int) -> dict:
-    from stepcode.corpus import read_jsonl
-    from stepcode.stages import _tracked
-    from stepcode.traces import summarize
+    from stepcode.jsonl import read_jsonl
+    from stepcode.pipeline.stages import _tracked
+    from stepcode.data.traces import summarize
 
     summary = dict(summarize(read_jsonl(traces)), batches=batches)
     with _tracked(params, "trace", inputs={"programs": str(programs)}, outputs={"traces": str(traces)}) as mlflow:
@@ -265,9 +240,9 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     from prefect.runtime import flow_run
 
     from stepcode.dvcdata import record_outputs
-    from stepcode.preflight import check_pipeline, local_base_model
-    from stepcode.traces import write_summary
-    from stepcode.tracking import configure, git_state, params_hash
+    from stepcode.pipeline.preflight import check_pipeline, local_base_model
+    from stepcode.data.traces import write_summary
+    from stepcode.tracking.lineage import configure, git_state, params_hash
 
     termination.install()
     root = Path(root).resolve()
@@ -444,7 +419,7 @@ def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", r
                  stop_after: str | None = None) -> dict:
     """Run the flow with a process pool as wide as the configured sandbox workers. What cannot work (a bad option, a
     missing input) fails here, in one line, before Prefect starts."""
-    from stepcode.preflight import check_pipeline
+    from stepcode.pipeline.preflight import check_pipeline
 
     params = load_project_params(root, params_path)
     check_pipeline(params, profile, stop_after, root)

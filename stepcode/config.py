@@ -39,7 +39,7 @@ class SandboxParams(_Section):
     processes: int = Field(32, ge=1, description="RLIMIT_NPROC for a worker's sandbox uid")
     stdout_kb: int = Field(64, ge=1, description="cap on the program's own captured output")
     disk_mb: int = Field(64, ge=1, description="size of the tmpfs holding a server's per-program temp dirs")
-    fork_loop: Literal["c", "python"] = Field("c", description="the servers' fork loop: c (stepcode/_forkloop.c, "
+    fork_loop: Literal["c", "python"] = Field("c", description="the servers' fork loop: c (stepcode/sandbox/_forkloop.c, "
                                               "when built) or python (the fallback; same verdicts, slower)")
 
     @field_validator("timeout_s", mode="before")
@@ -80,7 +80,7 @@ class TrackingParams(_Section):
 
 
 class ValidateParams(_Section):
-    """Bounds of the great-expectations gate over a trace table (stepcode/validation.py). The defaults accept both
+    """Bounds of the great-expectations gate over a trace table (stepcode/data/validation.py). The defaults accept both
     training data like the paper's (mean 4.1 anchors per ok row, range 1–10) and benchmark traces (CRUXEval: 2.5)."""
 
     min_ok_share: float = Field(0.5, ge=0, le=1, description="least share of rows with status ok; below it, "
@@ -149,7 +149,7 @@ class EvaluateParams(_Section):
 
 
 class BuildParams(_Section):
-    """The build stage (stepcode/dataset.py): trace rows -> SFT, RL and held-out examples, decontaminated."""
+    """The build stage (stepcode/data/dataset.py): trace rows -> SFT, RL and held-out examples, decontaminated."""
     input_task: bool = Field(True, description="also emit an input-prediction example per row (besides output)")
     reasoning: Literal["template", "none"] = Field("template", description="the <reasoning> before each anchor in "
                                                    "SFT targets: a template sentence naming the variable, or empty")
@@ -159,7 +159,7 @@ class BuildParams(_Section):
                                 "reval/DREval_data.jsonl; relative to the cwd (the project root)")
     lcb_path: str | None = Field(None, description="LiveCodeBench-Exec JSONL export (`code` field) to "
                                  "decontaminate against too; relative to the project root; null = skip it")
-    decontam_n: int = Field(10, ge=1, description="n of the code-token n-grams (stepcode/decontam.py)")
+    decontam_n: int = Field(10, ge=1, description="n of the code-token n-grams (stepcode/data/decontam.py)")
     decontam_min_coverage: float = Field(0.8, gt=0, le=1, description="a row is dropped when it contains this "
                                          "share of one benchmark program's n-grams")
 
@@ -170,7 +170,7 @@ class BuildParams(_Section):
 
 
 class SFTSettings(_Section):
-    """SFT warm start (stepcode/trainer.py run_sft, TRL SFTTrainer with a completion-only loss)."""
+    """SFT warm start (stepcode/training/sft.py run_sft, TRL SFTTrainer with a completion-only loss)."""
     learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
     epochs: float = Field(1.0, gt=0, description="passes over data/sft.jsonl (ignored when max_steps > 0)")
     max_steps: int = Field(-1, description="optimizer steps; -1 = run `epochs` passes")
@@ -185,7 +185,7 @@ class SFTSettings(_Section):
 
 
 class GRPOSettings(_Section):
-    """Bi-Level GRPO (stepcode/trainer.py run_grpo, a TRL GRPOTrainer subclass)."""
+    """Bi-Level GRPO (stepcode/training/grpo.py run_grpo, a TRL GRPOTrainer subclass)."""
     learning_rate: float = Field(1e-6, gt=0, description="peak learning rate (paper: 1e-6)")
     epochs: float = Field(1.0, gt=0, description="passes over data/rl.jsonl (ignored when max_steps > 0)")
     max_steps: int = Field(-1, description="optimizer steps; -1 = run `epochs` passes")
@@ -201,7 +201,7 @@ class GRPOSettings(_Section):
                                               "advantage: its reasoning+print segment, or the <print> block only")
     input_reference: Literal["committed", "gold"] = Field(
         "committed", description="input task: judge the prints against the trace of the committed <input> "
-                                 "(stepcode/rewards.py), or against the original input's gold trace")
+                                 "(stepcode/training/rewards.py), or against the original input's gold trace")
     use_vllm: bool = Field(False, description="generate rollouts with vLLM (GPU only; pip install .[gpu])")
     vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM in the training processes, "
                                                      "or a separate `trl vllm-serve` server")
@@ -217,7 +217,7 @@ class TrainProfile(_Section):
     """One named training setup: where it runs and the SFT and GRPO settings."""
     model: str | None = Field(None, description="model directory used when the command gets no --model")
     model_size: Literal["micro", "mini", "tiny", "0.5b"] | None = Field(
-        "tiny", description="size of the model `stepcode train init-model` builds (stepcode/models.py SIZES), which "
+        "tiny", description="size of the model `stepcode train init-model` builds (stepcode/training/models.py SIZES), which "
                             "the pipeline trains when `model` is not a local folder; null: never build one (the "
                             "profile needs its local `model`)")
     use_cpu: bool = Field(True, description="train on the CPU even if an accelerator is present")
@@ -256,7 +256,7 @@ def _default_profiles() -> dict[str, TrainProfile]:
 
 
 class TrainParams(_Section):
-    """Training (stepcode/trainer.py): the active profile and the named profiles."""
+    """Training (stepcode/training/sft.py, grpo.py): the active profile and the named profiles."""
     # profiles before profile: pydantic validates in this order, and the name check needs the profiles.
     profiles: dict[str, TrainProfile] = Field(default_factory=_default_profiles,
                                               description="name -> settings (micro, tiny-cpu, qwen7b-gpu, ...)")
@@ -282,7 +282,7 @@ class TrainParams(_Section):
 class PipelineParams(_Section):
     """The Prefect flows (flows/pipeline.py, flows/retrain.py)."""
     trace_batch_size: int = Field(500, ge=1, description="programs per trace task (the fan-out unit)")
-    grpo_mode: str = Field("bilevel", description="bilevel | step | terminal")
+    grpo_mode: str = Field("bilevel", description="an advantage mode of stepcode.training.modes: bilevel | step | terminal")
     eval_benchmarks: tuple[str, ...] = Field(("cruxeval",), description="benchmarks the evaluate stage scores")
     eval_prompt: str = Field("stepcode", description="official | stepcode (our instrumented task)")
     eval_greedy: bool = Field(True, description="greedy decoding in the pipeline's evaluation (paper-style, "
@@ -302,13 +302,13 @@ class PipelineParams(_Section):
     @field_validator("grpo_mode")
     @classmethod
     def _known_mode(cls, v):
-        if v not in ("bilevel", "step", "terminal"):
-            raise ValueError(f"unknown mode {v!r}: bilevel, step or terminal")
-        return v
+        from stepcode.training.modes import check_mode   # the one list of modes (a light module)
+
+        return check_mode(v)
 
 
 class StudyVariant(_Section):
-    """One size of the ablation study (`stepcode study ablation`, stepcode/study.py): data, evaluation and budget.
+    """One size of the ablation study (`stepcode study ablation`, stepcode/pipeline/study.py): data, evaluation and budget.
     Every arm gets the same settings; the training settings come from the named training profile."""
     profile: str = Field("ablation", description="training profile (train.profiles) shared by every arm")
     seeds: int = Field(3, ge=1, description="GRPO seeds per arm (data order and rollout sampling)")
@@ -316,7 +316,7 @@ class StudyVariant(_Section):
                                                          "model below, never by the clock, so arms stay equal")
     corpus: Literal["dataset", "basic"] = Field(
         "dataset", description="dataset: the built dataset (study.data_dir); basic: the variant's own corpus of "
-                               "short straight-line programs (stepcode/synth_basic.py), traced and built on the fly")
+                               "short straight-line programs (stepcode/data/synth_basic.py), traced and built on the fly")
     corpus_programs: int = Field(12000, ge=10, description="basic corpus: programs synthesized (before the split)")
     corpus_seed: int = Field(0, description="basic corpus: synthesizer seed")
     reasoning: Literal["template", "none"] = Field(

@@ -4,7 +4,7 @@
     ensure_present("data/raw")      # pulls it (one line on stderr) when data.dvc tracks it and it is missing
 
 A fresh clone has `data.dvc` but no `data/raw`; the main job, `stepcode trace` and a Prefect worker on a fresh
-machine all read the corpus through `stepcode.traces.read_corpus`, which calls this, so none of them needs a manual
+machine all read the corpus through `stepcode.data.traces.read_corpus`, which calls this, so none of them needs a manual
 `dvc pull`. What is neither present nor tracked, or cannot be pulled, is a `MissingInput` whose one line names the
 command to run. (`dvc repro` checks its dependencies before it runs a stage: there, `dvc repro --pull` does this.)
 """

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from stepcode.bilevel import (
+from stepcode.training.advantages import (
     bilevel_group_advantages,
     char_spans_to_token_spans,
     final_advantages,

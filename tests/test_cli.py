@@ -168,10 +168,10 @@ def test_the_cli_choices_agree_with_the_library():
     from stepcode.commands.common import GRPO_MODES
     from stepcode.commands.pipeline import STOP_POINTS
 
-    tree = ast.parse((ROOT / "stepcode" / "bilevel.py").read_text())   # without importing torch
-    modes = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                 and any(isinstance(t, ast.Name) and t.id == "MODES" for t in node.targets))
-    assert GRPO_MODES == modes
+    from stepcode.training.advantages import STEP_ADVANTAGES
+    from stepcode.training.modes import MODES
+
+    assert GRPO_MODES == tuple(MODES) == tuple(STEP_ADVANTAGES)
     assert STOP_POINTS == STAGES
     flow = (ROOT / "flows" / "pipeline.py").read_text()
     assert all(f'stop_after == "{stage}"' in flow for stage in STAGES)

@@ -8,10 +8,10 @@ import signal
 
 import pytest
 
-from stepcode.corpus import (
+from stepcode.data.corpus import (
     CorpusError, diversity, humaneval_inputs, import_humaneval, read_jsonl, read_programs, static_filter, write_jsonl,
 )
-from stepcode.synth import synth_candidates
+from stepcode.data.synth import synth_candidates
 
 GOOD = {"id": "a", "code": "def f(x):\n    return x\n", "input": "1", "entry_point": "f"}
 

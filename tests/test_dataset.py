@@ -1,4 +1,4 @@
-"""Tests for the build stage (stepcode.dataset), decontamination (stepcode.decontam) and `stepcode build`."""
+"""Tests for the build stage (stepcode.data.dataset), decontamination (stepcode.data.decontam) and `stepcode build`."""
 
 import itertools
 import json
@@ -10,11 +10,12 @@ from typer.testing import CliRunner
 
 from stepcode.cli import app
 from stepcode.config import parse_params
-from stepcode.corpus import CorpusError, static_filter, write_jsonl
-from stepcode.dataset import build_dataset, program_key, split_of
-from stepcode.decontam import code_tokens, decontaminate, ngrams
+from stepcode.data.corpus import CorpusError, static_filter
+from stepcode.jsonl import write_jsonl
+from stepcode.data.dataset import build_dataset, program_key, split_of
+from stepcode.data.decontam import code_tokens, decontaminate, ngrams
 from stepcode.prompts import parse_completion
-from stepcode.synth import synth_candidates
+from stepcode.data.synth import synth_candidates
 
 BENCHMARK_DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 BENCHMARKS = {"cruxeval": BENCHMARK_DATA / "cruxeval/cruxeval.jsonl",
@@ -318,7 +319,7 @@ def test_cli_exit_codes_and_files(tmp_path):
 
 
 def test_real_synthesized_corpus(tmp_path):
-    from stepcode.traces import trace_rows
+    from stepcode.data.traces import trace_rows
 
     p = params()
     programs = [r for r in itertools.islice(synth_candidates(99), 150) if static_filter(r) is None][:100]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stepcode.tracking import dvc_lock_digests, dvc_md5
+from stepcode.tracking.lineage import dvc_lock_digests, dvc_md5
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def repo(tmp_path_factory, mlflow_store):
     """A fresh git+DVC repository holding this project's dvc.yaml, its code, and 40 synthesized programs."""
     from itertools import islice
 
-    from stepcode.synth import synth_candidates
+    from stepcode.data.synth import synth_candidates
 
     d = tmp_path_factory.mktemp("dvcrepo")
     shutil.copytree(ROOT / "stepcode", d / "stepcode", ignore=shutil.ignore_patterns("__pycache__"))
@@ -63,7 +63,7 @@ def test_repro_runs_the_stages_then_is_a_no_op(repo):
                  "data/dataset/rl.jsonl", "data/dataset/heldout.jsonl", "data/dataset/stats.json", "dvc.lock"):
         assert (d / path).exists(), path
     assert json.loads((d / "reports/validation/summary.json").read_text())["success"] is True
-    # The digests DVC recorded are the ones stepcode.tracking computes (what MLflow lineage records).
+    # The digests DVC recorded are the ones stepcode.tracking.lineage computes (what MLflow lineage records).
     digests = dvc_lock_digests(d)
     assert digests["trace"]["data/traces.jsonl"] == dvc_md5(d / "data/traces.jsonl")
     assert digests["build"]["data/dataset"] == dvc_md5(d / "data/dataset")

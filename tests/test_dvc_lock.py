@@ -38,12 +38,12 @@ def stale_entries(status: dict, tracked: set[str]) -> list[str]:
 
 
 def test_stale_entries_reads_dvc_status():
-    status = {"trace": [{"changed deps": {"data/raw": "deleted", "stepcode/traces.py": "modified",
+    status = {"trace": [{"changed deps": {"data/raw": "deleted", "stepcode/data/traces.py": "modified",
                                           "params.yaml": {"trace": "modified"}}},
                         {"changed outs": {"data/traces.jsonl": "not in cache"}}],
               "build": ["changed command"]}
-    assert stale_entries(status, {"stepcode/traces.py"}) == [
-        "trace: stepcode/traces.py modified", "trace: params {'trace': 'modified'}", "build: changed command"]
+    assert stale_entries(status, {"stepcode/data/traces.py"}) == [
+        "trace: stepcode/data/traces.py modified", "trace: params {'trace': 'modified'}", "build: changed command"]
 
 
 def test_dvc_lock_matches_the_code_and_params():

@@ -16,7 +16,7 @@ import pytest
 from stepcode.config import ConfigError, Params
 from stepcode.dvcdata import ensure_present, tracking_file
 from stepcode.errors import MissingInput, UserError
-from stepcode.preflight import check_pipeline
+from stepcode.pipeline.preflight import check_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_an_untracked_missing_input_is_one_line(project):
 
 
 def test_the_trace_stage_pulls_its_corpus(project):
-    from stepcode.traces import read_corpus
+    from stepcode.data.traces import read_corpus
 
     rows = read_corpus(project / "data" / "raw")
     assert [r["id"] for r in rows] == ["p1"]

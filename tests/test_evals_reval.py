@@ -16,7 +16,7 @@ from stepcode.evals import reval
 from stepcode.evals.reval import (REVAL_RUNNERS, RevalError, compute_truths, coverage_metrics, ic_credit, load_reval, output_answer,
                                   parse_coverage, parse_path, parse_state, path_lines, penalized, prompt_text,
                                   read_truths, report_path, reval_prompts, reval_truth, score_reval, task_id)
-from stepcode.sandbox import Sandbox
+from stepcode.sandbox.engine import Sandbox
 
 REVAL_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "reval"
 

@@ -21,7 +21,7 @@ STAGES = {"trace", "validate", "build", "init-model", "sft", "grpo", "evaluate",
 
 
 def _project(base: Path, name: str, n_programs: int, experiment: str, **overrides) -> Path:
-    from stepcode.synth import synth_candidates
+    from stepcode.data.synth import synth_candidates
 
     d = base / name
     (d / "data" / "raw").mkdir(parents=True)
@@ -73,7 +73,7 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     assert set(children) == STAGES
     assert all(r.info.status == "FINISHED" for r in children.values())
     # lineage: digests of inputs and outputs, datasets as mlflow.data inputs, the model version linked to its run
-    from stepcode.tracking import dvc_md5
+    from stepcode.tracking.lineage import dvc_md5
 
     assert children["trace"].data.tags["dvc.md5.traces"] == dvc_md5(d / "data" / "traces.jsonl")
     assert children["build"].data.tags["dvc.md5.dataset"] == dvc_md5(d / "data" / "dataset")

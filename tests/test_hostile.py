@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stepcode.sandbox import SANDBOX_UID_BASE, SANDBOX_UIDS, UID_LOCK_DIR
+from stepcode.sandbox.engine import SANDBOX_UID_BASE, SANDBOX_UIDS, UID_LOCK_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="full isolation (uids, namespaces) needs root")
@@ -124,7 +124,7 @@ BENIGN = [  # (code, input, trace, output): exact ground truth that hostile neig
 
 
 def _claimed(uid: int) -> bool:
-    """Whether a live sandbox holds this uid now (stepcode.sandbox._UidClaims): its processes are not leftovers."""
+    """Whether a live sandbox holds this uid now (stepcode.sandbox.engine._UidClaims): its processes are not leftovers."""
     import fcntl
 
     try:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from stepcode.config import parse_params
-from stepcode.tracking import dvc_md5, stage_run
+from stepcode.tracking.lineage import dvc_md5, stage_run
 
 
 def _program(i: int) -> dict:
@@ -37,7 +37,7 @@ def test_dvc_md5_matches_dvc_for_files_and_dirs(tmp_path):
 def test_trace_stage_logs_lineage(tmp_path, mlflow_store):
     import mlflow
 
-    from stepcode.traces import trace_file
+    from stepcode.data.traces import trace_file
 
     src, out = tmp_path / "programs.jsonl", tmp_path / "traces.jsonl"
     src.write_text("".join(json.dumps(_program(i)) + "\n" for i in range(3)))
@@ -71,7 +71,7 @@ def test_a_failing_stage_is_marked_failed(tmp_path, mlflow_store):
 def test_compare_two_runs_table_and_png(tmp_path, mlflow_store):
     import mlflow
 
-    from stepcode.compare import compare
+    from stepcode.tracking.compare import compare
 
     mlflow.set_experiment("compare-test")
     ids = []

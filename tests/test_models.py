@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stepcode.models import EOS, PAD, SIZES, build_tiny_model, corpus_texts, load_model, load_tokenizer
+from stepcode.training.models import EOS, PAD, SIZES, build_tiny_model, corpus_texts, load_model, load_tokenizer
 from stepcode.prompts import output_messages, render_output_completion
 
 CODE = "def f(x):\n    y = x + 1\n    return y\n"

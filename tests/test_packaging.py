@@ -29,12 +29,12 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_carries_flows_and_the_library(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"flows/__init__.py", "flows/pipeline.py", "flows/retrain.py", "stepcode/cli.py",
-            "stepcode/preflight.py"} <= names
+            "stepcode/pipeline/preflight.py"} <= names
     assert not any(n.startswith(("tests/", "data/")) for n in names)
 
 
 def test_pipeline_runs_from_the_installed_wheel(wheel, tmp_path):
-    from stepcode.synth import synth_candidates
+    from stepcode.data.synth import synth_candidates
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],

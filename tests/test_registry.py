@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepcode.registry import decide, promote_if_better, register_model, version_metrics
+from stepcode.tracking.registry import decide, promote_if_better, register_model, version_metrics
 
 M = ["final_acc", "step_acc"]
 

@@ -3,7 +3,7 @@
 import pytest
 
 from stepcode.prompts import input_messages, output_messages, render_input_completion, render_output_completion
-from stepcode.rewards import (MAX_ANSWER_CHARS, RewardScorer, Score, entry_point_call, input_check_program,
+from stepcode.training.rewards import (MAX_ANSWER_CHARS, RewardScorer, Score, entry_point_call, input_check_program,
                               output_check_program, step_rewards)
 
 CODE = "def f(xs, k):\n    total = 0\n    for x in xs:\n        total += x * k\n    return total\n"

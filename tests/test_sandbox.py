@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from stepcode.sandbox import Sandbox, _result
+from stepcode.sandbox.engine import Sandbox, _result
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_parallel_sandboxes_never_kill_each_others_programs(sandbox):
 
 def _fork_loop_built() -> bool:
     try:
-        from stepcode import _forkloop  # noqa: F401
+        from stepcode.sandbox import _forkloop  # noqa: F401
     except ImportError:
         return False
     return True
@@ -213,7 +213,7 @@ def test_children_skip_the_interpreters_after_fork_repairs_only_when_nothing_nee
 
 
 def test_preload_for_reads_the_modules_programs_import():
-    from stepcode.sandbox import preload_for
+    from stepcode.sandbox.engine import preload_for
 
     programs = ["from typing import List\nimport collections, heapq as h, os.path\ndef f():\n    import re\n",
                 "from collections.abc import Iterable\nimport antigravity\n", "def f(x):\n    return x\n"]

@@ -9,7 +9,7 @@ import pytest
 
 from stepcode.config import StudyVariant, load_params
 from stepcode.prompts import output_messages
-from stepcode.study import (ARMS, HEADLINE, arm_stats, curve_means, ordering, plan_steps, render_report, select_rows,
+from stepcode.pipeline.study import (ARMS, HEADLINE, arm_stats, curve_means, ordering, plan_steps, render_report, select_rows,
                             t_interval)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def test_prepare_data_filters_the_built_dataset(tmp_path):
     params = params.model_copy(update={"study": params.study.model_copy(update={"data_dir": str(data)})})
     variant = StudyVariant(corpus="dataset", tasks=("output",), sources=("synth",), max_anchors=10)
 
-    from stepcode.study import prepare_data
+    from stepcode.pipeline.study import prepare_data
 
     got = prepare_data(params, variant, tmp_path / "work")
     assert (got["sft_rows"], got["rl_rows"], got["heldout_rows"]) == (len(CASES), len(CASES), 3)
@@ -143,7 +143,7 @@ def test_prepare_data_filters_the_built_dataset(tmp_path):
 
 
 def test_basic_corpus_is_traced_built_and_reused(tmp_path):
-    from stepcode.study import build_basic_dataset
+    from stepcode.pipeline.study import build_basic_dataset
 
     params = load_params(ROOT / "params.yaml")
     variant = StudyVariant(corpus="basic", corpus_programs=40, corpus_seed=5, reasoning="none")
@@ -166,7 +166,7 @@ def test_micro_study_end_to_end(tmp_path, mlflow_store):
         "study": params.study.model_copy(update={"work_dir": str(tmp_path / "work")}),
         "evaluate": params.evaluate.model_copy(update={"cruxeval_path": str(crux)})})
 
-    from stepcode.study import run_study
+    from stepcode.pipeline.study import run_study
 
     out = tmp_path / "report"
     results = run_study(params, "micro", out_dir=out, echo=lambda *_: None)

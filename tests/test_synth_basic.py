@@ -1,4 +1,4 @@
-"""The basic program distribution (stepcode/synth_basic.py): deterministic, well-formed, small, and traceable."""
+"""The basic program distribution (stepcode/data/synth_basic.py): deterministic, well-formed, small, and traceable."""
 
 import ast
 from itertools import islice
@@ -8,7 +8,7 @@ import pytest
 
 from stepcode.anchors import instrument
 from stepcode.config import load_params
-from stepcode.synth_basic import basic_candidates, one_program
+from stepcode.data.synth_basic import basic_candidates, one_program
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_programs_are_straight_line_with_fresh_names_and_a_final_return():
 
 
 def test_traced_programs_are_ok_and_short(params):
-    from stepcode.traces import trace_rows
+    from stepcode.data.traces import trace_rows
 
     rows = list(islice(basic_candidates(0), 200))
     traced = list(trace_rows(rows, params, workers=2))

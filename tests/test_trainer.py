@@ -11,7 +11,7 @@ import torch
 
 from stepcode.config import Params
 from stepcode.prompts import input_messages, output_messages, render_input_completion, render_output_completion
-from stepcode.trainer import SPANS, StepCodeReward, batch_advantages, decode_with_offsets
+from stepcode.training.grpo import SPANS, StepCodeReward, batch_advantages, decode_with_offsets
 
 CODE = "def f(xs, k):\n    total = 0\n    for x in xs:\n        total += x * k\n    return total\n"
 INSTRUMENTED = ("def f(xs, k):\n    total = 0\n    print(f'total: {total}')\n    for x in xs:\n        total += x * k\n"
@@ -55,7 +55,7 @@ def write_jsonl(path, rows):
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    from stepcode.models import build_tiny_model, corpus_texts
+    from stepcode.training.models import build_tiny_model, corpus_texts
 
     torch.set_num_threads(1)
     return build_tiny_model(tmp_path_factory.mktemp("micro"), corpus_texts(rl_rows() + sft_rows()), size="micro")
@@ -100,7 +100,7 @@ def test_batch_advantages_groups_are_independent_and_use_their_own_width():
 
 
 def test_decode_with_offsets_matches_tokenizer_decode(micro):
-    from stepcode.models import load_tokenizer
+    from stepcode.training.models import load_tokenizer
 
     tok = load_tokenizer(micro)
     text = "<reasoning>é → ü</reasoning>\n<print>total: 9</print>"
@@ -149,9 +149,9 @@ def crafted_group(tok):
 
 @pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
 def test_advantages_reaching_the_loss_equal_hand_computed_values(micro, profile, tmp_path):
-    from stepcode.models import load_model
-    from stepcode.rewards import RewardScorer
-    from stepcode.trainer import bilevel_trainer_class, grpo_config, rl_dataset
+    from stepcode.training.models import load_model
+    from stepcode.training.rewards import RewardScorer
+    from stepcode.training.grpo import bilevel_trainer_class, grpo_config, rl_dataset
 
     model, tok = load_model(micro)
     group = crafted_group(tok)
@@ -204,8 +204,9 @@ def test_advantages_reaching_the_loss_equal_hand_computed_values(micro, profile,
 
 
 def test_sft_then_grpo_end_to_end(micro, profile, tmp_path):
-    from stepcode.models import load_model
-    from stepcode.trainer import run_grpo, run_sft
+    from stepcode.training.models import load_model
+    from stepcode.training.grpo import run_grpo
+    from stepcode.training.sft import run_sft
 
     sft = write_jsonl(tmp_path / "sft.jsonl", sft_rows()[:2])   # one repeated batch: loss must go down
     prof = profile.model_copy(update={"sft": profile.sft.model_copy(update={"batch_size": 2, "max_steps": 6})})
@@ -225,7 +226,7 @@ def test_sft_then_grpo_end_to_end(micro, profile, tmp_path):
 
 
 def test_run_grpo_rejects_bad_input(micro, profile, tmp_path):
-    from stepcode.trainer import run_grpo
+    from stepcode.training.grpo import run_grpo
 
     with pytest.raises(ValueError, match="unknown mode"):
         run_grpo(micro, tmp_path / "x.jsonl", tmp_path / "o", profile, mode="vanilla")

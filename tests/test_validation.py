@@ -1,4 +1,4 @@
-"""The data gate (stepcode/validation.py) with real great-expectations runs: a clean table traced through the real
+"""The data gate (stepcode/data/validation.py) with real great-expectations runs: a clean table traced through the real
 sandbox passes; each seeded defect fails exactly the expectation written for it and quarantines the bad row."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from stepcode.config import ConfigError, Params, parse_params
-from stepcode.corpus import read_jsonl, write_jsonl
-from stepcode.traces import trace_rows
-from stepcode.validation import GateFailed, derive_columns, require_gate, validate_traces
+from stepcode.jsonl import read_jsonl, write_jsonl
+from stepcode.data.traces import trace_rows
+from stepcode.data.validation import GateFailed, derive_columns, require_gate, validate_traces
 
 CRUXEVAL = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
 

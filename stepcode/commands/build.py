@@ -28,8 +28,7 @@ def register(app: typer.Typer) -> None:
                                                         help="also emit input-prediction examples (default: params)"),
               params_path: Path = ParamsOpt):
         """Build SFT/RL/held-out examples from trace rows, decontaminated against CRUXEval, REval (and LCB)."""
-        from stepcode import stages
-
+        from stepcode.pipeline import stages
         params = load_params(params_path, **{"build.heldout_fraction": heldout_fraction,
                                              "build.input_task": input_task})
         require_file(traces, "TRACES", "write it with `stepcode trace`")

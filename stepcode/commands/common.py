@@ -19,9 +19,9 @@ from typer.core import TyperGroup
 
 from stepcode.errors import UserError
 
-# The choices of `train grpo --mode`. The canonical list, stepcode.bilevel.MODES, is not imported because that module
-# imports torch (`stepcode --help` would take seconds); tests/test_cli.py checks that the two agree.
-GRPO_MODES = ("bilevel", "step", "terminal")
+from stepcode.training.modes import MODES
+
+GRPO_MODES = tuple(MODES)   # the choices of `train grpo --mode`
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the configuration file (absent ./params.yaml: the "
                                                                 "embedded defaults)")

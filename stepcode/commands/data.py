@@ -19,8 +19,7 @@ def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as wri
                                          "Data Docs HTML under gx/"),
              params_path: Path = ParamsOpt):
     """Run the data gate on a trace table; exit 1 if any expectation fails."""
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     params = load_params(params_path)
     require_file(traces, "TRACES", "write it with `stepcode trace`")
     result = stages.validate(params, traces, report)   # a malformed line: CorpusError, one line, exit 2

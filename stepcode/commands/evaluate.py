@@ -85,8 +85,7 @@ def register(app: typer.Typer) -> None:
                  params_path: Path = ParamsOpt):
         """Generate with the model, extract, score in the sandbox; write generations, scored files, metrics.json.
         Logged to MLflow as the `evaluate` stage (metrics, per-row table, generations as artifacts)."""
-        from stepcode import stages
-
+        from stepcode.pipeline import stages
         names = split_choices(benchmarks, BENCHMARK_NAMES, "--benchmarks")
         if prompt == "stepcode" and set(names) - {"cruxeval"}:  # the rule of stepcode.evals.generate.evaluate,
             fail("--prompt stepcode runs on CRUXEval programs only; give --benchmarks cruxeval")  # checked up front

@@ -1,4 +1,4 @@
-"""Orchestration commands: `stepcode pipeline`, `stepcode compare` — thin wrappers over flows/ and stepcode.compare."""
+"""Orchestration commands: `stepcode pipeline`, `stepcode compare` — thin wrappers over flows/ and stepcode.tracking.compare."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import List, Literal, Optional
 
 import typer
 
-from stepcode import termination
+from stepcode.pipeline import termination
 from stepcode.commands.common import ParamsOpt, ProfileOpt, check_profile, fail, load_params
-from stepcode.preflight import STOP_POINTS
+from stepcode.pipeline.preflight import STOP_POINTS
 
 
 def prefect_env(root: Path) -> None:
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         import json
         import time
 
-        from stepcode.preflight import check_pipeline
+        from stepcode.pipeline.preflight import check_pipeline
 
         params = check_profile(profile, params_path)   # every option before any work (choices: checked while parsing)
         root = Path.cwd()
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         prefect_env(root)
         termination.install()
         from flows.pipeline import run_pipeline
-        from stepcode.validation import GateFailed
+        from stepcode.data.validation import GateFailed
 
         start = time.perf_counter()
         try:
@@ -153,12 +153,12 @@ def register(app: typer.Typer) -> None:
         if len(run_ids) < 2:
             raise typer.BadParameter("give at least two run ids", param_hint="RUN_IDS")
         params = load_params(params_path)
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri   # as stepcode.tracking.configure,
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri   # as stepcode.tracking.lineage.configure,
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():   # which would create it
             fail(f"no MLflow store at {uri}, so no runs to compare: run from the project root, or set "
                  "MLFLOW_TRACKING_URI (params: tracking.uri)")
-        from stepcode.compare import compare as run_compare
-        from stepcode.tracking import configure
+        from stepcode.tracking.compare import compare as run_compare
+        from stepcode.tracking.lineage import configure
 
         mlflow = configure(params)
         _check_runs(mlflow, run_ids)

@@ -1,5 +1,5 @@
 """Study commands: `stepcode study ablation` — the paper's ablation (SFT only, Terminal-, Step-, Bi-Level GRPO) at
-toy scale on CPU, in one command (stepcode/study.py).
+toy scale on CPU, in one command (stepcode/pipeline/study.py).
 
     stepcode study ablation [--seeds 3] [--budget-minutes 60]      # full: reports/ablation/README.md + plots + MLflow
     stepcode study ablation --micro                                 # a few minutes: keeps the command working (CI)
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
                  params_path: Path = ParamsOpt):
         """One SFT warm start, then SFT only / Terminal-GRPO / Step-GRPO / Bi-Level GRPO with equal compute;
         held-out and CRUXEval-O (StepCode format) evaluation; means with 95% intervals; report + MLflow runs."""
-        from stepcode.study import run_study
+        from stepcode.pipeline.study import run_study
 
         params = load_params(params_path)
         try:
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         """Re-render README.md and the plots beside results.json (no training, no evaluation)."""
         import json
 
-        from stepcode.study import STUDY_CHOICES, write_report
+        from stepcode.pipeline.study import STUDY_CHOICES, write_report
 
         require_file(results_json, "RESULTS_JSON", "written by `stepcode study ablation`")
         results = json.loads(results_json.read_text())

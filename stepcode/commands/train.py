@@ -17,7 +17,7 @@ import typer
 
 from stepcode.commands.common import (GRPO_MODES, ParamsOpt, ProfileOpt, check_profile, fail, require_file,
                                       require_model_dir)
-from stepcode.models import SIZES
+from stepcode.training.models import SIZES
 
 MODEL_SIZES = tuple(SIZES)
 RunNameOpt = typer.Option(None, "--run-name", help="run name for the reporters (MLflow, ...)")
@@ -54,8 +54,8 @@ def init_model(out: Path = typer.Option(..., "-o", "--out", help="model director
                                                                  "profile's seed, as the pipeline uses)"),
                params_path: Path = ParamsOpt):
     """Build the embedded tiny Llama and its byte-level BPE tokenizer, offline."""
-    from stepcode.corpus import read_jsonl
-    from stepcode.models import build_tiny_model, corpus_texts
+    from stepcode.jsonl import read_jsonl
+    from stepcode.training.models import build_tiny_model, corpus_texts
 
     params = check_profile(profile, params_path)
     size = size or params.train.get(profile).model_size
@@ -74,8 +74,7 @@ def sft(model: Optional[Path] = typer.Option(None, "--model", help="model direct
         out: Path = typer.Option(..., "-o", "--out", help="output model directory"),
         profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt, params_path: Path = ParamsOpt):
     """SFT warm start (TRL SFTTrainer, loss on completions only). Logged to MLflow as the `sft` stage."""
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     params = check_profile(profile, params_path)
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")
@@ -93,8 +92,7 @@ def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model direc
                                                   "(vanilla GRPO)"),
          profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt, params_path: Path = ParamsOpt):
     """Bi-Level GRPO (or an ablation) with sandbox-checked rewards. Logged to MLflow as the `grpo` stage."""
-    from stepcode import stages
-
+    from stepcode.pipeline import stages
     params = check_profile(profile, params_path)
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")

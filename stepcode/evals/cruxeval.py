@@ -159,7 +159,7 @@ def _check_task(task: str) -> None:
 
 def load_problems(path) -> list[dict]:
     """The benchmark rows `{code, input, output, id}` in file order (sample_0 ... sample_799)."""
-    from stepcode.corpus import read_jsonl
+    from stepcode.jsonl import read_jsonl
 
     p = Path(path)
     if not p.exists():

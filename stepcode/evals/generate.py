@@ -173,7 +173,7 @@ def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, lim
     """Generate, extract, score; write the files listed in the module docstring; return the flat metrics."""
     from stepcode.evals import BENCHMARKS, adapter, extract, load_problems, official, write_json
     from stepcode.evals.scoring import score
-    from stepcode.sandbox import Sandbox
+    from stepcode.sandbox.engine import Sandbox
 
     if prompt not in PROMPTS:
         raise ValueError(f"--prompt must be one of {PROMPTS}, got {prompt!r}")

@@ -5,7 +5,7 @@
     # {"heldout.final_acc": ..., "heldout.step_acc": ..., "heldout.gap": ..., "heldout.output.final_acc": ...}
 
 Greedy decoding (labelled as such), one completion per held-out RL row, scored by exactly the rewards RL optimises
-(`stepcode.rewards.RewardScorer`: sandboxed final check with the echo guard, per-anchor step rewards):
+(`stepcode.training.rewards.RewardScorer`: sandboxed final check with the echo guard, per-anchor step rewards):
 - final_acc: share of rows whose final answer is correct (the paper's pass@1 rule: the answer alone);
 - step_acc: share of gold anchors predicted exactly, position by position (the paper's Table 6);
 - gap: final_acc − step_acc ("right answer, wrong logic" shows as a positive gap);
@@ -63,9 +63,9 @@ def generate_greedy(backend, rows: list[dict], max_new_tokens: int, *, progress:
 def evaluate_heldout(model_path: str, heldout_jsonl: str | Path, params, *, limit: int | None = None,
                      backend=None, progress: bool = True, prefix: str = "heldout") -> tuple[dict, list[dict]]:
     """Generate greedily on the held-out rows, score them; returns (metrics, per-row records for a table)."""
-    from stepcode.corpus import read_jsonl
+    from stepcode.jsonl import read_jsonl
     from stepcode.evals.generate import load_backend
-    from stepcode.rewards import RewardScorer
+    from stepcode.training.rewards import RewardScorer
 
     rows = list(read_jsonl(heldout_jsonl))[:limit]
     if not rows:

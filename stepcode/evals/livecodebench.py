@@ -141,7 +141,7 @@ assert {input} == ??
 def load_problems(path) -> list[dict]:
     """The export's rows, sorted by sample number as upstream sorts them. A missing file is an error that says how
     to make it."""
-    from stepcode.corpus import read_jsonl
+    from stepcode.jsonl import read_jsonl
     from stepcode.evals.scoring import sample_index
 
     p = Path(path)

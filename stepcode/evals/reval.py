@@ -150,7 +150,7 @@ def _sandbox(params, given=None):
     if given is not None:
         yield given
         return
-    from stepcode.sandbox import Sandbox
+    from stepcode.sandbox.engine import Sandbox
 
     ev = params.evaluate
     budget = 5 * ev.reval_timeout_s + 10
@@ -222,7 +222,7 @@ def reval_truth(params, *, sandbox=None) -> Path:
     pairs = load_reval(ev.reval_dir)
     with _sandbox(params, sandbox) as sb:
         rows = compute_truths(pairs, sb, ev.reval_timeout_s)
-    from stepcode.corpus import write_jsonl
+    from stepcode.jsonl import write_jsonl
     from stepcode.evals import write_json
 
     write_json(report_path(path), _report(rows, digest, env))

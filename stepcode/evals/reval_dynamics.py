@@ -1,6 +1,6 @@
 """REval ground truth and answer checks, run *inside* a sandbox child (the "reval" runner).
 
-    from stepcode.sandbox import Sandbox
+    from stepcode.sandbox.engine import Sandbox
     with Sandbox(hash_seeds=(0,), runners=("stepcode.evals.reval_dynamics",)) as sb:
         sb.run("reval", {"mode": "truth", "kind": "humaneval", "code": code, "entry_point": "f", "test": None,
                          "pairs": [{"input": "(3,)", "input_idx": 0, "tasks": [{"lineno": 2, "var": "x"}]}]})

@@ -22,7 +22,7 @@ Skip rules (`combine`):
            [False] * number of generations (a sample with survivors, none correct, keeps the shorter list).
 
 Predictions are spliced verbatim into Python source: a prediction is untrusted code. Nothing here executes it in
-this process; the sandbox (stepcode/sandbox.py) does, with the official `reliability_guard` applied inside.
+this process; the sandbox (stepcode/sandbox/engine.py) does, with the official `reliability_guard` applied inside.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run_checks(programs: Iterable[str | None], *, sandbox=None, params=None, has
                timeout: float = CHECK_TIMEOUT_S, progress: bool = False, total: int | None = None) -> list[bool | None]:
     """Execute each check program in the sandbox; True iff it ran to the end. None (a skipped generation) passes
     through unexecuted. Pass `sandbox` to reuse one (its first hash seed is used); else one is started here."""
-    from stepcode.sandbox import Sandbox, preload_for
+    from stepcode.sandbox.engine import Sandbox, preload_for
 
     own = sandbox is None
     if own:

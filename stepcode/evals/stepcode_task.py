@@ -7,17 +7,17 @@
     st.step_accuracy(["x: 1", "return_val: 2"], ["x: 1", "return_val: 3"])     # 0.5
 
 Each benchmark program (CRUXEval rows, entry point `f`) is instrumented by `stepcode.anchors.instrument`; the gold
-anchor lines come from running it (`stepcode.traces.trace_rows`, two hash seeds; rows whose trace is not "ok" —
+anchor lines come from running it (`stepcode.data.traces.trace_rows`, two hash seeds; rows whose trace is not "ok" —
 unsupported, too long, nondeterministic — are left out and counted). The model sees the anchored code and writes
 <print> lines and an <answer>; `stepcode.prompts.parse_completion` reads them.
 
 - pass@1 is judged on the final <answer> alone, by execution in the sandbox, with the SAME check as the training
-  reward (`stepcode.rewards.output_check_program`): `assert <gold output> == (<answer>)` after the ORIGINAL code.
+  reward (`stepcode.training.rewards.output_check_program`): `assert <gold output> == (<answer>)` after the ORIGINAL code.
   A missing or blank answer, one that is not a single expression, or one that names `f` (the echo guard, stricter
   than CRUXEval's `f(<input>)` substring) is False without running anything. So the number measures what RL
   optimises; the official CRUXEval-O number comes from `--prompt official`.
 - step accuracy = share of gold anchor lines that the model printed exactly (after strip), position by position:
-  the i-th <print> against the i-th gold line (`stepcode.rewards.step_rewards`); missing prints count 0, extra
+  the i-th <print> against the i-th gold line (`stepcode.training.rewards.step_rewards`); missing prints count 0, extra
   prints are ignored.
 """
 
@@ -30,7 +30,7 @@ STOP = "</answer>"
 
 def step_accuracy(gold: Sequence[str], predicted: Sequence[str]) -> float:
     """Share of gold lines matched by the prediction at the same position (both stripped)."""
-    from stepcode.rewards import step_rewards
+    from stepcode.training.rewards import step_rewards
 
     if not gold:
         raise ValueError("step_accuracy: the gold trace is empty (every traced program prints return_val)")
@@ -40,7 +40,7 @@ def step_accuracy(gold: Sequence[str], predicted: Sequence[str]) -> float:
 def build_items(problems: Sequence[dict], params) -> tuple[list[dict], int]:
     """Trace rows (program row + instrumented_code, trace, output) for the problems whose trace is "ok", and the
     number left out."""
-    from stepcode.traces import trace_rows
+    from stepcode.data.traces import trace_rows
 
     rows = [{"id": p["id"], "code": p["code"], "input": p["input"], "entry_point": "f", "gold_output": p["output"]}
             for p in problems]
@@ -58,7 +58,7 @@ def messages(item: dict) -> list[dict]:
 def judge(item: dict, text: str) -> tuple[str | None, float]:
     """(check program for the final answer, or None when it fails without running; step accuracy)."""
     from stepcode.prompts import parse_completion
-    from stepcode.rewards import output_check_program
+    from stepcode.training.rewards import output_check_program
 
     parsed = parse_completion(text, task="output")
     steps = step_accuracy(item["trace"], parsed.prints)

@@ -1,10 +1,11 @@
-"""Program rows: JSONL readers/writers with line-numbered errors, the static filter, diversity stats, HumanEval import.
+"""Program rows: reading them with line-numbered errors, the static filter, diversity stats, HumanEval import.
 
 A program row is `{"id": str, "code": str, "input": str, "entry_point": str}` plus optional `"output"` and
 `"source"`; `input` is the argument list as source text, CRUXEval style (`"[1, 2], 3"` means `f([1, 2], 3)`).
 
-    from stepcode.corpus import read_programs, write_jsonl, static_filter, diversity, import_humaneval
-    from stepcode.synth import synth_candidates          # the offline synthesizer lives in its own module
+    from stepcode.data.corpus import read_programs, static_filter, diversity, import_humaneval
+    from stepcode.jsonl import write_jsonl
+    from stepcode.data.synth import synth_candidates          # the offline synthesizer lives in its own module
     rows = [r for r in itertools.islice(synth_candidates(seed=1234), 2000) if static_filter(r) is None]
     print(diversity(rows))                                 # distinct AST shapes, operations used, line counts
     write_jsonl("data/raw/synth.jsonl", rows)              # atomic: readers never see half a file
@@ -26,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from stepcode.errors import UserError
+from stepcode.jsonl import JsonlError, decode_line, numbered_lines, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +44,7 @@ FORBIDDEN_CALLS = frozenset({
 })
 
 
-class CorpusError(UserError, ValueError):
-    """A malformed corpus file; the message starts with `FILE:LINE:`."""
-
-
-# ---------------------------------------------------------------------------------------------------------- JSONL
-
-def _numbered_lines(path) -> Iterator[tuple[int, bytes]]:
-    """Non-blank raw lines with 1-based numbers; blank lines (a trailing newline, say) carry no row.
-
-    Bytes, not text, so that a line of invalid UTF-8 is one bad row with its own number, not a failed file.
-    """
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if raw.strip():
-                yield lineno, raw
-
-
-def _decode(raw: bytes) -> dict:
-    """The JSON object on line `raw`; a ValueError says why there is none."""
-    try:
-        obj = json.loads(raw.decode("utf-8").rstrip("\r\n"))  # else an error at the end reads "line 2"
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"bad JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def read_jsonl(path) -> Iterator[dict]:
-    """Yield the JSON objects of a JSONL file; bad JSON or a non-object raises CorpusError naming file:line."""
-    for lineno, line in _numbered_lines(path):
-        try:
-            yield _decode(line)
-        except ValueError as e:
-            raise CorpusError(f"{path}:{lineno}: {e}") from None
+CorpusError = JsonlError   # a malformed corpus file; the message starts with `FILE:LINE:`
 
 
 def _program_problem(row: dict) -> str | None:
@@ -107,9 +72,9 @@ def read_programs(path, *, skip_bad: bool = False, rejects_path=None) -> list[di
     rows: list[dict] = []
     rejects: list[dict] = []
     first_line_of: dict[str, int] = {}
-    for lineno, line in _numbered_lines(path):
+    for lineno, line in numbered_lines(path):
         try:
-            row = _decode(line)
+            row = decode_line(line)
             problem = _program_problem(row)
             if problem is None and row["id"] in first_line_of:
                 problem = f"duplicate id {row['id']!r} (first on line {first_line_of[row['id']]})"
@@ -128,35 +93,6 @@ def read_programs(path, *, skip_bad: bool = False, rejects_path=None) -> list[di
         if rejects:
             log.warning("%s: %d bad rows skipped, written to %s", path, len(rejects), rejects_path)
     return rows
-
-
-def write_jsonl(path, rows: Iterable[dict]) -> None:
-    """Write rows as JSONL atomically: a temp file in the same directory, fsync, then os.replace.
-
-    If serialising any row raises, the temp file is removed and an existing `path` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename on one filesystem (atomic), never a copy.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any other written file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself survive a crash
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # ----------------------------------------------------------------------------------------------------- static filter

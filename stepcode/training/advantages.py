@@ -12,7 +12,7 @@ Tensors are laid out [G, n] (rollout first), i.e. the transpose of the paper's r
 
 Usage:
 
-    from stepcode.bilevel import bilevel_group_advantages, char_spans_to_token_spans, token_advantages
+    from stepcode.training.advantages import bilevel_group_advantages, char_spans_to_token_spans, token_advantages
 
     final_adv, step_adv = bilevel_group_advantages(step_rewards, final_rewards)       # one prompt group
     spans = [char_spans_to_token_spans(cs, offs) for cs, offs in zip(char_spans, offsets)]
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-MODES = ("bilevel", "step", "terminal")
+from stepcode.training.modes import MODES, check_mode
 
 
 def _check_float(name: str, x: torch.Tensor, ndim: int) -> None:
@@ -100,8 +100,7 @@ def bilevel_group_advantages(
     (vanilla GRPO: step_adv all zeros). With n == 1 the only anchor is the return value, which the final reward
     already judges, so step_adv is zeros (the paper trains such samples with the terminal reward only).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    step_mode = STEP_ADVANTAGES[check_mode(mode)]
     _check_float("step_rewards", step_rewards, 2)
     _check_float("final_rewards", final_rewards, 1)
     if step_rewards.shape[0] != final_rewards.shape[0]:
@@ -110,9 +109,32 @@ def bilevel_group_advantages(
             f"final_rewards has {final_rewards.shape[0]}"
         )
     final_adv = final_advantages(final_rewards, eps)
-    if mode == "terminal" or step_rewards.shape[1] <= 1:
+    if step_rewards.shape[1] <= 1:
         return final_adv, torch.zeros_like(step_rewards)
-    return final_adv, step_advantages(step_rewards, lam=0.0 if mode == "step" else lam, eps=eps)
+    return final_adv, step_mode(step_rewards, lam, eps)
+
+
+# --- the advantage modes: one function each, named in stepcode.training.modes.MODES ------------------------------
+
+@torch.no_grad()
+def terminal_step_advantages(step_rewards: torch.Tensor, lam: float, eps: float) -> torch.Tensor:
+    """Vanilla GRPO: no step term."""
+    return torch.zeros_like(step_rewards)
+
+
+@torch.no_grad()
+def step_step_advantages(step_rewards: torch.Tensor, lam: float, eps: float) -> torch.Tensor:
+    """Step-GRPO (the paper's ablation): the per-anchor group z-score alone (lambda = 0)."""
+    return step_advantages(step_rewards, lam=0.0, eps=eps)
+
+
+@torch.no_grad()
+def bilevel_step_advantages(step_rewards: torch.Tensor, lam: float, eps: float) -> torch.Tensor:
+    """Bi-Level GRPO: the group z-score plus lam times the intra-trajectory term."""
+    return step_advantages(step_rewards, lam=lam, eps=eps)
+
+
+STEP_ADVANTAGES = {mode: globals()[f"{mode}_step_advantages"] for mode in MODES}
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """StepCode rewards: per-anchor step rewards and the execution-checked final reward.
 
-    from stepcode.rewards import RewardScorer, step_rewards
+    from stepcode.training.rewards import RewardScorer, step_rewards
     step_rewards(["y: 2", "return_val: 3"], ["y: 2", "return_val: 2"])       # [1.0, 0.0]
     with RewardScorer(params) as scorer:                                   # one long-lived sandbox
         scores = scorer.score(rows, texts)                                 # one Score per (RL row, completion text)
@@ -10,10 +10,10 @@ Rules (the paper's, plus what keeps RL from gaming them):
 - Step reward r_i = 1 if the i-th predicted <print> equals the i-th reference line after strip, else 0; a missing
   print scores 0; extra prints are ignored. There is one r_i per *reference* line, so n never depends on the model.
 - Final reward, output task: the check program is `code + "\\nassert GOLD == (\\nANSWER\\n)"`, run in the sandbox under
-  the official harnesses' reliability guard (stepcode.runners "check"); 1 only if it runs to the end.
+  the official harnesses' reliability guard (stepcode.sandbox.runners "check"); 1 only if it runs to the end.
 - Final reward, input task: `code + "\\nassert f(\\nARGS\\n) == GOLD"` (f = the row's entry point), same runner.
 - Reference for the input task's step rewards (`input_reference`): "committed" (default) traces the <input> the
-  completion committed to, with the same engine that made the ground truth (stepcode.traces.trace_one); if that
+  completion committed to, with the same engine that made the ground truth (stepcode.data.traces.trace_one); if that
   input does not trace cleanly (missing, error, too long, nondeterministic ...) every r_i is 0 against the gold trace's
   length. "gold" compares with the trace of the row's original input instead.
 - Score 0 without running anything: no <answer>, a blank one, an answer longer than MAX_ANSWER_CHARS, an answer that
@@ -146,7 +146,7 @@ class RewardScorer:
 
     def __init__(self, params=None, *, input_reference: str = "committed", workers: int | None = None):
         from stepcode.config import Params
-        from stepcode.sandbox import Sandbox
+        from stepcode.sandbox.engine import Sandbox
 
         if input_reference not in INPUT_REFERENCES:
             raise ValueError(f"input_reference must be one of {INPUT_REFERENCES}, got {input_reference!r}")
@@ -184,7 +184,7 @@ class RewardScorer:
             return row["gold_trace"]
         if entry_point_call(committed, row.get("entry_point", "f")) is None:
             return None
-        from stepcode.traces import trace_one
+        from stepcode.data.traces import trace_one
 
         program = {"id": row.get("id"), "code": row["code"], "input": committed,
                    "entry_point": row.get("entry_point", "f")}

@@ -1,6 +1,6 @@
 """Lineage: every stage logs to MLflow what it read, what it wrote and with which code and params.
 
-    from stepcode.tracking import stage_run
+    from stepcode.tracking.lineage import stage_run
     with stage_run("trace", params, inputs={"programs": "data/raw"}, outputs={"traces": "data/traces.jsonl"}) as run:
         ...                                   # the stage's work; outputs' digests are logged when the block ends
         run.log_metrics({"rows": 800})

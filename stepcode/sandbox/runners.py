@@ -1,4 +1,4 @@
-"""Code that runs *inside* a sandbox child, beside the untrusted program (see stepcode/sandbox.py).
+"""Code that runs *inside* a sandbox child, beside the untrusted program (see stepcode/sandbox/engine.py).
 
 A runner is a pair of functions. `prepare(payload)` runs in the sandbox *server* before the fork and does the pure
 work: compiling source is safe (nothing executes) and doing it there is much cheaper than in the child, where every
@@ -199,7 +199,7 @@ def reliability_guard() -> None:
 
 class official_guard:
     """`reliability_guard` applied to this process — the sandbox server — for the length of a batch of check jobs
-    (`BatchState`), then undone. The server's own code never calls what the guard disables (stepcode/forkserver.py
+    (`BatchState`), then undone. The server's own code never calls what the guard disables (stepcode/sandbox/server.py
     keeps private references to os.fork & co.)."""
 
     def __enter__(self) -> None:

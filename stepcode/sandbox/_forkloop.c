@@ -1,8 +1,8 @@
-/* stepcode._forkloop: the fork-server's hot loop in C — fork one confined child per job, collect its report.
+/* stepcode.sandbox._forkloop: the fork-server's hot loop in C — fork one confined child per job, collect its report.
 
 Why C. After a fork every page of the server is shared copy-on-write with the child, so each page the server then
 writes costs a page fault (~2 us in this VM), and each Python statement writes to pages all over the heap (reference
-counts, frames, allocator pools): the pure-Python loop (stepcode/forkserver.py, `_Server._run_one`, kept as the
+counts, frames, allocator pools): the pure-Python loop (stepcode/sandbox/server.py, `_Server._run_one`, kept as the
 fallback when this module is not built) costs the server ~110 faults per job. This loop writes to a handful of
 pages (its stack, libc's fork bookkeeping; the batch's results and reports live in memory no child shares) and builds
 no Python object until the whole batch has run: ~15 faults per job, most of them per batch. The child's
@@ -24,7 +24,7 @@ python_at_fork: whether to run the interpreter's own fork protocol (PyOS_BeforeF
            PyOS_AfterFork_Parent), as os.fork does. In the child it re-creates every runtime lock, the GIL and the
            import lock — in case another thread held one at the fork — and runs the `os.register_at_fork` hooks:
            ~28 page faults, a quarter of what a child costs. A server that has a single thread and no such hooks
-           (stepcode/forkserver.py checks both) has nothing for it to repair, and passes False.
+           (stepcode/sandbox/server.py checks both) has nothing for it to repair, and passes False.
 Orphans a program leaves are killed with it: as root every process of `uid` (`kill(-1)` run as that uid, which is
 atomic with respect to fork), else the child's process group; the server is a child subreaper and reaps them.
 */
@@ -162,7 +162,7 @@ static void child_main(int w, pid_t server, PyObject *child, PyObject *prepared,
     uint32_t frame_len = (uint32_t)(n + NONCE_BYTES);
     unsigned char head[4 + NONCE_BYTES];
     for (int i = 0; i < 4; i++)
-        head[i] = (frame_len >> (8 * i)) & 0xff; /* little-endian, as stepcode.forkserver._write_frame */
+        head[i] = (frame_len >> (8 * i)) & 0xff; /* little-endian, as stepcode.sandbox.server._write_frame */
     memcpy(head + 4, nonce, NONCE_BYTES);
     if (write_all(w, (char *)head, sizeof head) || write_all(w, body, (size_t)n))
         _exit(70);
@@ -414,11 +414,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "stepcode._forkloop",
-    "The fork-server's hot loop in C (see stepcode/_forkloop.c and stepcode/forkserver.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "stepcode.sandbox._forkloop",
+    "The fork-server's hot loop in C (see stepcode/sandbox/_forkloop.c and stepcode/sandbox/server.py).", -1, methods,
 };
 
-/* The contract's version: stepcode/forkserver.py ignores a build of another one (a stale .so after an update). */
+/* The contract's version: stepcode/sandbox/server.py ignores a build of another one (a stale .so after an update). */
 #define API 2
 
 PyMODINIT_FUNC PyInit__forkloop(void) {

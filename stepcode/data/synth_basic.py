@@ -1,10 +1,10 @@
 """A learnable program distribution for a tiny model trained from scratch: short straight-line functions over small
-values. The full synthesizer (`stepcode.synth`) writes CRUXEval-style programs (`''.join(sorted(s)).center(9, 'r')`)
+values. The full synthesizer (`stepcode.data.synth`) writes CRUXEval-style programs (`''.join(sorted(s)).center(9, 'r')`)
 that a 4-layer model trained for minutes cannot execute; the ablation study (`stepcode study ablation`) needs a model
 that learns *some* step accuracy from SFT, or RL has nothing to improve. So this generator keeps every step local:
 
     from itertools import islice
-    from stepcode.synth_basic import basic_candidates
+    from stepcode.data.synth_basic import basic_candidates
     for row in islice(basic_candidates(seed=7), 2):
         print(row["input"]); print(row["code"])
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from stepcode.synth import numbered_candidates
+from stepcode.data.synth import numbered_candidates
 
 LETTERS = "abcde"
 NAMES = ("a", "b", "c", "d")

@@ -1,9 +1,8 @@
-"""SFT warm start and Bi-Level GRPO on TRL.
+"""Bi-Level GRPO on TRL (and the step / terminal ablations: stepcode.training.modes).
 
     from stepcode.config import load_params
-    from stepcode.trainer import run_grpo, run_sft
+    from stepcode.training.grpo import run_grpo
     params = load_params()
-    run_sft("models/tiny", "data/sft.jsonl", "models/tiny-sft", params.train.get("tiny-cpu"))
     run_grpo("models/tiny-sft", "data/rl.jsonl", "models/tiny-rl", params.train.get("tiny-cpu"), mode="bilevel",
              params=params, run_name="tiny-bilevel")
 
@@ -11,12 +10,12 @@
 1. Rewards are computed once per completion, by `StepCodeReward`, the trainer's only reward function. TRL calls it
    with the completion token ids and the RL row's columns; it decodes the ids itself (so the text it parses and the
    character offsets of every token come from the same decode), scores all completions in the sandbox
-   (stepcode.rewards), maps each anchor's span (reasoning+print segment, or the <print> block) to token positions,
+   (stepcode.training.rewards), maps each anchor's span (reasoning+print segment, or the <print> block) to token positions,
    stashes those per-completion results in `.batch`, and returns the paper's logged scalar (#correct/n) + r_final,
    which TRL logs as `reward`.
 2. `_generate_and_score_completions` calls `super()` (generation, rewards, TRL's sequence advantages), takes the stash,
    gathers step rewards, final rewards and anchor counts from every process (TRL spreads a prompt's G completions
-   over processes), computes `stepcode.bilevel.bilevel_group_advantages` per prompt group, keeps this process's rows,
+   over processes), computes `stepcode.training.advantages.bilevel_group_advantages` per prompt group, keeps this process's rows,
    and replaces `advantages` with the [B, T] tensor of `token_advantages`, times the loss mask. TRL's `_compute_loss`
    accepts [B, T] advantages by design (shared/notes/stack.md 2.b).
 Modes: "bilevel" (default), "step" (lambda = 0), "terminal": the terminal term A_final alone, from the same z-score
@@ -36,7 +35,8 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
+
+from stepcode.training.common import common_args, configure_torch, read_rows, run_summary, save_model
 
 SPANS = ("segment", "print")
 
@@ -83,7 +83,7 @@ def batch_advantages(step_rewards, final_rewards, n_anchors, group_size: int, mo
     """
     import torch
 
-    from stepcode.bilevel import bilevel_group_advantages
+    from stepcode.training.advantages import bilevel_group_advantages
 
     B, W = step_rewards.shape
     if group_size < 1 or B % group_size:
@@ -104,7 +104,7 @@ def batch_advantages(step_rewards, final_rewards, n_anchors, group_size: int, mo
 class StepCodeReward:
     """TRL reward function: scores completions once, stashes per-completion results for the trainer in `.batch`.
 
-    `.batch` after a call: one dict per completion, in order: score (stepcode.rewards.Score), n_anchors (0 for
+    `.batch` after a call: one dict per completion, in order: score (stepcode.training.rewards.Score), n_anchors (0 for
     terminal_only rows, which train on the final reward alone), token_spans (one (start, end) per predicted print).
     """
 
@@ -120,7 +120,7 @@ class StepCodeReward:
         self.batch: list[dict] | None = None
 
     def __call__(self, prompts, completions, completion_ids, **columns) -> list[float]:
-        from stepcode.bilevel import char_spans_to_token_spans
+        from stepcode.training.advantages import char_spans_to_token_spans
         from stepcode.prompts import parse_completion
 
         rows = [{k: columns[k][i] for k in columns if isinstance(columns[k], list)} for i in range(len(prompts))]
@@ -141,11 +141,12 @@ class StepCodeReward:
 
 @functools.cache
 def bilevel_trainer_class():
-    """The BiLevelGRPOTrainer class, defined on first use so `import stepcode.trainer` does not import torch/trl."""
+    """The BiLevelGRPOTrainer class, defined on first use so `import stepcode.training.grpo` does not import torch/trl."""
     import torch
     from trl import GRPOTrainer
 
-    from stepcode.bilevel import MODES, token_advantages
+    from stepcode.training.advantages import token_advantages
+    from stepcode.training.modes import check_mode
 
     class BiLevelGRPOTrainer(GRPOTrainer):
         """GRPOTrainer whose advantages are Bi-Level GRPO's per-token ones (see the module docstring).
@@ -156,8 +157,7 @@ def bilevel_trainer_class():
 
         def __init__(self, *args, scorer, mode: str = "bilevel", lam: float = 0.3, span: str = "segment",
                      max_anchors: int = 10, **kwargs):
-            if mode not in MODES:
-                raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+            check_mode(mode)
             if "reward_funcs" in kwargs:
                 raise ValueError("BiLevelGRPOTrainer brings its own reward function; pass scorer=, not reward_funcs=")
             self.stepcode_reward = StepCodeReward(scorer, span=span, max_anchors=max_anchors)
@@ -219,80 +219,10 @@ def bilevel_trainer_class():
 
 
 def __getattr__(name):
-    # `from stepcode.trainer import BiLevelGRPOTrainer` builds the class on first use (PEP 562).
+    # `from stepcode.training.grpo import BiLevelGRPOTrainer` builds the class on first use (PEP 562).
     if name == "BiLevelGRPOTrainer":
         return bilevel_trainer_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# --- stages -----------------------------------------------------------------------------------------------------
-
-def configure_torch(profile) -> None:
-    """Thread count per process (1 is far faster for tiny models on a shared CPU: stack.md pitfall 6)."""
-    import torch
-
-    if profile.torch_threads:
-        torch.set_num_threads(profile.torch_threads)
-
-
-def _common_args(profile, out_dir, run_name) -> dict:
-    return dict(output_dir=str(out_dir), use_cpu=profile.use_cpu, bf16=profile.bf16,
-                gradient_checkpointing=profile.gradient_checkpointing, seed=profile.seed,
-                logging_steps=profile.logging_steps, report_to=list(profile.report_to), run_name=run_name,
-                save_strategy="steps" if profile.save_steps else "no", save_steps=profile.save_steps or 500,
-                disable_tqdm=False)  # a progress bar on long work; tests capture it
-
-
-def _read_rows(path, what: str) -> list[dict]:
-    from stepcode.corpus import read_jsonl
-
-    rows = list(read_jsonl(path))
-    if not rows:
-        raise ValueError(f"{path}: no {what} rows")
-    return rows
-
-
-def _save(trainer, tokenizer, out_dir) -> None:
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    # The pickled TrainingArguments hold the absolute output path and a random serialization id, so the same training
-    # would give a folder with another DVC digest; the arguments are on the stage's MLflow run instead.
-    (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
-
-
-def _summary(trainer, started: float, out_dir) -> dict:
-    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    return {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - started, 2),
-            "out_dir": str(out_dir), "first_log": logs[0] if logs else {}, "last_log": logs[-1] if logs else {}}
-
-
-def run_sft(model_path, sft_jsonl, out_dir, profile, *, run_name: str | None = None) -> dict:
-    """SFT warm start with TRL's SFTTrainer, loss on the completion tokens only. Saves model + tokenizer in out_dir.
-
-    SFT rows: {"id", "task", "messages": [chat prompt], "completion": [{"role": "assistant", "content": TARGET}]}.
-    """
-    from stepcode.models import load_model, set_offline
-
-    set_offline()   # before transformers is first imported
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    started = time.perf_counter()
-    configure_torch(profile)
-    rows = _read_rows(sft_jsonl, "SFT")
-    for i, row in enumerate(rows):
-        if not isinstance(row.get("messages"), list) or not isinstance(row.get("completion"), list):
-            raise ValueError(f"{sft_jsonl}: row {i + 1} ({row.get('id')!r}) needs 'messages' and 'completion' lists")
-    dataset = Dataset.from_list([{"prompt": r["messages"], "completion": r["completion"]} for r in rows])
-    model, tokenizer = load_model(model_path, dtype="bfloat16" if profile.bf16 else "float32")
-    s = profile.sft
-    args = SFTConfig(**_common_args(profile, out_dir, run_name), learning_rate=s.learning_rate,
-                     num_train_epochs=s.epochs, max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
-                     gradient_accumulation_steps=s.grad_accum, max_length=s.max_length, completion_only_loss=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    _save(trainer, tokenizer, out_dir)
-    return _summary(trainer, started, out_dir)
 
 
 def grpo_config(profile, out_dir, run_name: str | None = None):
@@ -300,7 +230,7 @@ def grpo_config(profile, out_dir, run_name: str | None = None):
     from trl import GRPOConfig
 
     g = profile.grpo
-    return GRPOConfig(**_common_args(profile, out_dir, run_name), learning_rate=g.learning_rate,
+    return GRPOConfig(**common_args(profile, out_dir, run_name), learning_rate=g.learning_rate,
                       num_train_epochs=g.epochs, max_steps=g.max_steps, per_device_train_batch_size=g.batch_size,
                       gradient_accumulation_steps=g.grad_accum, num_generations=g.num_generations,
                       max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
@@ -324,19 +254,18 @@ def run_grpo(model_path, rl_jsonl, out_dir, profile, mode: str = "bilevel", *, p
 
     params: the full Params (sandbox and trace limits for the rewards); default: built-in defaults.
     """
-    from stepcode.bilevel import MODES
+    from stepcode.training.modes import check_mode
     from stepcode.config import Params
-    from stepcode.models import load_model, set_offline
-    from stepcode.rewards import RewardScorer
+    from stepcode.training.models import load_model, set_offline
+    from stepcode.training.rewards import RewardScorer
 
     set_offline()
 
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    check_mode(mode)
     params = params if params is not None else Params()
     started = time.perf_counter()
     configure_torch(profile)
-    dataset = rl_dataset(_read_rows(rl_jsonl, "RL"))
+    dataset = rl_dataset(read_rows(rl_jsonl, "RL"))
     model, tokenizer = load_model(model_path, dtype="bfloat16" if profile.bf16 else "float32")
     g = profile.grpo
     with RewardScorer(params, input_reference=g.input_reference, workers=g.reward_workers or None) as scorer:
@@ -344,6 +273,6 @@ def run_grpo(model_path, rl_jsonl, out_dir, profile, mode: str = "bilevel", *, p
                                           train_dataset=dataset, processing_class=tokenizer, scorer=scorer,
                                           mode=mode, lam=g.lam, span=g.span, max_anchors=params.trace.max_lines)
         trainer.train()
-    _save(trainer, tokenizer, out_dir)
-    return _summary(trainer, started, out_dir)
+    save_model(trainer, tokenizer, out_dir)
+    return run_summary(trainer, started, out_dir)
 

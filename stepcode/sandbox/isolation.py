@@ -4,7 +4,7 @@ Plain ctypes over the raw system calls (Python 3.11 has no `os.unshare`, and not
 extension). Every function either does exactly what it says or raises `OSError` with the errno; the sandbox decides
 what to do when a primitive is unavailable (see `probe()`).
 
-    from stepcode import isolation
+    from stepcode.sandbox import isolation
     isolation.probe()          # {'root': True, 'namespaces': True, 'landlock_abi': 7, 'seccomp': True}
 """
 

@@ -1,6 +1,6 @@
 """Benchmark decontamination: drop training rows whose code is a copy (even a renamed one) of a benchmark program.
 
-    from stepcode.decontam import decontaminate
+    from stepcode.data.decontam import decontaminate
     kept, report = decontaminate(rows, {"cruxeval": ".../cruxeval.jsonl", "reval": ".../DREval_data.jsonl"})
     report["dropped"], report["benchmarks"]["cruxeval"]["dropped"], report["dropped_rows"][0]
     # {"id": "synth-1234-77", "benchmark": "cruxeval", "benchmark_id": "sample_504", "coverage": 1.0,

@@ -1,6 +1,6 @@
 """The embedded default model (a tiny Llama with a code-trained byte-level BPE) and loading any local HF model.
 
-    from stepcode.models import build_tiny_model, corpus_texts, load_model
+    from stepcode.training.models import build_tiny_model, corpus_texts, load_model
     texts = corpus_texts(read_jsonl("data/traces.jsonl"))            # code, traces, prompt and target text
     build_tiny_model("models/tiny", texts, size="tiny")              # HF format: config, weights, tokenizer, template
     model, tokenizer = load_model("models/tiny")                     # or a downloaded Qwen2.5-Coder-7B-Instruct dir

@@ -1,7 +1,7 @@
 """Offline synthesizer of small CRUXEval-style programs, composed from typed building blocks (never from benchmarks).
 
     from itertools import islice
-    from stepcode.synth import synth_candidates
+    from stepcode.data.synth import synth_candidates
     for row in islice(synth_candidates(seed=1234), 3):
         print(row["id"], "->", row["input"]); print(row["code"])
 
@@ -716,9 +716,9 @@ def synthesize(n: int, seed: int, params, *, progress: bool = False) -> tuple[li
     applied by running. Returns the program rows and a report (candidates tried, rejections by reason, diversity)."""
     from collections import Counter
 
-    from stepcode.corpus import diversity, static_filter
-    from stepcode.sandbox import Sandbox
-    from stepcode.traces import trace_rows
+    from stepcode.data.corpus import diversity, static_filter
+    from stepcode.sandbox.engine import Sandbox
+    from stepcode.data.traces import trace_rows
 
     kept: list[dict] = []
     rejected: Counter = Counter()
@@ -754,7 +754,7 @@ def synthesize(n: int, seed: int, params, *, progress: bool = False) -> tuple[li
 
 def synthesize_file(out_path, params, *, progress: bool = True) -> dict:
     """The `synth` stage: n programs (params.synth) to a JSONL file, atomically. Returns the report."""
-    from stepcode.corpus import write_jsonl
+    from stepcode.jsonl import write_jsonl
 
     rows, report = synthesize(params.synth.n, params.synth.seed, params, progress=progress)
     write_jsonl(out_path, rows)

@@ -1,6 +1,6 @@
 """Run untrusted Python in isolated child processes, fast: a fork-server per worker, one fresh child per program.
 
-    from stepcode.sandbox import Sandbox
+    from stepcode.sandbox.engine import Sandbox
     with Sandbox() as sb:                                    # limits from params.yaml; two servers per core
         sb.run("trace", {"code": ..., "input": "3", ...})    # -> {"status": "ok", ...}
         for result in sb.map(lambda job: sb.run("trace", job), jobs): ...
@@ -10,10 +10,10 @@
 Design. Each worker *slot* owns one long-lived server process per hash seed (`PYTHONHASHSEED` is fixed when an
 interpreter starts, so a second seed needs a second server). A server is a fresh interpreter that imports the runner
 code and a set of stdlib modules once, enters its own mount and network namespaces, confines itself, and then, per
-job, forks one child, which drops to the sandbox uid and calls a *runner* (`stepcode.runners`) that executes the
+job, forks one child, which drops to the sandbox uid and calls a *runner* (`stepcode.sandbox.runners`) that executes the
 program and reports a JSON result through a pipe. The engine sends jobs in batches: a server compiles the whole batch,
 sets up once what every child of it needs, then runs the jobs one at a time, one fresh child each, and answers the
-batch in one frame. What a job costs, and why, is in stepcode/forkserver.py (~1 ms: one fork, the program, one reap).
+batch in one frame. What a job costs, and why, is in stepcode/sandbox/server.py (~1 ms: one fork, the program, one reap).
 
 Threat model — what a program running in the child CANNOT do (each is a test in tests/test_hostile.py):
 - write anywhere but its private temp dir: it runs as an unprivileged uid (one per server, claimed machine-wide, so
@@ -60,12 +60,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
-from stepcode.forkserver import _read_frame, _write_frame
+from stepcode.sandbox.protocol import read_frame, write_frame
 
 if TYPE_CHECKING:
     from stepcode.config import SandboxParams
 
-RUNNERS_MODULES = ("stepcode.runners",)
+RUNNERS_MODULES = ("stepcode.sandbox.runners",)
 BATCH_SIZE = 16               # jobs per round trip in `map_batches`: enough to amortise it, few enough to balance
 SANDBOX_UID_BASE = 61000      # servers run their children as uids from here on (no such user needs to exist)
 SANDBOX_UIDS = 4096           # how many: the sandboxes running at once on one machine share this range
@@ -79,7 +79,7 @@ SERVER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECO
 
 # Standard-library modules a server may import once for its programs, so that a program importing one pays a
 # dictionary lookup instead of an import (~1-5 ms each). Each is free of side effects on import and registers no
-# at-fork hook (random, threading and logging do: see stepcode/forkserver.py). Each module preloaded also makes
+# at-fork hook (random, threading and logging do: see stepcode/sandbox/server.py). Each module preloaded also makes
 # every fork a little dearer (~0.03 ms per MB of server memory), so a sandbox preloads what its programs import.
 PRELOADABLE = frozenset({
     "abc", "array", "bisect", "cmath", "collections", "copy", "dataclasses", "datetime", "decimal", "enum",
@@ -114,14 +114,14 @@ class _ServerProcess:
         self.info: dict = {}
 
     def start(self) -> None:
-        pkg_root = str(Path(__file__).resolve().parent.parent)
+        pkg_root = str(Path(__file__).resolve().parents[2])   # the folder holding stepcode/
         env = dict(SERVER_ENV, PYTHONHASHSEED=str(self.hash_seed), PYTHONPATH=pkg_root)
-        self.proc = subprocess.Popen([sys.executable, "-S", "-m", "stepcode.forkserver"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-S", "-m", "stepcode.sandbox.server"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True)
-        _write_frame(self.proc.stdin.fileno(), marshal.dumps(self.cfg))
+        write_frame(self.proc.stdin.fileno(), marshal.dumps(self.cfg))
 
     def handshake(self) -> dict:
-        frame = _read_frame(self.proc.stdout.fileno())
+        frame = read_frame(self.proc.stdout.fileno())
         if frame is None:
             raise RuntimeError("the sandbox server failed to start (see stderr above)")
         self.info = marshal.loads(frame)
@@ -129,7 +129,7 @@ class _ServerProcess:
 
     def send(self, runner: str, payloads: list[dict], timeout: float) -> bool:
         try:
-            _write_frame(self.proc.stdin.fileno(), marshal.dumps((runner, payloads, float(timeout))))
+            write_frame(self.proc.stdin.fileno(), marshal.dumps((runner, payloads, float(timeout))))
             return True
         except (BrokenPipeError, OSError):
             return False
@@ -139,7 +139,7 @@ class _ServerProcess:
         frame = None
         if not failed:
             try:
-                frame = _read_frame(self.proc.stdout.fileno())
+                frame = read_frame(self.proc.stdout.fileno())
             except OSError:
                 frame = None
         if frame is None:  # the server died (it never should): replace it and report these jobs as our failure
@@ -285,8 +285,8 @@ class Sandbox:
     """A pool of `workers` slots. Thread-safe: `slot()` hands out one free slot at a time.
 
     `preload`: modules each server imports once, before forking (`preload_for` picks them from a corpus); None: a
-    general-purpose set (stepcode.forkserver.PRELOAD).
-    `fork_loop` (default: `params.fork_loop`): the servers fork and supervise children in C (stepcode/_forkloop.c,
+    general-purpose set (stepcode.sandbox.server.PRELOAD).
+    `fork_loop` (default: `params.fork_loop`): the servers fork and supervise children in C (stepcode/sandbox/_forkloop.c,
     built at install) or, when that is not built or "python" is asked for, in Python — same verdicts, ~1.5x the CPU
     per run. `isolation` says which."""
 
@@ -312,7 +312,8 @@ class Sandbox:
         self._slots: list[Slot] = []
         self._free: queue.Queue[Slot] = queue.Queue()
         self._uids = _UidClaims(self.workers * len(self.hash_seeds))
-        _ensure_bytecode(("stepcode", "stepcode.forkserver", "stepcode.isolation", *runners))
+        _ensure_bytecode(("stepcode", "stepcode.sandbox", "stepcode.sandbox.protocol", "stepcode.sandbox.server",
+                          "stepcode.sandbox.isolation", *runners))
         k = 0
         try:
             for i in range(self.workers):

@@ -1,12 +1,12 @@
 """The paper's ablation at toy scale on CPU: SFT only vs Terminal-, Step- and Bi-Level GRPO from one SFT checkpoint.
 
     stepcode study ablation [--seeds 3] [--budget-minutes 60] [--micro]
-    from stepcode.study import run_study
+    from stepcode.pipeline.study import run_study
     results = run_study(load_params(), variant="full")       # writes reports/ablation/{README.md, results.json, *.png}
 
 What runs, in order (every arm gets exactly the same data, settings and number of steps; nothing is tuned per arm):
 1. data: the variant's corpus — the built dataset (study.data_dir), or (corpus "basic") its own programs from
-   `stepcode.synth_basic`, traced in the sandbox and built by `stepcode.dataset.build_dataset` — filtered to the
+   `stepcode.data.synth_basic`, traced in the sandbox and built by `stepcode.data.dataset.build_dataset` — filtered to the
    variant's tasks, sources, anchor count and prompt length (`select_rows`), written under study.work_dir; the
    held-out split stays held out.
 2. one tiny model (tokenizer trained on the filtered SFT rows) and ONE SFT warm start (the profile's sft settings),
@@ -34,9 +34,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stepcode.errors import MissingInput
+from stepcode.training.modes import MODES
 
-ARMS = ("sft", "terminal", "step", "bilevel")
-ARM_LABELS = {"sft": "SFT only", "terminal": "Terminal-GRPO", "step": "Step-GRPO (λ=0)", "bilevel": "Bi-Level GRPO"}
+ARM_LABELS = {"sft": "SFT only", **MODES}   # the SFT warm start, then one GRPO arm per advantage mode
+ARMS = tuple(ARM_LABELS)
 # The metrics of the headline table, in order, with how they read.
 HEADLINE = (("heldout.final_acc", "held-out final acc"), ("heldout.step_acc", "held-out step acc"),
             ("heldout.gap", "held-out gap"), ("cruxeval.final_acc", "CRUXEval-O final acc"),
@@ -80,7 +81,7 @@ def plan_steps(variant, profile, seeds: int, budget_minutes: float) -> dict:
 
     Deterministic: the same inputs give the same steps on any machine. Raises when the budget leaves no GRPO step.
     """
-    runs = 3 * seeds                               # terminal, step, bilevel per seed
+    runs = len(MODES) * seeds                      # one GRPO run per mode and seed
     evals = runs + 1                               # + SFT only
     sft_s = max(profile.sft.max_steps, 0) * variant.sft_step_s
     eval_s = math.ceil(evals / variant.workers) * (variant.heldout_limit + variant.cruxeval_limit) * variant.eval_row_s
@@ -193,7 +194,7 @@ def _claims(stats: dict) -> list[str]:
                 verdict = "not seen (the mean is not higher)"
             lines.append(f"- {ARM_LABELS[better]} > {ARM_LABELS[worse]} in held-out {what}: {verdict} "
                          f"({a['mean'] * 100:.1f} vs {b['mean'] * 100:.1f}).")
-    gaps = {arm: m(arm, "heldout.gap") for arm in ("terminal", "step", "bilevel")}
+    gaps = {arm: m(arm, "heldout.gap") for arm in MODES}
     if all(gaps.values()):
         widest = max(gaps, key=lambda a: gaps[a]["mean"])
         if all(abs(g["mean"] - gaps[widest]["mean"]) < 1e-12 for g in gaps.values()):
@@ -339,12 +340,13 @@ def _history(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
 def _train_grpo(job: Job, rl_path: str, profile, params) -> dict:
     """GRPO from the SFT checkpoint with the trainer's public pieces, keeping the whole log history (run_grpo
     returns only its first and last entries, and the study plots the curves)."""
-    from stepcode.corpus import read_jsonl
-    from stepcode.models import load_model, set_offline
+    from stepcode.jsonl import read_jsonl
+    from stepcode.training.models import load_model, set_offline
 
     set_offline()
-    from stepcode.rewards import RewardScorer
-    from stepcode.trainer import bilevel_trainer_class, configure_torch, grpo_config, rl_dataset
+    from stepcode.training.rewards import RewardScorer
+    from stepcode.training.common import configure_torch
+    from stepcode.training.grpo import bilevel_trainer_class, grpo_config, rl_dataset
 
     started = time.perf_counter()
     configure_torch(profile)
@@ -399,15 +401,15 @@ def run_job(job: Job, paths: dict, profile, params, variant) -> dict:
 # --- orchestration ------------------------------------------------------------------------------------------------
 
 def build_basic_dataset(params, variant, work_dir: Path) -> Path:
-    """The variant's own corpus of `stepcode.synth_basic` programs, traced in the sandbox and built by the dataset
+    """The variant's own corpus of `stepcode.data.synth_basic` programs, traced in the sandbox and built by the dataset
     builder (same split, decontamination and rendering as `dvc repro`) into work_dir/basic; reused when present for
     the same seed, size, trace and build settings. Returns the built dataset's directory."""
     from itertools import islice
 
-    from stepcode.corpus import write_jsonl
-    from stepcode.dataset import build_dataset
-    from stepcode.synth_basic import basic_candidates
-    from stepcode.traces import trace_rows
+    from stepcode.jsonl import write_jsonl
+    from stepcode.data.dataset import build_dataset
+    from stepcode.data.synth_basic import basic_candidates
+    from stepcode.data.traces import trace_rows
 
     params = params.model_copy(update={"build": params.build.model_copy(update={"reasoning": variant.reasoning})})
     out = work_dir / "basic"
@@ -426,7 +428,7 @@ def build_basic_dataset(params, variant, work_dir: Path) -> Path:
 
 def prepare_data(params, variant, work_dir: Path) -> dict:
     """Filtered sft / rl / held-out files under work_dir; returns their paths and counts."""
-    from stepcode.corpus import read_jsonl, write_jsonl
+    from stepcode.jsonl import read_jsonl, write_jsonl
 
     src = (build_basic_dataset(params, variant, work_dir) if variant.corpus == "basic"
            else Path(params.study.data_dir))
@@ -445,7 +447,7 @@ def prepare_data(params, variant, work_dir: Path) -> dict:
              "heldout": str(work_dir / "heldout.jsonl")}
     for name, rows in (("sft", sft), ("rl", rl), ("heldout", heldout)):
         write_jsonl(paths[name], rows)
-    corpus = (f"basic: {variant.corpus_programs} programs of stepcode/synth_basic.py (seed {variant.corpus_seed}), "
+    corpus = (f"basic: {variant.corpus_programs} programs of stepcode/data/synth_basic.py (seed {variant.corpus_seed}), "
               f"SFT reasoning {variant.reasoning}" if variant.corpus == "basic" else f"the built dataset ({src})")
     return {"paths": paths, "corpus": corpus, "sft_rows": len(sft), "rl_rows": len(rl), "heldout_rows": len(heldout),
             "tasks": list(variant.tasks), "sources": list(variant.sources), "max_anchors": variant.max_anchors,
@@ -455,8 +457,8 @@ def prepare_data(params, variant, work_dir: Path) -> dict:
 def _jobs(seeds: list[int], lam: float, sft_model: str, work_dir: Path) -> list[Job]:
     jobs = [Job("sft", None, None, None, sft_model, str(work_dir / "sft-only"))]
     for seed in seeds:
-        for arm, mode, arm_lam in (("terminal", "terminal", 0.0), ("step", "step", 0.0), ("bilevel", "bilevel", lam)):
-            jobs.append(Job(arm, seed, mode, arm_lam, sft_model, str(work_dir / f"{arm}-seed{seed}")))
+        for mode in MODES:   # one arm per advantage mode; a mode without an intra term ignores lam
+            jobs.append(Job(mode, seed, mode, lam, sft_model, str(work_dir / f"{mode}-seed{seed}")))
     return jobs
 
 
@@ -524,10 +526,10 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     paths = data.pop("paths")
     echo(f"data: {data['sft_rows']} SFT / {data['rl_rows']} RL / {data['heldout_rows']} held-out rows")
 
-    from stepcode.corpus import read_jsonl
-    from stepcode.models import build_tiny_model, corpus_texts
-    from stepcode.tracking import file_md5
-    from stepcode.trainer import run_sft
+    from stepcode.jsonl import read_jsonl
+    from stepcode.training.models import build_tiny_model, corpus_texts
+    from stepcode.tracking.lineage import file_md5
+    from stepcode.training.sft import run_sft
 
     # The SFT checkpoint is reused when the same settings already made it from the same data (a rerun of the arms
     # then costs no SFT time); its summary, stored beside it, still reports what it cost.
@@ -551,7 +553,7 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     tracking = params.tracking.enabled
     mlflow = None
     if tracking:
-        from stepcode.tracking import configure, git_state
+        from stepcode.tracking.lineage import configure, git_state
 
         mlflow = configure(params)
     seed_list = list(range(seeds))
@@ -632,7 +634,7 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
 # Why the full study looks the way it does (measured; the log is in the report). Shown in the report's choices.
 STUDY_CHOICES: dict[str, list[str]] = {
     "full": [
-        "Corpus: the study's own, 12,000 programs from `stepcode/synth_basic.py` (seed 0): `def f(<1-2 params>)` with "
+        "Corpus: the study's own, 12,000 programs from `stepcode/data/synth_basic.py` (seed 0): `def f(<1-2 params>)` with "
         "2-4 straight-line assignments (a literal, or one operation on earlier names: small-int arithmetic, "
         "max/min/len/sum, indexing, upper/concat/reverse/slice of 2-3 letter words, list concat/sort/reverse), one "
         "in four with an if/else, then `return`. Traced in the sandbox (11,997 ok; 3 index an emptied list) and "

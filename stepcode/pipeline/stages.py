@@ -3,7 +3,7 @@
     corpus → trace → validate → build → sft → grpo → evaluate
 
 The CLI calls them, `dvc.yaml` calls the CLI, and the Prefect flow's tasks call them too, so a stage does the same
-thing however it is started. Each one wraps a library function with its MLflow lineage (`stepcode.tracking`):
+thing however it is started. Each one wraps a library function with its MLflow lineage (`stepcode.tracking.lineage`):
 params, counts, and the DVC digests of what it read and wrote; a stage that raises is marked FAILED.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 def _tracked(params, stage: str, **kwargs):
     if not params.tracking.enabled:
         return contextlib.nullcontext()
-    from stepcode.tracking import stage_run
+    from stepcode.tracking.lineage import stage_run
 
     return stage_run(stage, params, **kwargs)
 
@@ -28,14 +28,14 @@ def _flat(prefix: str, section) -> dict:
 def trace(params, programs: str | Path, out: str | Path, *, workers: int | None = None,
           progress: bool = True) -> dict:
     """Instrument and trace a corpus (tracked inside `trace_file`). Returns the summary."""
-    from stepcode.traces import trace_file
+    from stepcode.data.traces import trace_file
 
     return trace_file(programs, out, params, workers=workers, progress=progress)
 
 
 def validate(params, traces: str | Path, report_dir: str | Path):
     """The great-expectations gate. Returns the GateResult (the caller decides: CLI exit code, flow stop)."""
-    from stepcode.validation import validate_traces
+    from stepcode.data.validation import validate_traces
 
     with _tracked(params, "validate", inputs={"traces": str(traces)},
                   stage_params=_flat("validate", params.validate_)) as mlflow:
@@ -52,7 +52,7 @@ def validate(params, traces: str | Path, report_dir: str | Path):
 
 def build(params, traces: str | Path, out_dir: str | Path) -> dict:
     """Prompts, SFT targets, RL rows, held-out split, decontamination. Returns the stats."""
-    from stepcode.dataset import build_dataset
+    from stepcode.data.dataset import build_dataset
 
     out_dir = Path(out_dir)
     with _tracked(params, "build", inputs={"traces": str(traces)}, outputs={"dataset": str(out_dir)},
@@ -92,8 +92,8 @@ def _profile(params, name: str | None, track: bool):
 
 def init_model(params, profile_name: str | None, corpus: str | Path, out: str | Path) -> Path:
     """Build the embedded tiny model (tokenizer trained on the corpus) for profiles that name a tiny size."""
-    from stepcode.corpus import read_jsonl
-    from stepcode.models import build_tiny_model, corpus_texts
+    from stepcode.jsonl import read_jsonl
+    from stepcode.training.models import build_tiny_model, corpus_texts
 
     profile = params.train.get(profile_name)
     with _tracked(params, "init-model", inputs={"corpus": str(corpus)},
@@ -102,7 +102,7 @@ def init_model(params, profile_name: str | None, corpus: str | Path, out: str | 
 
 
 def sft(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path) -> dict:
-    from stepcode.trainer import run_sft
+    from stepcode.training.sft import run_sft
 
     track = params.tracking.enabled
     profile = _profile(params, profile_name, track)
@@ -117,7 +117,7 @@ def sft(params, profile_name: str | None, model: str | Path, data: str | Path, o
 
 def grpo(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path,
          mode: str = "bilevel") -> dict:
-    from stepcode.trainer import run_grpo
+    from stepcode.training.grpo import run_grpo
 
     track = params.tracking.enabled
     profile = _profile(params, profile_name, track)
@@ -175,7 +175,7 @@ def register(params, model_dir: str | Path, metrics: dict[str, float], name: str
     """Register the trained model as a new version (linked to the run that registers it) with its metrics."""
     import mlflow
 
-    from stepcode.registry import register_model
+    from stepcode.tracking.registry import register_model
 
     name = name or params.pipeline.model_name
     with _tracked(params, "register", stage_params={"model_name": name}) as run_mlflow:

@@ -1,11 +1,11 @@
 """Ground-truth execution traces: instrument each program, run it twice in the sandbox, record what the anchors print.
 
     stepcode trace data/raw/programs.jsonl -o data/traces.jsonl          # the CLI
-    from stepcode.traces import trace_file; trace_file("in.jsonl", "out.jsonl", load_params())
+    from stepcode.data.traces import trace_file; trace_file("in.jsonl", "out.jsonl", load_params())
 
 A trace row is the program row plus `instrumented_code` (the display source with `print(f'NAME: {NAME}')` anchors),
 `trace` (the printed anchor lines, in order), `output` (repr of the entry point's return value), `status` and
-`reason`. Ground truth is captured per anchor call inside the child (stepcode/runners.py), never by splitting stdout,
+`reason`. Ground truth is captured per anchor call inside the child (stepcode/sandbox/runners.py), never by splitting stdout,
 so a value with a newline stays one line and the program's own output can never become an anchor.
 
 Every program ends with exactly one status (no row is ever dropped):
@@ -106,7 +106,7 @@ def _judge(out: dict, first: dict, second: dict, tp) -> dict:
 def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sandbox=None,
                progress: bool = False, total: int | None = None) -> Iterator[dict]:
     """Trace rows in parallel (sandbox slots, a batch of rows per round trip), yielding results in input order."""
-    from stepcode.sandbox import Sandbox, preload_for
+    from stepcode.sandbox.engine import Sandbox, preload_for
 
     own = sandbox is None
     if own:
@@ -148,7 +148,7 @@ def read_corpus(path) -> list[dict]:
     A missing input that DVC tracks (data/raw on a fresh clone) is pulled from the DVC remote first."""
     from pathlib import Path
 
-    from stepcode.corpus import CorpusError, read_programs
+    from stepcode.data.corpus import CorpusError, read_programs
     from stepcode.dvcdata import ensure_present
 
     p = ensure_present(Path(path))
@@ -169,7 +169,9 @@ def trace_file(in_path, out_path, params, *, workers: int | None = None, skip_ba
     Logged to MLflow (params, counts per status, input/output digests) unless tracking is off. Returns the summary."""
     import contextlib
 
-    from stepcode.corpus import read_programs, write_jsonl
+    from stepcode.data.corpus import read_programs
+
+    from stepcode.jsonl import write_jsonl
 
     track = params.tracking.enabled if track is None else track
     if skip_bad:
@@ -177,7 +179,7 @@ def trace_file(in_path, out_path, params, *, workers: int | None = None, skip_ba
     else:
         rows = read_corpus(in_path)
     if track:
-        from stepcode.tracking import stage_run
+        from stepcode.tracking.lineage import stage_run
 
         run = stage_run("trace", params, inputs={"programs": str(in_path)}, outputs={"traces": str(out_path)},
                         stage_params={**{f"trace.{k}": v for k, v in params.trace.model_dump().items()},

@@ -1,7 +1,7 @@
 """The data gate: one great-expectations suite over a trace table. Nothing trains on data that has not passed it.
 
     stepcode validate data/traces.jsonl --report reports/validate       # exit 0 = passed, 1 = failed, 2 = bad input
-    from stepcode.validation import validate_traces, require_gate
+    from stepcode.data.validation import validate_traces, require_gate
     result = validate_traces("data/traces.jsonl", "reports/validate", load_params())
     print(result.describe())
     require_gate(result)             # a pipeline stops here: GateFailed names every failed expectation
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stepcode.errors import UserError
-from stepcode.traces import STATUSES
+from stepcode.data.traces import STATUSES
 
 REQUIRED_COLUMNS = ("id", "code", "input", "entry_point", "instrumented_code", "trace", "output", "status", "reason")
 STRING_COLUMNS = ("id", "code", "input", "entry_point", "status")
@@ -187,7 +187,7 @@ def build_expectations(params) -> list:
         named("trace_is_list_of_str", "trace is a list of strings (derived trace_is_list)",
               E.ExpectColumnValuesToBeInSet, column="trace_is_list", value_set=[True]),
         named("ids_unique", "no two rows share an id", E.ExpectColumnValuesToBeUnique, column="id"),
-        named("status_known", "status is one of stepcode.traces.STATUSES", E.ExpectColumnValuesToBeInSet,
+        named("status_known", "status is one of stepcode.data.traces.STATUSES", E.ExpectColumnValuesToBeInSet,
               column="status", value_set=sorted(STATUSES)),
         named("ok_trace_length", f"an ok row has 1..{max_lines} anchor lines (derived n_lines)",
               E.ExpectColumnValuesToBeBetween, column="n_lines", min_value=1, max_value=max_lines, row_condition=ok),
@@ -286,7 +286,7 @@ def _jsonable(value):
 
 def validate_traces(traces_path, report_dir, params) -> GateResult:
     """The `validate` stage: run the suite on a trace JSONL, write the report dir, return the outcome."""
-    from stepcode.corpus import read_jsonl, write_jsonl
+    from stepcode.jsonl import read_jsonl, write_jsonl
 
     rows = list(read_jsonl(traces_path))  # CorpusError names file:line for a line that is not a JSON object
     report_dir = Path(report_dir)

@@ -1,6 +1,6 @@
 """Model versions in the MLflow registry, and the champion/candidate promotion rule.
 
-    from stepcode.registry import register_model, decide, promote_if_better
+    from stepcode.tracking.registry import register_model, decide, promote_if_better
     mv = register_model(model_dir, "stepcode-tiny", run_id, metrics={"heldout.final_acc": 0.41})
     decision = promote_if_better("stepcode-tiny", mv.version, ["heldout.final_acc", "heldout.step_acc"])
 
@@ -59,7 +59,7 @@ def register_model(model_dir: str, name: str, run_id: str, metrics: dict[str, fl
                    client=None):
     """Log `model_dir` under the run's `model/` artifacts and create a registry version pointing at them.
     The same model files (by DVC md5) are registered once: a re-run returns the existing version."""
-    from stepcode.tracking import dvc_md5
+    from stepcode.tracking.lineage import dvc_md5
 
     client = client or _client()
     md5 = dvc_md5(model_dir)

@@ -1,6 +1,6 @@
 """Check what a pipeline run needs before any work starts, so a run that cannot finish fails in a second with one line.
 
-    from stepcode.preflight import check_pipeline
+    from stepcode.pipeline.preflight import check_pipeline
     check_pipeline(params, profile="tiny-cpu", stop_after=None)   # raises a UserError naming the fix, or returns
 
 It checks the options (profile, stop point), fetches the DVC-tracked corpus when it is missing (a fresh clone), and
@@ -41,7 +41,7 @@ def local_base_model(prof, name: str, root: str | Path = ".") -> Path | None:
 
 
 def check_pipeline(params, profile: str | None, stop_after: str | None, root: str | Path = ".") -> None:
-    from stepcode.dataset import benchmark_paths
+    from stepcode.data.dataset import benchmark_paths
     from stepcode.dvcdata import ensure_present
 
     root = Path(root)

@@ -1,10 +1,10 @@
-"""The sandbox's fork-server: one per worker and hash seed, started by `stepcode.sandbox.Sandbox`.
+"""The sandbox's fork-server: one per worker and hash seed, started by `stepcode.sandbox.engine.Sandbox`.
 
-    python -m stepcode.forkserver     # speaks length-prefixed marshal on stdin/stdout; not for humans
+    python -m stepcode.sandbox.server     # speaks length-prefixed marshal on stdin/stdout; not for humans
 
 It imports the runner code and the modules to preload (the engine's choice; `PRELOAD` by default) once, enters its
 own mount and network namespaces, and forks one confined child per job, one job at a time — in C
-(stepcode/_forkloop.c) when that is built, else in Python (`_run_one`). The threat model is in stepcode/sandbox.py.
+(stepcode/sandbox/_forkloop.c) when that is built, else in Python (`_run_one`). The threat model is in stepcode/sandbox/engine.py.
 
 Protocol: after a start-up handshake, each request frame is `(runner, [payload, ...], timeout)` — a batch — and its
 answer is one frame holding, per payload in order, `(report, wall_s, cpu_s, faults)`: `report` is either the child's
@@ -30,21 +30,22 @@ import os
 import resource
 import select
 import signal
-import struct
 import sys
 import time
 from _json import encode_basestring_ascii, make_encoder
 from collections.abc import Callable
 
-try:  # the hot loop in C (stepcode/_forkloop.c), built at install when a C compiler is present
-    from stepcode import _forkloop
+from stepcode.sandbox.protocol import read_frame, write_frame
+
+try:  # the hot loop in C (stepcode/sandbox/_forkloop.c), built at install when a C compiler is present
+    from stepcode.sandbox import _forkloop
 except ImportError:
     _forkloop = None
 if getattr(_forkloop, "API", None) != 2:  # a stale build of another contract: not ours to call
     _forkloop = None
 
 # Imported once by the server so that programs get them without touching the disk: the default, for a sandbox whose
-# engine does not know its programs (it usually does: cfg["preload"], from stepcode.sandbox.preload_for). Short:
+# engine does not know its programs (it usually does: cfg["preload"], from stepcode.sandbox.engine.preload_for). Short:
 # every module imported here makes each fork slower (more page tables to copy and tear down); anything else a
 # program imports is read from disk by the child itself (the interpreter's folders are exposed to the sandbox uid).
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "string", "typing")
@@ -54,30 +55,6 @@ NONCE_BYTES = 16
 # The check runner's guard (the official reliability_guard) is applied to the server itself around a batch of check
 # jobs, and it sets these to None in `os`: the server keeps its own references.
 _fork, _kill, _killpg, _unlink, _rmdir = os.fork, os.kill, os.killpg, os.unlink, os.rmdir
-
-
-# --- framing: 4-byte little-endian length, then the body ---------------------------------------------------------
-
-def _write_frame(fd: int, body: bytes) -> None:
-    data = struct.pack("<I", len(body)) + body
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_frame(fd: int) -> bytes | None:
-    head = _read_exact(fd, 4)
-    return None if head is None else _read_exact(fd, struct.unpack("<I", head)[0])
 
 
 def _unserializable(o):
@@ -95,15 +72,14 @@ def _empty_dir(path: str) -> None:
                 _unlink(entry.path)
 
 
-# --- the server (runs in its own interpreter: `python -m stepcode.forkserver`) -----------------------------------
+# --- the server (runs in its own interpreter: `python -m stepcode.sandbox.server`) -----------------------------------
 
 class _Server:
     """Everything that can be prepared once is prepared here, so a job's child does the least possible work."""
 
     def __init__(self, cfg: dict):
         hooks = _record_at_fork_hooks()   # first: every import below is watched
-        from stepcode import isolation
-
+        from stepcode.sandbox import isolation
         self.cfg = cfg
         self.limits = cfg["limits"]
         self.root = os.geteuid() == 0
@@ -123,7 +99,7 @@ class _Server:
                 # under root's 0700 home: expose the interpreter, the venv and this package in this namespace.
                 staging = os.path.join(cfg["base_dir"], ".expose")
                 os.mkdir(staging, 0o700)
-                here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+                here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds stepcode/
                 self.exposed = isolation.expose_paths([sys.base_prefix, sys.prefix, here,
                                                        *cfg.get("site_packages", ())], staging)
                 self.namespaces = True
@@ -172,7 +148,7 @@ class _Server:
         isolation.release_free_memory()
         os.register_at_fork = hooks.register
         # A child needs the interpreter's after-fork repairs (new runtime locks, the GIL, the at-fork hooks) only if
-        # another thread could have held a lock at the fork, or a hook was registered: see stepcode/_forkloop.c.
+        # another thread could have held a lock at the fork, or a hook was registered: see stepcode/sandbox/_forkloop.c.
         self.python_at_fork = bool(hooks.calls) or len(os.listdir("/proc/self/task")) != 1 \
             or not _AT_FORK_MODULES.isdisjoint(sys.modules)
 
@@ -193,8 +169,7 @@ class _Server:
         """Apply once, to the server itself, every restriction the children inherit anyway, so that a child has
         almost nothing to do before running the program. The server needs none of what it gives up: after start-up
         it only forks, waits, kills and cleans its work dir, and its own writes go to pipes and that dir."""
-        from stepcode import isolation
-
+        from stepcode.sandbox import isolation
         os.environ.clear()
         os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.workdir, "TMPDIR": self.workdir,
                            "PYTHONHASHSEED": self.cfg["hash_seed"]})
@@ -242,7 +217,7 @@ class _Server:
             return [p if isinstance(p, dict) else self._run_one(run, p[0], timeout) for p in prepared]
 
     def _run_native(self, run: Callable, jobs: list, timeout: float) -> list:
-        """The same as `_run_one` for each job, in C: `stepcode._forkloop.run_jobs` (see its docstring)."""
+        """The same as `_run_one` for each job, in C: `stepcode.sandbox._forkloop.run_jobs` (see its docstring)."""
 
         def cleanup() -> None:
             _empty_dir(self.workdir)
@@ -321,7 +296,7 @@ class _Server:
         result = run(prepared, self.limits)
         if os.getpid() != me:  # a process the program forked got here: only the child itself may report
             os._exit(0)
-        _write_frame(w, nonce + "".join(self._encode(result, 0)).encode())
+        write_frame(w, nonce + "".join(self._encode(result, 0)).encode())
         os._exit(0)
 
     def _collect(self, pid: int, r: int, nonce: bytes, deadline: float, timeout: float) -> tuple:
@@ -494,16 +469,16 @@ def serve() -> None:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
-    cfg = marshal.loads(_read_frame(proto_in))
+    cfg = marshal.loads(read_frame(proto_in))
     server = _Server(cfg)
-    _write_frame(proto_out, marshal.dumps(server.info()))
-    while (frame := _read_frame(proto_in)) is not None:
+    write_frame(proto_out, marshal.dumps(server.info()))
+    while (frame := read_frame(proto_in)) is not None:
         runner, payloads, timeout = marshal.loads(frame)
         try:
             answers = server.run_batch(runner, payloads, timeout)
         except Exception as e:  # a bug of ours, not the program's: report it, keep serving
             answers = [{"status": "sandbox_error", "reason": f"{type(e).__name__}: {e}"}] * len(payloads)
-        _write_frame(proto_out, marshal.dumps(answers))
+        write_frame(proto_out, marshal.dumps(answers))
     server.shutdown()
     os._exit(0)  # the engine closed the protocol: nothing to flush, nothing worth finalising
 

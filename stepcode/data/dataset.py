@@ -1,19 +1,19 @@
 """The `build` stage: validated trace rows -> SFT, RL and held-out examples, decontaminated against the benchmarks.
 
     stepcode build data/traces.jsonl -o data/build                  # the CLI
-    from stepcode.dataset import build_dataset; stats = build_dataset("data/traces.jsonl", "data/build", params)
+    from stepcode.data.dataset import build_dataset; stats = build_dataset("data/traces.jsonl", "data/build", params)
 
 Writes, in OUT_DIR:
 - `sft.jsonl`: `{"id", "task", "messages": [system, user], "completion": [{"role": "assistant", "content": TARGET}]}`
   with TARGET from `stepcode.prompts.render_output_completion` / `render_input_completion`. The trainer
-  (stepcode/trainer.py `run_sft`) passes `messages` to TRL as "prompt": TRL's conversational prompt-completion
+  (stepcode/training/sft.py `run_sft`) passes `messages` to TRL as "prompt": TRL's conversational prompt-completion
   format, which SFTTrainer trains on the completion only. Fed to SFTTrainer as is, a "messages" column would take
   TRL 1.16's language-modeling path, which never reads "completion".
 - `rl.jsonl`: `{"id", "task", "prompt", "gold_trace", "gold_output", "code", "instrumented_code", "input",
   "entry_point", "terminal_only", "source"}`; GRPOTrainer reads "prompt", the other columns reach the reward
   functions as keyword arguments. For the input task the prompt shows gold_output and the answer is an input.
 - `heldout.jsonl`: the held-out programs' examples (both tasks) in the RL format; they never reach sft/rl.
-- `stats.json`, `decontamination.json` (see `stepcode.decontam`).
+- `stats.json`, `decontamination.json` (see `stepcode.data.decontam`).
 
 Routing, in this order (each row out is counted under its reason in stats["rows_out"]):
 1. `status != "ok"` -> "status/<status>"; an ok row with more than `trace.max_lines` lines -> "too_long"; with no
@@ -76,7 +76,7 @@ def benchmark_paths(build) -> dict[str, Path]:
 
 def _checked_row(row: dict, where: str) -> dict:
     """`row` if it is a well-formed trace row; a CorpusError naming `where` and the field if not."""
-    from stepcode.corpus import CorpusError
+    from stepcode.data.corpus import CorpusError
 
     if not isinstance(row.get("id"), str) or not isinstance(row.get("status"), str):
         raise CorpusError(f"{where}: a trace row needs a string 'id' and 'status'")
@@ -153,8 +153,8 @@ def _write_json(path: Path, obj) -> None:
 
 def build_dataset(traces_path, out_dir, params) -> dict:
     """The `build` stage (see the module docstring). `params` is the full `Params`. Returns the stats."""
-    from stepcode.corpus import read_jsonl, write_jsonl
-    from stepcode.decontam import decontaminate
+    from stepcode.jsonl import read_jsonl, write_jsonl
+    from stepcode.data.decontam import decontaminate
 
     bp, max_lines = params.build, params.trace.max_lines
     tasks = TASKS if bp.input_task else ("output",)

@@ -1,0 +1,82 @@
+"""JSONL files, the format of every dataset here: read with line-numbered errors, write atomically.
+
+    from stepcode.jsonl import read_jsonl, write_jsonl
+    rows = list(read_jsonl("data/traces.jsonl"))    # JsonlError("data/traces.jsonl:17: bad JSON (...)")
+    write_jsonl("out.jsonl", rows)                   # temp file, fsync, rename: readers never see half a file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from stepcode.errors import UserError
+
+
+class JsonlError(UserError, ValueError):
+    """A malformed JSONL file; the message starts with `FILE:LINE:`."""
+
+
+def numbered_lines(path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank raw lines with 1-based numbers; blank lines (a trailing newline, say) carry no row.
+
+    Bytes, not text, so that a line of invalid UTF-8 is one bad row with its own number, not a failed file.
+    """
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if raw.strip():
+                yield lineno, raw
+
+
+def decode_line(raw: bytes) -> dict:
+    """The JSON object on line `raw`; a ValueError says why there is none."""
+    try:
+        obj = json.loads(raw.decode("utf-8").rstrip("\r\n"))  # else an error at the end reads "line 2"
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"bad JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_jsonl(path) -> Iterator[dict]:
+    """Yield the JSON objects of a JSONL file; bad JSON or a non-object raises JsonlError naming file:line."""
+    for lineno, line in numbered_lines(path):
+        try:
+            yield decode_line(line)
+        except ValueError as e:
+            raise JsonlError(f"{path}:{lineno}: {e}") from None
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> None:
+    """Write rows as JSONL atomically: a temp file in the same directory, fsync, then os.replace.
+
+    If serialising any row raises, the temp file is removed and an existing `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is a rename on one filesystem (atomic), never a copy.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any other written file
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself survive a crash
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

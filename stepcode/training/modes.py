@@ -1,0 +1,21 @@
+"""The GRPO advantage modes: the one list (a name and its label), light to import (the config, the CLI and the
+study read it without importing torch).
+
+Each name is one function in `stepcode.training.advantages`, `<name>_step_advantages(step_rewards, lam, eps)`,
+giving the step term A_step [G, n] of a group (the terminal term A_final is the same in every mode). Adding a mode
+is that function plus its line here (docs/adding-an-advantage-mode.md); the CLI, params validation, the trainer and
+the ablation study's arms all follow this list.
+"""
+
+MODES = {   # baseline first: the study reports its arms in this order
+    "terminal": "Terminal-GRPO",     # vanilla GRPO: the final-answer z-score only
+    "step": "Step-GRPO (λ=0)",        # + the per-anchor group z-score
+    "bilevel": "Bi-Level GRPO",       # + λ times the intra-trajectory term (the paper)
+}
+DEFAULT_MODE = "bilevel"
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    return mode

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def rl_rows(n: int, params) -> list[dict]:
     """n output-task RL rows from synthesized programs, traced by the ground-truth engine."""
-    from stepcode.prompts import output_messages
     from stepcode.data.synth import synth_candidates
     from stepcode.data.traces import trace_rows
+    from stepcode.prompts import output_messages
 
     traced = [r for r in trace_rows(itertools.islice(synth_candidates(seed=7), 4 * n), params, workers=2)
               if r["status"] == "ok"][:n]
@@ -73,9 +73,9 @@ def main() -> None:
     from trl import GRPOTrainer
 
     from stepcode.config import Params
+    from stepcode.training.grpo import bilevel_trainer_class, grpo_config, rl_dataset
     from stepcode.training.models import build_tiny_model, corpus_texts, load_model
     from stepcode.training.rewards import RewardScorer
-    from stepcode.training.grpo import bilevel_trainer_class, grpo_config, rl_dataset
 
     torch.set_num_threads(args.threads)
     params = Params()

@@ -31,11 +31,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from stepcode.pipeline import termination
 from stepcode.errors import UserError
+from stepcode.pipeline import termination
 from stepcode.pipeline.preflight import STOP_POINTS
 from stepcode.tracking.lineage import dvc_md5
-
 
 
 def task_runner(workers: int):
@@ -64,7 +63,7 @@ def _relevant(task_name: str, params_json: str, profile: str | None = None) -> s
     if task_name not in BY_TASK:
         return json.dumps(full, sort_keys=True)
     picked = {}
-    for key in params_of(BY_TASK[task_name], profile or full["train"]["profile"]):
+    for key in params_of(BY_TASK[task_name], profile or (full.get("train") or {}).get("profile", "")):
         value = full
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
@@ -132,8 +131,8 @@ def trace_batch(batch_in: str, out: str, params_json: str) -> dict:
 
 @task(name="validate", cache_policy=NO_CACHE, retries=0)
 def validate(traces_in: str, report: str, params_json: str) -> dict:
-    from stepcode.pipeline import stages
     from stepcode.data.validation import require_gate
+    from stepcode.pipeline import stages
 
     result = stages.validate(_params(params_json), traces_in, report)
     require_gate(result)  # raises GateFailed: the flow stops here, before any training
@@ -203,8 +202,8 @@ def _merge(parts: list[str], out: Path) -> None:
 
 def _batches(programs: Path, work: Path, size: int) -> list[str]:
     """Split the corpus into deterministic batch files (rewritten only when their content changes)."""
-    from stepcode.jsonl import write_jsonl
     from stepcode.data.traces import read_corpus
+    from stepcode.jsonl import write_jsonl
 
     rows = read_corpus(programs)
     work.mkdir(parents=True, exist_ok=True)
@@ -222,14 +221,15 @@ def _batches(programs: Path, work: Path, size: int) -> list[str]:
 
 
 def _log_trace_stage(params, programs: Path, traces: Path, batches: int) -> dict:
-    from stepcode.jsonl import read_jsonl
-    from stepcode.pipeline.stages import _tracked
     from stepcode.data.traces import summarize
+    from stepcode.jsonl import read_jsonl
+    from stepcode.tracking.lineage import stage_run
 
     summary = dict(summarize(read_jsonl(traces)), batches=batches)
-    with _tracked(params, "trace", inputs={"programs": str(programs)}, outputs={"traces": str(traces)}) as mlflow:
+    with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(traces)}) as mlflow:
         if mlflow is not None:
-            mlflow.log_metrics({"rows": summary["total"], **{f"status.{k}": v for k, v in summary["by_status"].items()}})
+            mlflow.log_metrics({"rows": summary["total"],
+                                **{f"status.{k}": v for k, v in summary["by_status"].items()}})
     return summary
 
 
@@ -239,10 +239,10 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     """The whole pipeline on embedded defaults. `stop_after` ends it early (trace, validate, build, sft, grpo)."""
     from prefect.runtime import flow_run
 
+    from stepcode.data.traces import write_summary
     from stepcode.dvcdata import record_outputs
     from stepcode.pipeline.preflight import check_pipeline, local_base_model
-    from stepcode.data.traces import write_summary
-    from stepcode.tracking.lineage import configure, git_state, params_hash
+    from stepcode.tracking.lineage import parent_run
 
     termination.install()
     root = Path(root).resolve()
@@ -253,12 +253,6 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     batch_size = params.pipeline.trace_batch_size
     outcome: dict = {"profile": profile}
 
-    mlflow = configure(params) if params.tracking.enabled else None
-    parent = mlflow.start_run(run_name="pipeline") if mlflow else None
-    if parent:
-        os.environ["STEPCODE_PARENT_RUN_ID"] = parent.info.run_id
-        mlflow.set_tags({"stage": "pipeline", "prefect.flow_run_id": str(flow_run.id), "params.hash":
-                         params_hash(params), "profile": str(profile), **git_state(root)})
     written: set[Path] = set()
     outcome["dvc_recorded"] = []
 
@@ -267,7 +261,9 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         written.update(paths)
         outcome["dvc_recorded"] += record_outputs(root, written, skip=outcome["dvc_recorded"])
 
-    try:
+    # The pipeline's MLflow run: every stage run nests under it; FAILED if a stage raises, KILLED on a signal.
+    with parent_run("pipeline", params, tags={"prefect.flow_run_id": str(flow_run.id), "profile": str(profile)},
+                    killed=termination.requested, on_killed=termination.kill_runs) as mlflow:
         # trace: fan out over batches, merge in order
         parts_dir = root / "data" / "work" / "trace-parts"
         batches = _batches(root / "data" / "raw", root / "data" / "work" / "trace-batches", batch_size)
@@ -335,22 +331,10 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         versioned(root / "metrics" / f"eval-{profile}" / "metrics.json")
         termination.checkpoint()
         outcome["evaluate"] = metrics
-        if parent:
+        if mlflow:
             outcome["model"] = register(str(grpo_out), metrics, params_json)
-            outcome["mlflow_run_id"] = parent.info.run_id
+            outcome["mlflow_run_id"] = mlflow.active_run().info.run_id
         return outcome
-    except BaseException as e:
-        if parent:
-            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-            mlflow.end_run(status="FAILED" if isinstance(e, Exception) else "KILLED")  # signals, Ctrl-C: KILLED
-            if not isinstance(e, Exception):
-                termination.kill_runs(parent.info.run_id)
-            parent = None
-        raise
-    finally:
-        if parent:
-            mlflow.end_run(status="KILLED" if termination.requested() else "FINISHED")
-        os.environ.pop("STEPCODE_PARENT_RUN_ID", None)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@
     PREFECT_API_URL=http://127.0.0.1:4200/api prefect deployment run 'stepcode-retrain/scheduled-retrain'  # now
 
 A retraining run = the pipeline flow as a subflow (data → train → evaluate → register a new model version, aliased
-`candidate`), then `stepcode.tracking.registry.promote_if_better`: the `champion` alias moves only when the candidate is no
+`candidate`), then `stepcode.tracking.registry.promote_if_better`: the `champion` alias moves only when the
+candidate is no
 worse on every `pipeline.promote_metrics` metric and better on one. The decision and the comparison are recorded on
 the pipeline's MLflow run (tags `promotion.*`, artifact `promotion.json`) and on the model version.
 """
@@ -26,8 +27,8 @@ def promote(model: dict, run_id: str | None, params_json: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     from flows.pipeline import _params
-    from stepcode.tracking.registry import promote_if_better
     from stepcode.tracking.lineage import configure
+    from stepcode.tracking.registry import promote_if_better
 
     params = _params(params_json)
     configure(params)

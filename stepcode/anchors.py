@@ -259,8 +259,8 @@ def _scope_nodes(nodes):
 def _children(node: ast.AST) -> list[ast.AST]:
     """ast.iter_child_nodes(node) as a list, without the leaves in _LEAF_TYPES (the walks' hottest loop)."""
     children = []
-    for field in node._fields:
-        value = getattr(node, field, None)
+    for name in node._fields:
+        value = getattr(node, name, None)
         if isinstance(value, list):
             children += [item for item in value if isinstance(item, ast.AST) and not isinstance(item, _LEAF_TYPES)]
         elif isinstance(value, ast.AST) and not isinstance(value, _LEAF_TYPES):

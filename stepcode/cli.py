@@ -14,7 +14,8 @@ from typing import Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, StepcodeGroup, load_params as _params
+from stepcode.commands.common import ParamsOpt, StepcodeGroup
+from stepcode.commands.common import load_params as _params
 
 # StepcodeGroup: a bad option, a missing input, a bad params file is one line on stderr and exit 2, no traceback.
 app = typer.Typer(help="StepCode: teach code LLMs to reason about execution step by step.", cls=StepcodeGroup,
@@ -63,13 +64,13 @@ def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, 
           params_path: Path = ParamsOpt):
     """Instrument programs with anchors, run each twice in the sandbox, and record the trace."""
     from stepcode.dvcdata import ensure_present
-    from stepcode.data.traces import trace_file
+    from stepcode.pipeline import stages
 
     params = _params(params_path, **{"sandbox.timeout_s": timeout, "trace.max_lines": max_lines,
-                                     "sandbox.workers": workers})
+                                     "sandbox.workers": workers, "tracking.enabled": track})
     ensure_present(inp)   # missing: pulled when DVC tracks it, else a one-line MissingInput
     rejects = out.with_suffix(".rejects.jsonl") if skip_bad else None
-    summary = trace_file(inp, out, params, skip_bad=skip_bad, rejects_path=rejects, track=track)
+    summary = stages.trace(params, inp, out, skip_bad=skip_bad, rejects_path=rejects)
     _print_summary(summary)
     if summary_json:
         from stepcode.data.traces import write_summary

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from stepcode.errors import UserError
+
+
+def _int_to_float(v):
+    """YAML `3` is an int: accept it where a float is meant (the sections are strict otherwise; a bool stays
+    refused)."""
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+Float = Annotated[float, BeforeValidator(_int_to_float)]   # every float field of the params
 
 
 def _list_to_tuple(cls, v):
@@ -31,7 +40,7 @@ class _Section(BaseModel):
 
 class SandboxParams(_Section):
     workers: int = Field(0, ge=0, description="parallel sandbox workers; 0 = all cores")
-    timeout_s: float = Field(3.0, gt=0, description="wall-clock limit per program run")
+    timeout_s: Float = Field(3.0, gt=0, description="wall-clock limit per program run")
     cpu_s: int = Field(4, ge=1, description="RLIMIT_CPU per program run")
     memory_mb: int = Field(1024, ge=64, description="RLIMIT_AS per program run")
     file_size_mb: int = Field(8, ge=0, description="RLIMIT_FSIZE per program run")
@@ -39,13 +48,10 @@ class SandboxParams(_Section):
     processes: int = Field(32, ge=1, description="RLIMIT_NPROC for a worker's sandbox uid")
     stdout_kb: int = Field(64, ge=1, description="cap on the program's own captured output")
     disk_mb: int = Field(64, ge=1, description="size of the tmpfs holding a server's per-program temp dirs")
-    fork_loop: Literal["c", "python"] = Field("c", description="the servers' fork loop: c (stepcode/sandbox/_forkloop.c, "
+    fork_loop: Literal["c", "python"] = Field("c", description="the servers' fork loop: c "
+                                                                "(stepcode/sandbox/_forkloop.c, "
                                               "when built) or python (the fallback; same verdicts, slower)")
 
-    @field_validator("timeout_s", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v):  # YAML `3` is an int; accept it where a float is meant
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     def resolved_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
@@ -83,13 +89,13 @@ class ValidateParams(_Section):
     """Bounds of the great-expectations gate over a trace table (stepcode/data/validation.py). The defaults accept both
     training data like the paper's (mean 4.1 anchors per ok row, range 1–10) and benchmark traces (CRUXEval: 2.5)."""
 
-    min_ok_share: float = Field(0.5, ge=0, le=1, description="least share of rows with status ok; below it, "
+    min_ok_share: Float = Field(0.5, ge=0, le=1, description="least share of rows with status ok; below it, "
                                 "the tracer or the corpus is broken")
-    max_nondeterministic_share: float = Field(0.05, ge=0, le=1, description="most share of nondeterministic rows")
-    min_mean_anchors: float = Field(1.5, ge=0, description="least mean trace length of ok rows; near 1 means "
+    max_nondeterministic_share: Float = Field(0.05, ge=0, le=1, description="most share of nondeterministic rows")
+    min_mean_anchors: Float = Field(1.5, ge=0, description="least mean trace length of ok rows; near 1 means "
                                     "only return_val anchors, i.e. the instrumenter stopped anchoring assignments")
-    max_mean_anchors: float = Field(8.0, ge=0, description="most mean trace length of ok rows")
-    min_literal_output_share: float = Field(0.95, ge=0, le=1, description="least share of ok rows whose output "
+    max_mean_anchors: Float = Field(8.0, ge=0, description="most mean trace length of ok rows")
+    min_literal_output_share: Float = Field(0.95, ge=0, le=1, description="least share of ok rows whose output "
                                             "is a Python literal (`mostly`); the others are flagged in the "
                                             "quarantine file, and only fail the gate below this share")
 
@@ -109,17 +115,17 @@ class EvaluateParams(_Section):
                           description="JSONL export of HF livecodebench/execution-v2, split test (479 rows); it "
                                       "cannot be fetched offline, see stepcode/evals/livecodebench.py")
     n: int = Field(10, ge=1, description="generations per problem (official: 10)")
-    temperatures: tuple[float, ...] = Field((0.2, 0.8), min_length=1,
+    temperatures: tuple[Float, ...] = Field((0.2, 0.8), min_length=1,
                                             description="one run per temperature; pass@1 is read from the first, "
                                                         "pass@5 from the last (official: 0.2 and 0.8)")
-    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (official: 0.95)")
+    top_p: Float = Field(0.95, gt=0, le=1, description="nucleus sampling (official: 0.95)")
     max_new_tokens: int = Field(1024, ge=1, description="generated tokens per completion (LCB official: 2000)")
     stop: tuple[str, ...] = Field(("[/ANSWER]",), description="stop strings of the official prompts; the text is "
                                                                 "cut at the first one")
     greedy: bool = Field(False, description="paper-style run: one greedy completion per problem (n and "
                                             "temperatures ignored); labelled greedy, not leaderboard-comparable")
     cot: bool = Field(False, description="official chain-of-thought prompts instead of the direct ones")
-    check_timeout_s: float = Field(3.0, gt=0, description="per-check limit (official: 3 s)")
+    check_timeout_s: Float = Field(3.0, gt=0, description="per-check limit (official: 3 s)")
     hash_seed: int = Field(0, ge=0, description="PYTHONHASHSEED of the checks (upstream leaves it random)")
     reval_dir: str = Field("data/benchmarks/reval", description="holds DREval_data.jsonl and "
                            "DREval_tasks.jsonl; relative paths are relative to the cwd")
@@ -127,18 +133,9 @@ class EvaluateParams(_Section):
                                  ".report.json (excluded pairs with reasons)")
     reval_python: str = Field("3.11", pattern=r"^3\.\d+$", description="the Python minor version REval truths "
                               "are pinned to (they differ across 3.10/3.11/3.12); building under another one fails")
-    reval_timeout_s: float = Field(120.0, gt=0, description="limit per traced REval call (upstream: 120 s)")
+    reval_timeout_s: Float = Field(120.0, gt=0, description="limit per traced REval call (upstream: 120 s)")
 
-    @field_validator("temperatures", "stop", mode="before")
-    @classmethod
-    def _list_is_a_tuple(cls, v):
-        return tuple(float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v) \
-            if isinstance(v, list) else v
-
-    @field_validator("top_p", "check_timeout_s", "reval_timeout_s", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    _list_is_a_tuple = field_validator("temperatures", "stop", mode="before")(_list_to_tuple)
 
     @field_validator("temperatures")
     @classmethod
@@ -153,50 +150,42 @@ class BuildParams(_Section):
     input_task: bool = Field(True, description="also emit an input-prediction example per row (besides output)")
     reasoning: Literal["template", "none"] = Field("template", description="the <reasoning> before each anchor in "
                                                    "SFT targets: a template sentence naming the variable, or empty")
-    heldout_fraction: float = Field(0.1, ge=0, le=1, description="share of programs (sha256 of the id before any "
+    heldout_fraction: Float = Field(0.1, ge=0, le=1, description="share of programs (sha256 of the id before any "
                                                                  "'#') held out of sft/rl for evaluation")
     benchmarks_dir: str = Field("data/benchmarks", description="holds cruxeval/cruxeval.jsonl and "
                                 "reval/DREval_data.jsonl; relative to the cwd (the project root)")
     lcb_path: str | None = Field(None, description="LiveCodeBench-Exec JSONL export (`code` field) to "
                                  "decontaminate against too; relative to the project root; null = skip it")
     decontam_n: int = Field(10, ge=1, description="n of the code-token n-grams (stepcode/data/decontam.py)")
-    decontam_min_coverage: float = Field(0.8, gt=0, le=1, description="a row is dropped when it contains this "
+    decontam_min_coverage: Float = Field(0.8, gt=0, le=1, description="a row is dropped when it contains this "
                                          "share of one benchmark program's n-grams")
 
-    @field_validator("heldout_fraction", "decontam_min_coverage", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v):  # YAML `0` or `1` is an int; accept it where a float is meant
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class SFTSettings(_Section):
     """SFT warm start (stepcode/training/sft.py run_sft, TRL SFTTrainer with a completion-only loss)."""
-    learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
-    epochs: float = Field(1.0, gt=0, description="passes over data/sft.jsonl (ignored when max_steps > 0)")
+    learning_rate: Float = Field(1e-4, gt=0, description="peak learning rate")
+    epochs: Float = Field(1.0, gt=0, description="passes over data/sft.jsonl (ignored when max_steps > 0)")
     max_steps: int = Field(-1, description="optimizer steps; -1 = run `epochs` passes")
     batch_size: int = Field(8, ge=1, description="examples per device per forward pass")
     grad_accum: int = Field(1, ge=1, description="forward passes per optimizer step")
     max_length: int = Field(1024, ge=16, description="prompt + completion tokens; longer examples are truncated")
 
-    @field_validator("learning_rate", "epochs", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class GRPOSettings(_Section):
     """Bi-Level GRPO (stepcode/training/grpo.py run_grpo, a TRL GRPOTrainer subclass)."""
-    learning_rate: float = Field(1e-6, gt=0, description="peak learning rate (paper: 1e-6)")
-    epochs: float = Field(1.0, gt=0, description="passes over data/rl.jsonl (ignored when max_steps > 0)")
+    learning_rate: Float = Field(1e-6, gt=0, description="peak learning rate (paper: 1e-6)")
+    epochs: Float = Field(1.0, gt=0, description="passes over data/rl.jsonl (ignored when max_steps > 0)")
     max_steps: int = Field(-1, description="optimizer steps; -1 = run `epochs` passes")
     batch_size: int = Field(8, ge=1, description="completions per device per forward pass; times the number of "
                                                  "processes it must be a multiple of num_generations")
     grad_accum: int = Field(1, ge=1, description="forward passes per optimizer step")
     num_generations: int = Field(8, ge=2, description="G, rollouts per prompt (paper: 5)")
     max_completion_length: int = Field(512, ge=1, description="generated tokens per rollout; longer are cut")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
-    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
-    lam: float = Field(0.3, ge=0, description="lambda, weight of the intra-trajectory term (paper: 0.3)")
+    temperature: Float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
+    beta: Float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+    lam: Float = Field(0.3, ge=0, description="lambda, weight of the intra-trajectory term (paper: 0.3)")
     span: Literal["segment", "print"] = Field("segment", description="tokens that carry an anchor's step "
                                               "advantage: its reasoning+print segment, or the <print> block only")
     input_reference: Literal["committed", "gold"] = Field(
@@ -207,17 +196,14 @@ class GRPOSettings(_Section):
                                                      "or a separate `trl vllm-serve` server")
     reward_workers: int = Field(0, ge=0, description="sandbox slots scoring the rewards; 0 = sandbox.workers")
 
-    @field_validator("learning_rate", "epochs", "temperature", "beta", "lam", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class TrainProfile(_Section):
     """One named training setup: where it runs and the SFT and GRPO settings."""
     model: str | None = Field(None, description="model directory used when the command gets no --model")
     model_size: Literal["micro", "mini", "tiny", "0.5b"] | None = Field(
-        "tiny", description="size of the model `stepcode train init-model` builds (stepcode/training/models.py SIZES), which "
+        "tiny", description="size of the model `stepcode train init-model` builds "
+                    "(stepcode/training/models.py SIZES), which "
                             "the pipeline trains when `model` is not a local folder; null: never build one (the "
                             "profile needs its local `model`)")
     use_cpu: bool = Field(True, description="train on the CPU even if an accelerator is present")
@@ -282,7 +268,8 @@ class TrainParams(_Section):
 class PipelineParams(_Section):
     """The Prefect flows (flows/pipeline.py, flows/retrain.py)."""
     trace_batch_size: int = Field(500, ge=1, description="programs per trace task (the fan-out unit)")
-    grpo_mode: str = Field("bilevel", description="an advantage mode of stepcode.training.modes: bilevel | step | terminal")
+    grpo_mode: str = Field("bilevel", description="an advantage mode (stepcode.training.modes): bilevel | step | "
+                                                  "terminal")
     eval_benchmarks: tuple[str, ...] = Field(("cruxeval",), description="benchmarks the evaluate stage scores")
     eval_prompt: str = Field("stepcode", description="official | stepcode (our instrumented task)")
     eval_greedy: bool = Field(True, description="greedy decoding in the pipeline's evaluation (paper-style, "
@@ -294,7 +281,7 @@ class PipelineParams(_Section):
     model_name: str = Field("stepcode", description="registered model name in the MLflow registry")
     promote_metrics: tuple[str, ...] = Field(("heldout.final_acc", "heldout.step_acc"),
                                              description="a candidate must be no worse on all, better on one")
-    min_improvement: float = Field(0.0, ge=0, description="the least gain that counts as better")
+    min_improvement: Float = Field(0.0, ge=0, description="the least gain that counts as better")
     schedule_cron: str = Field("0 3 * * 1", description="when `stepcode schedule` retrains (cron, UTC)")
 
     _list_is_a_tuple = field_validator("eval_benchmarks", "promote_metrics", mode="before")(_list_to_tuple)
@@ -302,21 +289,23 @@ class PipelineParams(_Section):
     @field_validator("grpo_mode")
     @classmethod
     def _known_mode(cls, v):
-        from stepcode.training.modes import check_mode   # the one list of modes (a light module)
+        from stepcode.training.modes import check_mode  # the one list of modes (a light module)
 
         return check_mode(v)
 
 
 class StudyVariant(_Section):
-    """One size of the ablation study (`stepcode study ablation`, stepcode/pipeline/study.py): data, evaluation and budget.
+    """One size of the ablation study (`stepcode study ablation`, stepcode/pipeline/study.py): data, evaluation and
+    budget.
     Every arm gets the same settings; the training settings come from the named training profile."""
     profile: str = Field("ablation", description="training profile (train.profiles) shared by every arm")
     seeds: int = Field(3, ge=1, description="GRPO seeds per arm (data order and rollout sampling)")
-    budget_minutes: float = Field(60.0, gt=0, description="planned wall time; caps GRPO steps through the cost "
+    budget_minutes: Float = Field(60.0, gt=0, description="planned wall time; caps GRPO steps through the cost "
                                                          "model below, never by the clock, so arms stay equal")
     corpus: Literal["dataset", "basic"] = Field(
         "dataset", description="dataset: the built dataset (study.data_dir); basic: the variant's own corpus of "
-                               "short straight-line programs (stepcode/data/synth_basic.py), traced and built on the fly")
+                               "short straight-line programs (stepcode/data/synth_basic.py), traced and built "
+                               "on the fly")
     corpus_programs: int = Field(12000, ge=10, description="basic corpus: programs synthesized (before the split)")
     corpus_seed: int = Field(0, description="basic corpus: synthesizer seed")
     reasoning: Literal["template", "none"] = Field(
@@ -329,14 +318,10 @@ class StudyVariant(_Section):
     cruxeval_limit: int = Field(30, ge=1, description="CRUXEval problems in the StepCode format evaluated")
     max_new_tokens: int = Field(200, ge=1, description="greedy evaluation length cap")
     workers: int = Field(2, ge=1, description="arms trained in parallel processes (one torch thread each)")
-    sft_step_s: float = Field(2.2, gt=0, description="cost model: seconds per SFT step (measured on 2 cores)")
-    grpo_step_s: float = Field(8.0, gt=0, description="cost model: seconds per GRPO step of one arm")
-    eval_row_s: float = Field(1.0, gt=0, description="cost model: seconds per greedily evaluated row")
+    sft_step_s: Float = Field(2.2, gt=0, description="cost model: seconds per SFT step (measured on 2 cores)")
+    grpo_step_s: Float = Field(8.0, gt=0, description="cost model: seconds per GRPO step of one arm")
+    eval_row_s: Float = Field(1.0, gt=0, description="cost model: seconds per greedily evaluated row")
 
-    @field_validator("budget_minutes", "sft_step_s", "grpo_step_s", "eval_row_s", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     _list_is_a_tuple = field_validator("tasks", "sources", mode="before")(_list_to_tuple)
 
@@ -346,7 +331,7 @@ class StudyParams(_Section):
     data_dir: str = Field("data/dataset", description="built dataset (sft.jsonl, rl.jsonl, heldout.jsonl)")
     work_dir: str = Field("data/work/study", description="filtered data, models and per-arm evaluations")
     report_dir: str = Field("reports/ablation", description="where the full study writes its report")
-    lam: float = Field(0.3, ge=0, description="lambda of the Bi-Level arm (Step-GRPO is lambda = 0)")
+    lam: Float = Field(0.3, ge=0, description="lambda of the Bi-Level arm (Step-GRPO is lambda = 0)")
     variants: dict[str, StudyVariant] = Field(
         default_factory=lambda: {"full": StudyVariant(), "micro": StudyVariant(
             profile="micro", seeds=2, budget_minutes=5.0, max_anchors=10, max_prompt_chars=100000,
@@ -354,10 +339,6 @@ class StudyParams(_Section):
             eval_row_s=0.5)},
         description="full (the committed report) and micro (CI: a few minutes)")
 
-    @field_validator("lam", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class Params(_Section):

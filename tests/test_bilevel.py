@@ -229,3 +229,20 @@ def test_char_spans_to_token_spans():
         char_spans_to_token_spans([(5, 3)], offsets)
     with pytest.raises(ValueError, match="bad character span"):
         char_spans_to_token_spans([(-1, 2)], offsets)
+
+
+def test_each_mode_is_one_function_named_in_the_one_list():
+    """Hand-computed: r = [[1, 1], [0, 1]]. Group z-scores: anchor 0 -> [+1, -1], anchor 1 (all equal) -> 0.
+    Intra term r * (1 + mean of later r): [[2, 1], [0, 1]]. Bilevel (lam 0.3): [[1.6, 0.3], [-1, 0.3]]."""
+    from stepcode.training.advantages import STEP_ADVANTAGES
+    from stepcode.training.modes import MODES
+
+    assert tuple(STEP_ADVANTAGES) == tuple(MODES)
+    r = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    expected = {"terminal": [[0.0, 0.0], [0.0, 0.0]], "step": [[1.0, 0.0], [-1.0, 0.0]],
+                "bilevel": [[1.6, 0.3], [-1.0, 0.3]]}
+    for mode, want in expected.items():
+        got = STEP_ADVANTAGES[mode](r, 0.3, 1e-6)
+        assert torch.allclose(got, torch.tensor(want), atol=1e-5), (mode, got)
+        _, step_adv = bilevel_group_advantages(r, torch.tensor([1.0, 0.0]), mode=mode, lam=0.3)
+        assert torch.allclose(step_adv, torch.tensor(want), atol=1e-5), mode

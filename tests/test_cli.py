@@ -7,7 +7,6 @@ valid ones, and the folder is still empty (no MLflow store, no Prefect home, no 
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+
+from stepcode.commands.common import GRPO_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_PROFILES = ("micro", "tiny-cpu", "qwen7b-gpu")
@@ -150,7 +151,7 @@ def test_version(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["pipeline", "--help"], ["--stop-after", "trace|validate|build|sft|g", "--profile", *EMBEDDED_PROFILES]),
-    (["train", "grpo", "--help"], ["bilevel|step|terminal", "--profile"]),
+    (["train", "grpo", "--help"], ["|".join(GRPO_MODES), "--profile", "--run-name"]),
     (["train", "init-model", "--help"], ["micro|mini|tiny|0.5b"]),
     (["score", "--help"], ["cruxeval|lcb", "output|input", "drop|false|lcb", "none|direct|cot"]),
     (["evaluate", "--help"], ["official|stepcode", "cruxeval, lcb"]),
@@ -167,7 +168,6 @@ def test_the_cli_choices_agree_with_the_library():
     """The CLI keeps a copy of a list only where the module with the canonical one is too heavy to import."""
     from stepcode.commands.common import GRPO_MODES
     from stepcode.commands.pipeline import STOP_POINTS
-
     from stepcode.training.advantages import STEP_ADVANTAGES
     from stepcode.training.modes import MODES
 
@@ -191,3 +191,32 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr("stepcode.commands.pipeline.load_params", broken)
     r = CliRunner().invoke(app, ["compare", "a", "b"])
     assert isinstance(r.exception, KeyError)
+
+
+@pytest.mark.slow   # a real SFT run of the micro model (5 steps) in a subprocess: ~15 s on 2 cores
+def test_train_run_name_names_the_mlflow_stage_run(tmp_path, mlflow_store):
+    """`train sft --run-name` names the stage's MLflow run (and the trainer's run); its `stage` tag stays sft."""
+    import json
+
+    import mlflow
+
+    from stepcode.prompts import output_messages, render_output_completion
+    from stepcode.training.models import build_tiny_model, corpus_texts
+
+    rows = [{"id": f"p{i}", "task": "output", "messages": output_messages(f"def f(x):\n    y = x + {i}\n    "
+                                                                           "print(f'y: {y}')\n    return y", "1"),
+             "completion": [{"role": "assistant", "content": render_output_completion([f"y: {1 + i}"], str(1 + i))}]}
+            for i in range(4)]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_tiny_model(tmp_path / "base", corpus_texts(rows), size="micro")
+    (tmp_path / "params.yaml").write_text("tracking:\n  experiment: cli-run-name\n"
+                                          f"  artifact_root: {tmp_path / 'mlruns'}\n")
+    r = subprocess.run([sys.executable, "-m", "stepcode.cli", "train", "sft", "--model", "base", "--data", "sft.jsonl",
+                        "-o", "out", "--profile", "micro", "--run-name", "my-sft"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600, env=dict(_env(), MLFLOW_TRACKING_URI=mlflow_store["uri"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["cli-run-name"], output_format="list")
+    assert [(run.info.run_name, run.data.tags["stage"], run.info.status) for run in runs] == [
+        ("my-sft", "sft", "FINISHED")]
+    assert "loss" in runs[0].data.metrics   # the trainer's step metrics landed in that same run

@@ -9,9 +9,15 @@ import signal
 import pytest
 
 from stepcode.data.corpus import (
-    CorpusError, diversity, humaneval_inputs, import_humaneval, read_jsonl, read_programs, static_filter, write_jsonl,
+    CorpusError,
+    diversity,
+    humaneval_inputs,
+    import_humaneval,
+    read_programs,
+    static_filter,
 )
 from stepcode.data.synth import synth_candidates
+from stepcode.jsonl import read_jsonl, write_jsonl
 
 GOOD = {"id": "a", "code": "def f(x):\n    return x\n", "input": "1", "entry_point": "f"}
 

@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 from stepcode.cli import app
 from stepcode.config import parse_params
 from stepcode.data.corpus import CorpusError, static_filter
-from stepcode.jsonl import write_jsonl
 from stepcode.data.dataset import build_dataset, program_key, split_of
 from stepcode.data.decontam import code_tokens, decontaminate, ngrams
-from stepcode.prompts import parse_completion
 from stepcode.data.synth import synth_candidates
+from stepcode.evals.registry import decontamination_sources
+from stepcode.jsonl import write_jsonl
+from stepcode.prompts import parse_completion
 
 BENCHMARK_DATA = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 BENCHMARKS = {"cruxeval": BENCHMARK_DATA / "cruxeval/cruxeval.jsonl",
@@ -25,6 +26,11 @@ FILES = ("sft.jsonl", "rl.jsonl", "heldout.jsonl", "stats.json", "decontaminatio
 CODE = "def f(x):\n    y = x + 1\n    return y"
 SHOWN = "def f(x):\n    y = x + 1\n    print(f'y: {y}')\n    return_val = y\n    print(f'return_val: {return_val}')\n" \
         "    return return_val"
+
+
+def build(traces, out, p, **kwargs):
+    """The build as the pipeline runs it: decontaminated against every registered benchmark."""
+    return build_dataset(traces, out, p, benchmarks=decontamination_sources(p.build), **kwargs)
 
 
 def trace_row(id, trace=("y: 2", "return_val: 2"), output="2", input="1", status="ok", code=CODE, shown=SHOWN):
@@ -48,7 +54,7 @@ def cruxeval(sample_id):
 
 def test_two_anchor_row_end_to_end(tmp_path):
     write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1")])
-    stats = build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0))
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0))
     sft = read(tmp_path / "out/sft.jsonl")
     assert [(r["id"], r["task"]) for r in sft] == [("p1", "output"), ("p1", "input")]
     user = sft[0]["messages"][1]
@@ -85,7 +91,7 @@ def test_two_anchor_row_end_to_end(tmp_path):
 
 def test_reasoning_none_and_output_task_only(tmp_path):
     write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1")])
-    build_dataset(tmp_path / "traces.jsonl", tmp_path / "out",
+    build(tmp_path / "traces.jsonl", tmp_path / "out",
                   params(heldout_fraction=0.0, reasoning="none", input_task=False))
     sft = read(tmp_path / "out/sft.jsonl")
     assert [r["task"] for r in sft] == ["output"]
@@ -111,7 +117,7 @@ def test_routing_counts_every_reason(tmp_path):
     ]
     rows[4]["instrumented_code"] = None  # failed rows carry nulls; only ok rows are checked field by field
     write_jsonl(tmp_path / "traces.jsonl", rows)
-    stats = build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0))
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0))
     assert stats["rows_in"] == 8
     assert stats["rows_out"] == {"all_tasks_refused": 1, "contaminated": 0, "no_anchors": 1,
                                  "status/runtime_error": 1, "too_long": 1}
@@ -131,7 +137,7 @@ def test_routing_counts_every_reason(tmp_path):
 def test_max_lines_comes_from_params(tmp_path):
     write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1"), trace_row("p2", trace=["return_val: 2"])])
     p = parse_params({"build": {"heldout_fraction": 0.0}, "trace": {"max_lines": 1}})
-    stats = build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", p)
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", p)
     assert stats["rows_out"]["too_long"] == 1 and stats["anchors"] == {"1": 1}
 
 
@@ -144,13 +150,13 @@ def test_max_lines_comes_from_params(tmp_path):
 def test_malformed_rows_are_errors(tmp_path, broken, message):
     write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1"), {**trace_row("p2"), **broken}])
     with pytest.raises(CorpusError, match=message):
-        build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", params())
+        build(tmp_path / "traces.jsonl", tmp_path / "out", params())
 
 
 def test_duplicate_ids_are_an_error(tmp_path):
     write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1"), trace_row("p1")])
     with pytest.raises(ValueError, match="duplicate id 'p1'"):
-        build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", params())
+        build(tmp_path / "traces.jsonl", tmp_path / "out", params())
 
 
 # ------------------------------------------------------------------------------------------------------- split
@@ -181,7 +187,7 @@ def test_inputs_of_one_program_share_the_split(tmp_path):
     assert program_key("HumanEval/3#1") == "HumanEval/3" and program_key("synth-1-2") == "synth-1-2"
     rows = [trace_row(f"prog{k}#{j}") for k in range(40) for j in range(3)]
     write_jsonl(tmp_path / "traces.jsonl", rows)
-    build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.5))
+    build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.5))
     train = {r["id"] for r in read(tmp_path / "out/sft.jsonl")} | {r["id"] for r in read(tmp_path / "out/rl.jsonl")}
     heldout = {r["id"] for r in read(tmp_path / "out/heldout.jsonl")}
     assert train and heldout and not train & heldout
@@ -282,7 +288,7 @@ def test_build_drops_contaminated_rows_including_lcb(tmp_path):
     rows = [trace_row("clean"), trace_row("crux", code=crux["code"]),
             trace_row("lcb", code=lcb_code.replace("distinctDifferenceArray", "f").replace("ans", "res"))]
     write_jsonl(tmp_path / "traces.jsonl", rows)
-    stats = build_dataset(tmp_path / "traces.jsonl", tmp_path / "out",
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out",
                           params(heldout_fraction=0.0, lcb_path=str(lcb)))
     assert stats["rows_out"]["contaminated"] == 2 and stats["rows_kept"] == 1
     report = json.loads((tmp_path / "out/decontamination.json").read_text())
@@ -297,7 +303,7 @@ def test_same_input_gives_byte_identical_files(tmp_path):
     rows = [trace_row(f"p{k}", trace=[f"y: {k}", "return_val: 2"]) for k in range(30)]
     write_jsonl(tmp_path / "traces.jsonl", rows)
     for out in ("a", "b"):
-        build_dataset(tmp_path / "traces.jsonl", tmp_path / out, params(heldout_fraction=0.3))
+        build(tmp_path / "traces.jsonl", tmp_path / out, params(heldout_fraction=0.3))
     for name in FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -324,7 +330,7 @@ def test_real_synthesized_corpus(tmp_path):
     p = params()
     programs = [r for r in itertools.islice(synth_candidates(99), 150) if static_filter(r) is None][:100]
     write_jsonl(tmp_path / "traces.jsonl", trace_rows(programs, p, workers=2))
-    stats = build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", p)
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", p)
     assert stats["rows_in"] == 100
     assert stats["rows_kept"] >= 90, stats["rows_out"]
     assert sum(stats["anchors"].values()) == stats["rows_kept"]

@@ -103,8 +103,13 @@ def test_preflight_fetches_the_corpus_and_checks_what_later_stages_read(project)
     check_pipeline(nowhere, "micro", "validate", project)            # a run that stops before build needs no benchmarks
     with pytest.raises(MissingInput, match="benchmark 'cruxeval': no such file nowhere/cruxeval/cruxeval.jsonl"):
         check_pipeline(nowhere, "micro", "build", project)
-    no_lcb = params.model_copy(update={"pipeline": params.pipeline.model_copy(update={"eval_benchmarks": ("lcb",)}),
-                                       "evaluate": params.evaluate.model_copy(update={"lcb_path": "none.jsonl"})})
+    lcb_stepcode = params.model_copy(update={"pipeline": params.pipeline.model_copy(update={
+        "eval_benchmarks": ("lcb",), "eval_prompt": "stepcode"})})
+    with pytest.raises(UserError, match="pipeline.eval_benchmarks / eval_prompt: --prompt stepcode runs on CRUXEval"):
+        check_pipeline(lcb_stepcode, "micro", None, project)         # refused before a model loads
+    no_lcb = params.model_copy(update={"pipeline": params.pipeline.model_copy(update={
+        "eval_benchmarks": ("lcb",), "eval_prompt": "official"}),
+        "evaluate": params.evaluate.model_copy(update={"lcb_path": "none.jsonl"})})
     check_pipeline(no_lcb, "micro", "grpo", project)                 # stops before the evaluation
     with pytest.raises(MissingInput, match="LiveCodeBench execution data not found"):
         check_pipeline(no_lcb, "micro", None, project)

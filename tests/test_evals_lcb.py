@@ -83,10 +83,9 @@ def test_lcb_has_only_the_output_task():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    import torch
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny")

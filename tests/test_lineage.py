@@ -1,13 +1,19 @@
-"""Lineage in a real MLflow store: the trace stage records params, counts, and DVC digests of what it read/wrote."""
+"""Lineage in a real MLflow store: the trace stage records params, counts, and DVC digests of what it read/wrote;
+the one lineage helper (parent_run + stage_run) nests, exports and restores STEPCODE_PARENT_RUN_ID, and ends runs
+FAILED / KILLED as it should."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+
+import pytest
 
 from stepcode.config import parse_params
-from stepcode.tracking.lineage import dvc_md5, stage_run
+from stepcode.tracking.lineage import PARENT_ENV, dvc_md5, parent_run, stage_run
 
 
 def _program(i: int) -> dict:
@@ -38,22 +44,46 @@ def test_trace_stage_logs_lineage(tmp_path, mlflow_store):
     import mlflow
 
     from stepcode.data.traces import trace_file
+    from stepcode.pipeline import stages
 
     src, out = tmp_path / "programs.jsonl", tmp_path / "traces.jsonl"
     src.write_text("".join(json.dumps(_program(i)) + "\n" for i in range(3)))
     params = parse_params({"tracking": {"experiment": "lineage-test", "artifact_root": str(tmp_path / "art")},
                            "sandbox": {"workers": 1}})
-    summary = trace_file(src, out, params, progress=False)
+    # the library computes only: tracing a file logs nothing, tracking on or not
+    assert trace_file(src, tmp_path / "untracked.jsonl", params, progress=False)["by_status"] == {"ok": 3}
+    assert mlflow.get_experiment_by_name("lineage-test") is None
+    # the stage tracks
+    summary = stages.trace(params, src, out, progress=False)
     assert summary["by_status"] == {"ok": 3}
     runs = mlflow.search_runs(experiment_names=["lineage-test"])
     assert len(runs) == 1
     run = mlflow.MlflowClient().get_run(runs.run_id[0])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name == "trace" and run.data.tags["stage"] == "trace"
     assert run.data.tags["dvc.md5.programs"] == dvc_md5(src)
     assert run.data.tags["dvc.md5.traces"] == dvc_md5(out)
-    assert run.data.metrics["status.ok"] == 3 and run.data.params["trace.max_lines"] == "10"
+    assert run.data.metrics["status.ok"] == 3 and run.data.metrics["rows"] == 3
+    assert run.data.params["trace.max_lines"] == "10" and run.data.params["sandbox.workers"] == "1"
     datasets = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
     assert datasets == {("programs", dvc_md5(src)), ("traces", dvc_md5(out))}
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert artifacts == ["trace_summary.json"]
+
+
+def test_a_malformed_corpus_fails_the_trace_stage_before_any_run(tmp_path, mlflow_store):
+    import mlflow
+
+    from stepcode.data.corpus import CorpusError
+    from stepcode.pipeline import stages
+
+    src = tmp_path / "bad.jsonl"
+    src.write_text(json.dumps(_program(0)) + "\n{not json\n")
+    params = parse_params({"tracking": {"experiment": "lineage-bad-input", "artifact_root": str(tmp_path / "art")},
+                           "sandbox": {"workers": 1}})
+    with pytest.raises(CorpusError, match="bad.jsonl:2"):
+        stages.trace(params, src, tmp_path / "out.jsonl", progress=False)
+    experiment = mlflow.get_experiment_by_name("lineage-bad-input")
+    assert experiment is None or mlflow.search_runs([experiment.experiment_id]).empty
 
 
 def test_a_failing_stage_is_marked_failed(tmp_path, mlflow_store):
@@ -91,3 +121,110 @@ def test_compare_two_runs_table_and_png(tmp_path, mlflow_store):
     assert (tmp_path / "cmp.png").stat().st_size > 5000
     artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(ids[0], "comparisons")]
     assert artifacts == ["comparisons/cmp.png"]
+
+
+# --- the helper: parent_run + stage_run, in a fresh sqlite store of the test's own -----------------------------------
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, mlflow_store):
+    """A real sqlite MLflow store in tmp_path (MLFLOW_TRACKING_URI, which wins over params, as in production); params
+    naming an experiment in it. The session's store is current again afterwards."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    yield parse_params({"tracking": {"experiment": "helper", "artifact_root": str(tmp_path / "mlruns")}})
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(mlflow_store["uri"])
+
+
+def _runs_by_name(experiment: str = "helper") -> dict:
+    import mlflow
+
+    return {r.info.run_name: r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list")}
+
+
+def test_parent_run_nests_stages_from_threads_and_processes_and_restores_the_env(store, tmp_path):
+    params = store
+    with parent_run("outer", params, tags={"profile": "micro"}) as mlflow:
+        outer_id = mlflow.active_run().info.run_id
+        assert os.environ[PARENT_ENV] == outer_id
+        with parent_run("inner", params):                      # a parent inside a parent: nested, then restored
+            inner_id = os.environ[PARENT_ENV]
+            assert inner_id != outer_id
+            with stage_run("here", params) as here:          # same thread: under the active run
+                here.log_metric("rows", 1)
+
+            def in_thread():
+                with stage_run("in-thread", params):         # a task thread: no active run there, the env names it
+                    pass
+
+            thread = threading.Thread(target=in_thread)
+            thread.start()
+            thread.join()
+            tracking = {"experiment": "helper", "artifact_root": str(tmp_path)}
+            code = ("from stepcode.config import parse_params; from stepcode.tracking.lineage import stage_run\n"
+                    f"p = parse_params({{'tracking': {tracking!r}}})\n"
+                    "with stage_run('in-process', p):\n    pass\n")
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=120)   # a worker process: the same
+        assert os.environ[PARENT_ENV] == outer_id
+    assert PARENT_ENV not in os.environ
+
+    runs = _runs_by_name()
+    assert set(runs) == {"outer", "inner", "here", "in-thread", "in-process"}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    parent_of = {name: r.data.tags.get("mlflow.parentRunId") for name, r in runs.items()}
+    assert parent_of == {"outer": None, "inner": outer_id, "here": inner_id, "in-thread": inner_id,
+                         "in-process": inner_id}
+    outer = runs["outer"].data.tags
+    assert outer["stage"] == "outer" and outer["profile"] == "micro" and outer["params.hash"] and outer["git.commit"]
+
+
+def test_parent_run_fails_on_an_exception_and_still_restores_the_env(store):
+    params = store
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with parent_run("pipeline", params):
+            with stage_run("build", params):
+                raise RuntimeError("disk on fire")
+    assert PARENT_ENV not in os.environ
+    runs = _runs_by_name()
+    for name in ("pipeline", "build"):
+        assert runs[name].info.status == "FAILED", name
+        assert runs[name].data.tags["error"] == "RuntimeError: disk on fire"
+    assert runs["build"].data.tags["mlflow.parentRunId"] == runs["pipeline"].info.run_id
+
+
+def test_parent_run_killed_by_a_signal_or_a_swallowed_one(store):
+    from mlflow.tracking import MlflowClient
+
+    from stepcode.pipeline import termination
+
+    params = store
+    with pytest.raises(KeyboardInterrupt):
+        with parent_run("pipeline", params, on_killed=termination.kill_runs) as mlflow:
+            run = mlflow.active_run()
+            # a stage in a task thread that dies with the process without unwinding: left RUNNING
+            MlflowClient().create_run(run.info.experiment_id, run_name="orphan",
+                                      tags={"mlflow.parentRunId": run.info.run_id, "stage": "sft"})
+            raise KeyboardInterrupt("terminated by signal 15")
+    assert PARENT_ENV not in os.environ
+    runs = _runs_by_name()
+    assert runs["pipeline"].info.status == "KILLED" and "KeyboardInterrupt" in runs["pipeline"].data.tags["error"]
+    assert runs["orphan"].info.status == "KILLED"
+
+    # the signal's exception was swallowed (e.g. in a destructor) and the block returned: still KILLED
+    with parent_run("swallowed", params, killed=lambda: True):
+        pass
+    assert _runs_by_name()["swallowed"].info.status == "KILLED"
+
+
+def test_tracking_off_logs_nothing_and_leaves_the_env_alone(store):
+    import mlflow
+
+    params = parse_params({"tracking": {"enabled": False, "experiment": "helper-off"}})
+    with parent_run("pipeline", params) as parent, stage_run("trace", params, inputs={"x": "missing"}) as stage:
+        assert parent is None and stage is None
+        assert PARENT_ENV not in os.environ
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])   # the store it would have logged to
+    assert mlflow.get_experiment_by_name("helper-off") is None

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from stepcode.training.models import EOS, PAD, SIZES, build_tiny_model, corpus_texts, load_model, load_tokenizer
 from stepcode.prompts import output_messages, render_output_completion
+from stepcode.training.models import EOS, PAD, SIZES, build_tiny_model, corpus_texts, load_model, load_tokenizer
 
 CODE = "def f(x):\n    y = x + 1\n    return y\n"
 INSTRUMENTED = ("def f(x):\n    y = x + 1\n    print(f'y: {y}')\n    return_val = y\n"

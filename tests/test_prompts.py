@@ -169,7 +169,7 @@ def test_round_trip_with_empty_trace():
     lambda: render_output_completion(["s: <answer>"], "1"),
     lambda: render_output_completion(["s: 1"], "'</answer>'"),
     lambda: render_output_completion(["s: 1"], "  "),
-    lambda: render_output_completion(["s: 1"], "1", reasoning=lambda s, l, n: "<print>"),
+    lambda: render_output_completion(["s: 1"], "1", reasoning=lambda s, line, n: "<print>"),
     lambda: render_output_completion("s: 1", "1"),
     lambda: render_output_completion([1], "1"),
     lambda: render_input_completion("", ["s: 1"]),          # no-argument function: nothing to predict

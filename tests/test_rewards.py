@@ -3,8 +3,15 @@
 import pytest
 
 from stepcode.prompts import input_messages, output_messages, render_input_completion, render_output_completion
-from stepcode.training.rewards import (MAX_ANSWER_CHARS, RewardScorer, Score, entry_point_call, input_check_program,
-                              output_check_program, step_rewards)
+from stepcode.training.rewards import (
+    MAX_ANSWER_CHARS,
+    RewardScorer,
+    Score,
+    entry_point_call,
+    input_check_program,
+    output_check_program,
+    step_rewards,
+)
 
 CODE = "def f(xs, k):\n    total = 0\n    for x in xs:\n        total += x * k\n    return total\n"
 INSTRUMENTED = ("def f(xs, k):\n    total = 0\n    print(f'total: {total}')\n    for x in xs:\n        total += x * k\n"

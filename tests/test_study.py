@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 
 from stepcode.config import StudyVariant, load_params
+from stepcode.pipeline.study import (
+    ARMS,
+    HEADLINE,
+    arm_stats,
+    curve_means,
+    ordering,
+    plan_steps,
+    render_report,
+    select_rows,
+    t_interval,
+)
 from stepcode.prompts import output_messages
-from stepcode.pipeline.study import (ARMS, HEADLINE, arm_stats, curve_means, ordering, plan_steps, render_report, select_rows,
-                            t_interval)
 
 ROOT = Path(__file__).resolve().parent.parent
 

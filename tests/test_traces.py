@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from stepcode.config import load_params, parse_params
-from stepcode.sandbox.engine import Sandbox
 from stepcode.data.traces import STATUSES, trace_batch, trace_one, trace_rows
+from stepcode.sandbox.engine import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CRUXEVAL = ROOT / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"

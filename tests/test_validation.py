@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from stepcode.config import ConfigError, Params, parse_params
-from stepcode.jsonl import read_jsonl, write_jsonl
 from stepcode.data.traces import trace_rows
 from stepcode.data.validation import GateFailed, derive_columns, require_gate, validate_traces
+from stepcode.jsonl import read_jsonl, write_jsonl
 
 CRUXEVAL = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
 

@@ -18,7 +18,6 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 from typer.core import TyperGroup
 
 from stepcode.errors import UserError
-
 from stepcode.training.modes import MODES
 
 GRPO_MODES = tuple(MODES)   # the choices of `train grpo --mode`
@@ -75,7 +74,8 @@ class CommandError(UserError):
 def load_params(path: Path, **overrides):
     """params.yaml (all defaults when the default file is absent) with `section.key=value` overrides applied; the
     result is validated like the file. A bad file or override is a user error (ConfigError) that names the key."""
-    from stepcode.config import load_params as load, parse_params
+    from stepcode.config import load_params as load
+    from stepcode.config import parse_params
 
     if path != Path("params.yaml") and not path.is_file():
         fail(f"--params {path}: no such file")

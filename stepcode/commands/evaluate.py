@@ -4,6 +4,9 @@
     stepcode score --benchmark cruxeval --task input gens.json --skip-rule false --samples sample_1,sample_7
     stepcode score --benchmark lcb --task output raw_completions.json --extract direct
     stepcode evaluate --model models/run --benchmarks cruxeval,lcb --limit 3 --prompt official -o eval/
+
+The choices come from the benchmark registry (stepcode/evals/registry.py). A registered benchmark a command cannot
+run yet (REval: neither) is refused in one line that names what to run instead.
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ from typing import Literal, Optional
 import typer
 
 from stepcode.commands.common import ParamsOpt, fail, load_params, require_exists, require_file, split_choices
-from stepcode.evals import BENCHMARKS, EXTRACT_MODES, check_task
+from stepcode.evals import EXTRACT_MODES
+from stepcode.evals.benchmark import GENERATE, SCORE
 from stepcode.evals.generate import PROMPTS
+from stepcode.evals.registry import BENCHMARKS, REGISTRY, get, names
 from stepcode.evals.scoring import SKIP_RULES
 
 BENCHMARK_NAMES = tuple(BENCHMARKS)
-TASKS = tuple(dict.fromkeys(t for tasks in BENCHMARKS.values() for t in tasks))   # output, input
+TASKS = tuple(dict.fromkeys(t for n in names(SCORE) for t in BENCHMARKS[n]))   # output, input: the scorable ones
+STEPCODE_NAMES = tuple(n for n, b in REGISTRY.items() if b.stepcode_tasks)       # cruxeval
+_TASK_HELP = "; ".join(f"{n}: {'|'.join(BENCHMARKS[n])}" for n in names(SCORE))
+_NOT_GENERATED = ", ".join(n for n in BENCHMARK_NAMES if n not in names(GENERATE))
+_NOT_SCORED = ", ".join(n for n in BENCHMARK_NAMES if n not in names(SCORE))
 
 
 def _benchmark_list(value: str) -> str:
@@ -30,8 +39,10 @@ def _benchmark_list(value: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     def score(generations: Path = typer.Argument(..., help='generations JSON: {"sample_<k>": list of strings}'),
-              benchmark: Literal[BENCHMARK_NAMES] = typer.Option(..., "--benchmark", help="the benchmark"),
-              task: Literal[TASKS] = typer.Option(..., "--task", help="the task (lcb: output only)"),
+              benchmark: Literal[BENCHMARK_NAMES] = typer.Option(..., "--benchmark", help="the benchmark"
+                                                                 + (f" (not scored here yet: {_NOT_SCORED})"
+                                                                    if _NOT_SCORED else "")),
+              task: Literal[TASKS] = typer.Option(..., "--task", help=f"the task ({_TASK_HELP})"),
               out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the official result JSON here"),
               skip_rule: Optional[Literal[SKIP_RULES]] = typer.Option(
                   None, "--skip-rule", help="copied-input rule: drop (CRUXEval default) | false (older CRUXEval "
@@ -46,8 +57,13 @@ def register(app: typer.Typer) -> None:
         """Score predictions by execution in the sandbox; write the official result format; print pass@1/pass@5."""
         from stepcode.evals import score_file
 
+        bench = get(benchmark)
         try:
-            check_task(benchmark, task)
+            bench.require(SCORE)
+        except ValueError as e:
+            fail(str(e))
+        try:
+            bench.check_task(task)
         except ValueError as e:
             fail(f"--task: {e}")
         params = load_params(params_path)
@@ -67,11 +83,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(model: Path = typer.Option(..., "--model", help="local Hugging Face model folder"),
                  benchmarks: str = typer.Option("cruxeval,lcb", "--benchmarks", callback=_benchmark_list,
-                                                help=f"comma-separated, some of: {', '.join(BENCHMARK_NAMES)}"),
+                                                help=f"comma-separated, some of: {', '.join(BENCHMARK_NAMES)}"
+                                                     + (f" (not runnable here yet: {_NOT_GENERATED})"
+                                                        if _NOT_GENERATED else "")),
                  limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N problems of "
                                                      "each"),
                  prompt: Literal[PROMPTS] = typer.Option("official", "--prompt", help="official; stepcode (the "
-                                                         "instrumented task, CRUXEval only)"),
+                                                         f"instrumented task: {', '.join(STEPCODE_NAMES)} only)"),
                  out: Path = typer.Option(Path("eval"), "-o", "--out", help="output folder"),
                  heldout: Optional[Path] = typer.Option(None, "--heldout", help="also the held-out RL rows "
                                                         "(in-distribution, greedy): final/step accuracy, gap"),
@@ -86,9 +104,15 @@ def register(app: typer.Typer) -> None:
         """Generate with the model, extract, score in the sandbox; write generations, scored files, metrics.json.
         Logged to MLflow as the `evaluate` stage (metrics, per-row table, generations as artifacts)."""
         from stepcode.pipeline import stages
-        names = split_choices(benchmarks, BENCHMARK_NAMES, "--benchmarks")
-        if prompt == "stepcode" and set(names) - {"cruxeval"}:  # the rule of stepcode.evals.generate.evaluate,
-            fail("--prompt stepcode runs on CRUXEval programs only; give --benchmarks cruxeval")  # checked up front
+        chosen_names = split_choices(benchmarks, BENCHMARK_NAMES, "--benchmarks")
+        for name in chosen_names:       # the rules of stepcode.evals.generate.check_request, checked up front
+            try:
+                get(name).require(GENERATE)
+            except ValueError as e:
+                fail(f"--benchmarks {name}: {e}")
+        if prompt == "stepcode" and set(chosen_names) - set(STEPCODE_NAMES):
+            able = " and ".join(get(n).title for n in STEPCODE_NAMES)
+            fail(f"--prompt stepcode runs on {able} programs only; give --benchmarks {','.join(STEPCODE_NAMES)}")
         params = load_params(params_path)
         require_exists(model, "--model")   # config.json: checked by the stage, after the benchmark files
         if heldout is not None:
@@ -97,7 +121,7 @@ def register(app: typer.Typer) -> None:
         if chosen:
             params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update=chosen)})
         try:
-            metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=names, prompt=prompt,
+            metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=chosen_names, prompt=prompt,
                                       limit=limit, heldout_limit=heldout_limit)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))

@@ -1,4 +1,5 @@
-"""Orchestration commands: `stepcode pipeline`, `stepcode compare` — thin wrappers over flows/ and stepcode.tracking.compare."""
+"""Orchestration commands: `stepcode pipeline`, `stepcode compare` — thin wrappers over flows/ and
+stepcode.tracking.compare."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import List, Literal, Optional
 
 import typer
 
-from stepcode.pipeline import termination
 from stepcode.commands.common import ParamsOpt, ProfileOpt, check_profile, fail, load_params
+from stepcode.pipeline import termination
 from stepcode.pipeline.preflight import STOP_POINTS
 
 
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
                                    stop_after=stop_after)
         except GateFailed as e:
             typer.echo(f"pipeline stopped before training: the data gate failed\n{e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         report = root / "reports" / f"pipeline-{profile or 'default'}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(outcome, indent=2, default=str) + "\n")

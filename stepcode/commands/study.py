@@ -4,6 +4,7 @@ toy scale on CPU, in one command (stepcode/pipeline/study.py).
     stepcode study ablation [--seeds 3] [--budget-minutes 60]      # full: reports/ablation/README.md + plots + MLflow
     stepcode study ablation --micro                                 # a few minutes: keeps the command working (CI)
     stepcode study report reports/ablation/results.json             # re-render README.md and plots from results
+                                                                    # (and the lab notebook choices.yaml beside it)
 
 Exit codes: 0 done; 2 bad input (unknown variant, missing dataset, a budget that leaves no GRPO step).
 """
@@ -34,27 +35,32 @@ def register(app: typer.Typer) -> None:
                  params_path: Path = ParamsOpt):
         """One SFT warm start, then SFT only / Terminal-GRPO / Step-GRPO / Bi-Level GRPO with equal compute;
         held-out and CRUXEval-O (StepCode format) evaluation; means with 95% intervals; report + MLflow runs."""
-        from stepcode.pipeline.study import run_study
+        from stepcode.pipeline.study import default_report_dir, run_study
 
         params = load_params(params_path)
+        variant = "micro" if micro else "full"
         try:
-            results = run_study(params, "micro" if micro else "full", seeds=seeds, budget_minutes=budget_minutes,
-                                out_dir=out, echo=typer.echo)
+            results = run_study(params, variant, seeds=seeds, budget_minutes=budget_minutes, out_dir=out,
+                                echo=typer.echo)
         except ValueError as e:  # checks of the study's settings (variant, budget, data) the library words itself
             fail(str(e))
-        out_dir = out or (Path(params.study.report_dir) if not micro else
-                          Path(params.study.work_dir) / "micro" / "report")
+        out_dir = out or default_report_dir(params, variant)
         typer.echo(f"report: {out_dir / 'README.md'} (MLflow parent run {results['mlflow']['parent_run_id']})")
 
     @study.command()
-    def report(results_json: Path = typer.Argument(..., help="results.json written by `stepcode study ablation`")):
+    def report(results_json: Path = typer.Argument(..., help="results.json written by `stepcode study ablation`"),
+               params_path: Path = ParamsOpt):
         """Re-render README.md and the plots beside results.json (no training, no evaluation)."""
         import json
 
-        from stepcode.pipeline.study import STUDY_CHOICES, write_report
+        from stepcode.pipeline.study import read_choices, write_report
 
+        params = load_params(params_path)
         require_file(results_json, "RESULTS_JSON", "written by `stepcode study ablation`")
         results = json.loads(results_json.read_text())
-        # The choices text lives in the code (it records how the settings were found), so a re-render refreshes it.
-        results["choices"] = STUDY_CHOICES.get(results.get("variant"), results.get("choices", []))
+        # The lab notebook (choices.yaml beside results.json, else in study.report_dir) records how the settings were
+        # found; a re-render refreshes the report's choices from it (no entry for the variant: results.json's own).
+        choices = read_choices(results.get("variant"), results_json.parent, params.study.report_dir)
+        if choices is not None:
+            results["choices"] = choices
         typer.echo(str(write_report(results, results_json.parent)))

@@ -15,12 +15,20 @@ from typing import Literal, Optional
 
 import typer
 
-from stepcode.commands.common import (GRPO_MODES, ParamsOpt, ProfileOpt, check_profile, fail, require_file,
-                                      require_model_dir)
+from stepcode.commands.common import (
+    GRPO_MODES,
+    ParamsOpt,
+    ProfileOpt,
+    check_profile,
+    fail,
+    require_file,
+    require_model_dir,
+)
 from stepcode.training.models import SIZES
 
 MODEL_SIZES = tuple(SIZES)
-RunNameOpt = typer.Option(None, "--run-name", help="run name for the reporters (MLflow, ...)")
+RunNameOpt = typer.Option(None, "--run-name", help="name of the MLflow stage run and of the trainer's run "
+                                                 "(reporters); default: the stage (sft, grpo)")
 
 
 def _model_path(model: Optional[Path], profile_name: Optional[str], params) -> Path:
@@ -79,7 +87,7 @@ def sft(model: Optional[Path] = typer.Option(None, "--model", help="model direct
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")
     try:
-        summary = stages.sft(params, profile, model_path, data, out)
+        summary = stages.sft(params, profile, model_path, data, out, run_name=run_name)
     except ValueError as e:  # bad rows the library reports as plain ValueErrors
         fail(str(e))
     _report(summary)
@@ -97,7 +105,7 @@ def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model direc
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")
     try:
-        summary = stages.grpo(params, profile, model_path, data, out, mode)
+        summary = stages.grpo(params, profile, model_path, data, out, mode, run_name=run_name)
     except ValueError as e:  # bad rows the library reports as plain ValueErrors
         fail(str(e))
     _report(summary)

@@ -1,7 +1,8 @@
 """The `build` stage: validated trace rows -> SFT, RL and held-out examples, decontaminated against the benchmarks.
 
     stepcode build data/traces.jsonl -o data/build                  # the CLI
-    from stepcode.data.dataset import build_dataset; stats = build_dataset("data/traces.jsonl", "data/build", params)
+    from stepcode.data.dataset import build_dataset; stats = build_dataset("data/traces.jsonl", "data/build", params,
+                                                                            benchmarks={"cruxeval": "cruxeval.jsonl"})
 
 Writes, in OUT_DIR:
 - `sft.jsonl`: `{"id", "task", "messages": [system, user], "completion": [{"role": "assistant", "content": TARGET}]}`
@@ -34,6 +35,7 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,18 +62,6 @@ def split_of(id: str, heldout_fraction: float) -> str:
 def program_key(id: str) -> str:
     """The program an example belongs to: the id up to the first "#" (one program, several inputs)."""
     return id.split("#", 1)[0]
-
-
-
-
-def benchmark_paths(build) -> dict[str, Path]:
-    """The benchmark files to decontaminate against, from `params.build`."""
-    root = Path(build.benchmarks_dir)   # relative to the cwd, like every path in params; kept relative so the
-                                        # decontamination report reads the same in any checkout
-    paths = {"cruxeval": root / "cruxeval" / "cruxeval.jsonl", "reval": root / "reval" / "DREval_data.jsonl"}
-    if build.lcb_path is not None:
-        paths["livecodebench"] = Path(build.lcb_path)
-    return paths
 
 
 def _checked_row(row: dict, where: str) -> dict:
@@ -151,8 +141,10 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def build_dataset(traces_path, out_dir, params) -> dict:
-    """The `build` stage (see the module docstring). `params` is the full `Params`. Returns the stats."""
+def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str | Path]) -> dict:
+    """The `build` stage (see the module docstring). `params` is the full `Params`. Returns the stats.
+    `benchmarks`: {label: program file} to decontaminate against; the benchmarks declare them (the pipeline layer
+    passes `stepcode.evals.registry.decontamination_sources(params.build)`: the data layer does not import evals)."""
     from stepcode.jsonl import read_jsonl, write_jsonl
     from stepcode.data.decontam import decontaminate
 
@@ -171,7 +163,7 @@ def build_dataset(traces_path, out_dir, params) -> dict:
         else:
             routed.append(row)
 
-    clean, decontam_report = decontaminate(routed, benchmark_paths(bp), n=bp.decontam_n,
+    clean, decontam_report = decontaminate(routed, benchmarks, n=bp.decontam_n,
                                            min_coverage=bp.decontam_min_coverage)
     rows_out["contaminated"] += decontam_report["dropped"]
 

@@ -1,12 +1,13 @@
 """Ground-truth execution traces: instrument each program, run it twice in the sandbox, record what the anchors print.
 
-    stepcode trace data/raw/programs.jsonl -o data/traces.jsonl          # the CLI
-    from stepcode.data.traces import trace_file; trace_file("in.jsonl", "out.jsonl", load_params())
+    stepcode trace data/raw/programs.jsonl -o data/traces.jsonl          # the CLI: the stage, with its MLflow run
+    from stepcode.data.traces import trace_file; trace_file("in.jsonl", "out.jsonl", load_params())   # compute only
 
+This module computes and logs nothing to MLflow: the `trace` stage's lineage is `stepcode.pipeline.stages.trace`.
 A trace row is the program row plus `instrumented_code` (the display source with `print(f'NAME: {NAME}')` anchors),
 `trace` (the printed anchor lines, in order), `output` (repr of the entry point's return value), `status` and
-`reason`. Ground truth is captured per anchor call inside the child (stepcode/sandbox/runners.py), never by splitting stdout,
-so a value with a newline stays one line and the program's own output can never become an anchor.
+`reason`. Ground truth is captured per anchor call inside the child (stepcode/sandbox/runners.py), never by splitting
+stdout, so a value with a newline stays one line and the program's own output can never become an anchor.
 
 Every program ends with exactly one status (no row is ever dropped):
 """
@@ -163,39 +164,33 @@ def read_corpus(path) -> list[dict]:
     return rows
 
 
-def trace_file(in_path, out_path, params, *, workers: int | None = None, skip_bad: bool = False,
-               rejects_path=None, progress: bool = True, track: bool | None = None) -> dict:
-    """The `trace` stage: program JSONL (a file or a directory of files) in, trace JSONL out (atomically).
-    Logged to MLflow (params, counts per status, input/output digests) unless tracking is off. Returns the summary."""
-    import contextlib
-
+def read_input(in_path, *, skip_bad: bool = False, rejects_path=None) -> list[dict]:
+    """The trace stage's program rows: `read_corpus` (a file or a directory of files; a malformed row fails, naming
+    its line), or with `skip_bad` the well-formed rows of one file, the malformed ones written to `rejects_path`."""
     from stepcode.data.corpus import read_programs
 
+    if skip_bad:
+        return read_programs(in_path, skip_bad=True, rejects_path=rejects_path)
+    return read_corpus(in_path)
+
+
+def trace_to_file(rows: list[dict], out_path, params, *, workers: int | None = None, progress: bool = True) -> dict:
+    """Trace program rows into a trace JSONL file (written atomically). Returns the summary: counts per status,
+    seconds and programs per second."""
     from stepcode.jsonl import write_jsonl
 
-    track = params.tracking.enabled if track is None else track
-    if skip_bad:
-        rows = read_programs(in_path, skip_bad=True, rejects_path=rejects_path)
-    else:
-        rows = read_corpus(in_path)
-    if track:
-        from stepcode.tracking.lineage import stage_run
-
-        run = stage_run("trace", params, inputs={"programs": str(in_path)}, outputs={"traces": str(out_path)},
-                        stage_params={**{f"trace.{k}": v for k, v in params.trace.model_dump().items()},
-                                      **{f"sandbox.{k}": v for k, v in params.sandbox.model_dump().items()}})
-    else:
-        run = contextlib.nullcontext()
-    with run as mlflow:
-        start = time.perf_counter()
-        traced = list(trace_rows(rows, params, workers=workers, progress=progress, total=len(rows)))
-        elapsed = time.perf_counter() - start
-        write_jsonl(out_path, traced)
-        summary = summarize(traced)
-        summary.update(seconds=round(elapsed, 2),
-                       programs_per_s=round(len(traced) / elapsed, 1) if elapsed else None)
-        if mlflow is not None:
-            mlflow.log_metrics({"rows": summary["total"], "programs_per_s": summary["programs_per_s"] or 0,
-                                **{f"status.{k}": v for k, v in summary["by_status"].items()}})
-            mlflow.log_dict(summary, "trace_summary.json")
+    start = time.perf_counter()
+    traced = list(trace_rows(rows, params, workers=workers, progress=progress, total=len(rows)))
+    elapsed = time.perf_counter() - start
+    write_jsonl(out_path, traced)
+    summary = summarize(traced)
+    summary.update(seconds=round(elapsed, 2), programs_per_s=round(len(traced) / elapsed, 1) if elapsed else None)
     return summary
+
+
+def trace_file(in_path, out_path, params, *, workers: int | None = None, skip_bad: bool = False,
+               rejects_path=None, progress: bool = True) -> dict:
+    """Program JSONL (a file or a directory of files) in, trace JSONL out (atomically). Returns the summary.
+    Computes only: the `trace` stage with its MLflow lineage is `stepcode.pipeline.stages.trace`."""
+    rows = read_input(in_path, skip_bad=skip_bad, rejects_path=rejects_path)
+    return trace_to_file(rows, out_path, params, workers=workers, progress=progress)

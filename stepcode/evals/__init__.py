@@ -1,4 +1,4 @@
-"""Benchmark evaluation with the official semantics: one adapter per benchmark, shared execution scoring.
+"""Benchmark evaluation with the official semantics: one registered Benchmark per benchmark, shared execution scoring.
 
     stepcode score --benchmark cruxeval --task output generations.json -o scored.json      # score predictions
     stepcode evaluate --model models/run --benchmarks cruxeval,lcb --limit 3 -o eval/      # generate, then score
@@ -6,10 +6,13 @@
     from stepcode.evals import score_file
     score_file("cruxeval", "output", "generations.json", "scored.json", params)
 
-Modules: `passk` (unbiased pass@k), `scoring` (sandboxed checks, skip rules, the official result format),
-`cruxeval` and `livecodebench` (load, prompt, extract, check program), `generate` (model completions and the
-`evaluate` stage), `stepcode_task` (our instrumented task: answer pass@1 beside step accuracy). This package's
-import is light: heavy modules load inside the functions that need them.
+Modules: `benchmark` (the Benchmark interface) and `registry` (name -> Benchmark, `BENCHMARKS`: name -> tasks);
+one module per benchmark, each defining its Benchmark: `cruxeval`, `livecodebench`, `reval` (+ `reval_dynamics`,
+its tracer); `passk` (unbiased pass@k), `scoring` (sandboxed checks, skip rules, the official result format),
+`generate` (model completions and the `evaluate` stage), `stepcode_task` (our instrumented task: answer pass@1
+beside step accuracy), `heldout`. The functions here take a benchmark name and go through the registry. This
+package's import is light (the standard library only: the sandbox server imports `reval_dynamics` through it); the
+registry and the benchmark modules load on first use.
 
 Generations files come in the official format `{"sample_<k>": [prediction, ...]}`. Whether the strings are already
 extracted predictions (what the official generations.json and the published `raw_generations` hold: a literal for
@@ -22,74 +25,80 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BENCHMARKS = {"cruxeval": ("output", "input"), "lcb": ("output",)}
 EXTRACT_MODES = ("none", "direct", "cot")
 
 
-def _module(benchmark: str):
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {sorted(BENCHMARKS)}")
-    if benchmark == "cruxeval":
-        from stepcode.evals import cruxeval as module
-    else:
-        from stepcode.evals import livecodebench as module
-    return module
+def __getattr__(name: str):
+    if name == "BENCHMARKS":     # name -> tasks, from the registry (loaded on first use)
+        from stepcode.evals.registry import BENCHMARKS
+
+        return BENCHMARKS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def check_task(benchmark: str, task: str) -> None:
-    _module(benchmark)
-    if task not in BENCHMARKS[benchmark]:
-        raise ValueError(f"{benchmark} has the task(s) {BENCHMARKS[benchmark]}, not {task!r}")
+def get_benchmark(name: str):
+    """The registered Benchmark called `name` (ValueError listing the known ones otherwise)."""
+    from stepcode.evals.registry import get
+
+    return get(name)
 
 
-def load_problems(benchmark: str, params) -> list[dict]:
-    """The benchmark's problems from the path in params.evaluate."""
-    path = params.evaluate.cruxeval_path if benchmark == "cruxeval" else params.evaluate.lcb_path
-    return _module(benchmark).load_problems(path)
+def check_task(benchmark_name: str, task: str) -> None:
+    get_benchmark(benchmark_name).check_task(task)
 
 
-def adapter(benchmark: str, task: str):
-    check_task(benchmark, task)
-    return _module(benchmark).adapter(task)
+def load_problems(benchmark_name: str, params) -> list[dict]:
+    """The benchmark's problems from its path in params.evaluate."""
+    return get_benchmark(benchmark_name).load_problems(params)
 
 
-def extract(benchmark: str, task: str, text: str, cot: bool) -> str:
+def adapter(benchmark_name: str, task: str):
+    bench = get_benchmark(benchmark_name)
+    bench.check_task(task)
+    return bench.scoring_adapter(task)
+
+
+def extract(benchmark_name: str, task: str, text: str, cot: bool) -> str:
     """The official extraction of one raw completion (prompt removed)."""
-    check_task(benchmark, task)
-    if benchmark == "cruxeval":
-        return _module(benchmark).extract(text, task, cot)
-    return _module(benchmark).extract(text, cot)
+    bench = get_benchmark(benchmark_name)
+    bench.check_task(task)
+    return bench.extract(text, task, cot)
 
 
-def extract_all(benchmark: str, task: str, generations: dict, mode: str) -> dict:
+def extract_all(benchmark_name: str, task: str, generations: dict, mode: str) -> dict:
     if mode not in EXTRACT_MODES:
         raise ValueError(f"extract must be one of {EXTRACT_MODES}, got {mode!r}")
     if mode == "none":
         return generations
-    return {k: [extract(benchmark, task, g, mode == "cot") for g in gens] for k, gens in generations.items()}
+    return {k: [extract(benchmark_name, task, g, mode == "cot") for g in gens] for k, gens in generations.items()}
 
 
 def official(result: dict) -> dict:
-    """Only the official result keys, in the official order."""
+    """Only the official result keys, in the official order (the sample-format benchmarks' `official_export`)."""
     return {k: result[k] for k in ("raw_generations", "raw_scored_generations", "pass_at_1", "pass_at_5")}
 
 
-def score_file(benchmark: str, task: str, generations_path, out_path, params, *, skip_rule: str | None = None,
+def score_file(benchmark_name: str, task: str, generations_path, out_path, params, *, skip_rule: str | None = None,
                samples: list[str] | None = None, extract: str = "none", progress: bool = False) -> dict:
-    """The `score` stage: a generations file in, the official result file out (when out_path is given)."""
+    """The `score` stage: a generations file in, the official result file out (when out_path is given).
+    `Unsupported` for a benchmark without the "score" capability (before anything is read)."""
+    from stepcode.evals.benchmark import SCORE
     from stepcode.evals.scoring import score
 
+    bench = get_benchmark(benchmark_name)
+    bench.require(SCORE)
+    bench.check_task(task)
     try:
         generations = json.loads(Path(generations_path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{generations_path}: not JSON: {e}") from None
-    problems = load_problems(benchmark, params)
-    generations = extract_all(benchmark, task, generations, extract)
-    result = score(adapter(benchmark, task), problems, generations, skip_rule=skip_rule, samples=samples,
+    problems = bench.load_problems(params)
+    generations = extract_all(benchmark_name, task, generations, extract)
+    result = score(bench.scoring_adapter(task), problems, generations, skip_rule=skip_rule, samples=samples,
                    params=params, hash_seed=params.evaluate.hash_seed, timeout=params.evaluate.check_timeout_s,
                    progress=progress)
     if out_path is not None:
-        write_json(out_path, official(result))
+        write_json(out_path, bench.official_export(result))
     return result
 
 

@@ -6,6 +6,7 @@
     pred = cruxeval.extract(model_text, task="output", cot=False)           # upstream postprocess_generation
     cruxeval.check_program(problems[0], pred, task="output")                # "CODE\nassert GOLD == PRED", or None
     cruxeval.adapter("input")                                               # for stepcode.evals.scoring.score
+    cruxeval.CRUXEVAL                                   # the Benchmark (stepcode/evals/benchmark.py) the registry lists
 
 Tasks: "output" (CRUXEval-O: given f and an input, predict the return value as a literal) and "input" (CRUXEval-I:
 given f and the output, predict a call `f(...)`). Both are checked the same way, `assert <gold output> == <pred>`
@@ -25,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from stepcode.errors import MissingInput
+from stepcode.evals.benchmark import Benchmark, Prompt
 from stepcode.evals.scoring import Adapter
 
 TASKS = ("output", "input")
@@ -232,3 +234,35 @@ def adapter(task: str) -> Adapter:
 
 def _check_program_for(problem: dict, prediction: str, *, task: str) -> str | None:
     return check_program(problem, prediction, task)
+
+
+class CRUXEval(Benchmark):
+    """CRUXEval-O and -I: the official prompts (and our stepcode task on the output side), official extraction,
+    copied-input rule "drop"; decontamination against build.benchmarks_dir/cruxeval/cruxeval.jsonl."""
+
+    name, title, tasks = "cruxeval", "CRUXEval", TASKS
+    stepcode_tasks = ("output",)
+
+    def load_problems(self, params) -> list[dict]:
+        return load_problems(params.evaluate.cruxeval_path)
+
+    def official_prompts(self, problem: dict, task: str, cot: bool = False) -> list[tuple[str, Prompt]]:
+        return [(problem["id"], Prompt(make_messages(problem, task, cot), make_prompt(problem, task, cot)))]
+
+    def extract(self, text: str, task: str, cot: bool = False) -> str:
+        return extract(text, task, cot)
+
+    def scoring_adapter(self, task: str) -> Adapter:
+        return adapter(task)
+
+    def decontamination_sources(self, build) -> dict[str, Path]:
+        # relative to the cwd, like every path in params; kept relative so the report reads the same in any checkout
+        return {"cruxeval": Path(build.benchmarks_dir) / "cruxeval" / "cruxeval.jsonl"}
+
+    def stepcode_program(self, problem: dict, task: str) -> dict:
+        self.check_task(task)
+        return {"id": problem["id"], "code": problem["code"], "input": problem["input"], "entry_point": "f",
+                "gold_output": problem["output"]}
+
+
+CRUXEVAL = CRUXEval()

@@ -14,8 +14,12 @@ Decoding comes from params.evaluate. Official (leaderboard-comparable): n sample
 pass@5 from the last one's. `greedy: true` is the paper-style run: one greedy completion per problem, labelled
 "greedy" in every file name, metric key and run.json — not comparable to the leaderboards.
 
-Prompts: "official" (the benchmarks' own, `cot` from params) or "stepcode" (our instrumented task, CRUXEval-O only,
-see stepcode_task.py; stops after "</answer>").
+Every benchmark-specific step goes through its registered Benchmark (stepcode/evals/registry.py): problems, prompts,
+extraction, scoring adapter, official export. Only benchmarks with the "generate" capability run here; another one
+is refused up front (`Unsupported`, naming what to run instead).
+
+Prompts: "official" (the benchmarks' own, `cot` from params) or "stepcode" (our instrumented task, on the tasks a
+benchmark lists in `stepcode_tasks`: CRUXEval-O today; see stepcode_task.py; stops after "</answer>").
 
 Outputs under DIR:
     generations/<bench>_<task>_<run>.json       official format {"sample_k": [prediction, ...]} (extracted)
@@ -34,14 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepcode.errors import MissingInput
+from stepcode.evals.benchmark import STYLES, Prompt
 
-PROMPTS = ("official", "stepcode")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    messages: list[dict]      # for a tokenizer with a chat template
-    raw: str                  # for one without: the plain completion prompt
+PROMPTS = STYLES                 # --prompt: official | stepcode
 
 
 @dataclass(frozen=True)
@@ -144,16 +143,11 @@ def load_backend(model_path: str):
     return TransformersBackend(model_path)
 
 
-def _official_jobs(benchmark: str, problems: list[dict], cot: bool):
-    from stepcode.evals import BENCHMARKS, _module
-
-    module = _module(benchmark)
-    for task in BENCHMARKS[benchmark]:
-        if benchmark == "cruxeval":
-            prompts = [Prompt(module.make_messages(p, task, cot), module.make_prompt(p, task, cot)) for p in problems]
-        else:
-            prompts = [Prompt(module.make_messages(p, cot), module.make_prompt(p, cot)) for p in problems]
-        yield task, prompts
+def official_jobs(bench, problems: list[dict], cot: bool):
+    """(task, ids, prompts) per task of the benchmark, prompts in problem order."""
+    for task in bench.tasks:
+        pairs = [pair for p in problems for pair in bench.prompts(p, task, "official", cot=cot)]
+        yield task, [i for i, _ in pairs], [prompt for _, prompt in pairs]
 
 
 def _complete_all(backend, prompts: list[Prompt], d: Decoding, ep, stops, keep_stop: bool,
@@ -168,45 +162,59 @@ def _complete_all(backend, prompts: list[Prompt], d: Decoding, ep, stops, keep_s
     return out
 
 
-def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, limit: int | None = None,
-             prompt: str = "official", backend=None) -> dict:
-    """Generate, extract, score; write the files listed in the module docstring; return the flat metrics."""
-    from stepcode.evals import BENCHMARKS, adapter, extract, load_problems, official, write_json
-    from stepcode.evals.scoring import score
-    from stepcode.sandbox.engine import Sandbox
+def check_request(benchmarks: Sequence[str], prompt: str) -> list:
+    """The Benchmarks to run, or ValueError (`Unsupported` for one that `stepcode evaluate` cannot run yet)."""
+    from stepcode.evals.benchmark import GENERATE
+    from stepcode.evals.registry import BENCHMARKS, REGISTRY, get
 
     if prompt not in PROMPTS:
         raise ValueError(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
     for b in benchmarks:
         if b not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {b!r}; expected some of {sorted(BENCHMARKS)}")
-    if prompt == "stepcode" and set(benchmarks) - {"cruxeval"}:
-        raise ValueError("--prompt stepcode runs on CRUXEval programs only (entry point f); drop lcb")
+    benches = [get(b) for b in benchmarks]
+    for bench in benches:
+        bench.require(GENERATE)
+    lacking = [b.name for b in benches if not b.stepcode_tasks]
+    if prompt == "stepcode" and lacking:
+        able = " and ".join(b.title for b in REGISTRY.values() if b.stepcode_tasks)
+        raise ValueError(f"--prompt stepcode runs on {able} programs only; drop {', '.join(lacking)}")
+    return benches
+
+
+def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, limit: int | None = None,
+             prompt: str = "official", backend=None) -> dict:
+    """Generate, extract, score; write the files listed in the module docstring; return the flat metrics."""
+    from stepcode.evals import write_json
+    from stepcode.evals.scoring import score
+    from stepcode.sandbox.engine import Sandbox
+
+    benches = check_request(benchmarks, prompt)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     ep = params.evaluate
     out = Path(out_dir)
-    loaded = {b: load_problems(b, params)[:limit] for b in benchmarks}   # fail early: before loading a model
+    loaded = [(b, b.load_problems(params)[:limit]) for b in benches]   # fail early: before loading a model
     backend = backend or load_backend(model_path)
     runs = decodings(ep)
     metrics: dict[str, float] = {}
     with Sandbox(params.sandbox, hash_seeds=(ep.hash_seed,)) as sb:
-        for benchmark, problems in loaded.items():
+        for bench, problems in loaded:
             if prompt == "stepcode":
-                metrics.update(_evaluate_stepcode(backend, problems, params, runs, out, sb))
+                for task in bench.stepcode_tasks:
+                    metrics.update(_evaluate_stepcode(backend, bench, task, problems, params, runs, out, sb))
                 continue
-            for task, prompts in _official_jobs(benchmark, problems, ep.cot):
-                key = f"{benchmark}_{task}"
+            for task, ids, prompts in official_jobs(bench, problems, ep.cot):
+                key = f"{bench.name}_{task}"
                 for i, d in enumerate(runs):
                     raw = _complete_all(backend, prompts, d, ep, ep.stop, False, f"{key} {d.label}")
-                    ids = [p["id"] for p in problems]
                     raw_gens = dict(zip(ids, raw))
-                    gens = {k: [extract(benchmark, task, t, ep.cot) for t in v] for k, v in raw_gens.items()}
-                    result = score(adapter(benchmark, task), problems, gens, samples=ids, sandbox=sb,
+                    gens = {k: [bench.extract(t, task, ep.cot) for t in v] for k, v in raw_gens.items()}
+                    result = score(bench.scoring_adapter(task), problems, gens, samples=ids, sandbox=sb,
                                    timeout=ep.check_timeout_s)
                     write_json(out / "generations" / f"{key}_{d.label}.json", gens)
                     write_json(out / "generations" / f"{key}_{d.label}.raw.json", raw_gens)
-                    write_json(out / "scored" / f"{key}_{d.label}.json", official(result))
+                    write_json(out / "scored" / f"{key}_{d.label}.json", bench.official_export(result))
                     metrics[f"{key}_{d.label}_pass_at_1"] = result["pass_at_1"]
                     if d.n >= 5:
                         metrics[f"{key}_{d.label}_pass_at_5"] = result["pass_at_5"]
@@ -222,19 +230,20 @@ def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, lim
     return metrics
 
 
-def _evaluate_stepcode(backend, problems, params, runs, out: Path, sb) -> dict:
+def _evaluate_stepcode(backend, bench, task: str, problems, params, runs, out: Path, sb) -> dict:
     from stepcode.evals import official, write_json
     from stepcode.evals import stepcode_task as st
     from stepcode.evals.scoring import result_from_verdicts, run_checks
 
     ep = params.evaluate
-    items, excluded = st.build_items(problems, params)
-    metrics = {"stepcode_cruxeval_output_problems": len(items), "stepcode_cruxeval_output_excluded": excluded}
+    items, excluded = st.build_items([bench.stepcode_program(p, task) for p in problems], params)
+    prefix = f"stepcode_{bench.name}_{task}"
+    metrics = {f"{prefix}_problems": len(items), f"{prefix}_excluded": excluded}
     if not items:
         return metrics
-    prompts = [Prompt(st.messages(it), "\n\n".join(m["content"] for m in st.messages(it))) for it in items]
+    prompts = [prompt for it in items for _, prompt in bench.prompts(it, task, "stepcode")]
     for d in runs:
-        key = f"stepcode_cruxeval_output_{d.label}"
+        key = f"{prefix}_{d.label}"
         raw = _complete_all(backend, prompts, d, ep, [st.STOP], True, key)
         judged = [[st.judge(it, t) for t in texts] for it, texts in zip(items, raw)]
         flat = run_checks([prog for row in judged for prog, _ in row], sandbox=sb, timeout=ep.check_timeout_s)

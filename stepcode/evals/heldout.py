@@ -34,7 +34,7 @@ def summarize(rows: list[dict], scores: list, lengths: list[int], prefix: str = 
         finals = [scores[i].final for i in idx]
         steps = [s for i in idx for s in scores[i].steps]
         final_acc = _rate(sum(finals), len(finals))
-        step_acc = _rate(sum(steps), len(steps))
+        step_acc = _rate(sum(_rate(sum(scores[i].steps), len(scores[i].steps)) for i in idx), len(idx))
         metrics.update({f"{prefix}{suffix}.rows": float(len(idx)), f"{prefix}{suffix}.final_acc": final_acc,
                         f"{prefix}{suffix}.step_acc": step_acc, f"{prefix}{suffix}.gap": final_acc - step_acc,
                         f"{prefix}{suffix}.completion_tokens": _rate(sum(lengths[i] for i in idx), len(idx))})
@@ -42,7 +42,8 @@ def summarize(rows: list[dict], scores: list, lengths: list[int], prefix: str = 
 
 
 def generate_greedy(backend, rows: list[dict], max_new_tokens: int, *, progress: bool = True) -> list[str]:
-    from stepcode.evals.generate import Decoding, Prompt
+    from stepcode.evals.benchmark import Prompt
+    from stepcode.evals.generate import Decoding
 
     greedy = Decoding("greedy", 0.0, 1)
     items = rows
@@ -63,8 +64,8 @@ def generate_greedy(backend, rows: list[dict], max_new_tokens: int, *, progress:
 def evaluate_heldout(model_path: str, heldout_jsonl: str | Path, params, *, limit: int | None = None,
                      backend=None, progress: bool = True, prefix: str = "heldout") -> tuple[dict, list[dict]]:
     """Generate greedily on the held-out rows, score them; returns (metrics, per-row records for a table)."""
-    from stepcode.jsonl import read_jsonl
     from stepcode.evals.generate import load_backend
+    from stepcode.jsonl import read_jsonl
     from stepcode.training.rewards import RewardScorer
 
     rows = list(read_jsonl(heldout_jsonl))[:limit]

@@ -6,6 +6,7 @@
     pred = lcb.extract(model_text, cot=False)                     # upstream extract_execution_code
     lcb.check_program(problems[0], pred)                          # BASE_IMPORTS + code + assert, or None
     lcb.adapter()                                                 # for stepcode.evals.scoring.score (rule "lcb")
+    lcb.LIVECODEBENCH                                             # the Benchmark the registry lists ("lcb")
 
 Differences from CRUXEval that matter: `input` is the whole call with keyword arguments
 (`distinctDifferenceArray(nums = [1, 2, 3])`), the function is not named `f`, the check program starts with LCB's
@@ -31,6 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stepcode.errors import MissingInput
+from stepcode.evals.benchmark import Benchmark, Prompt
 from stepcode.evals.scoring import Adapter
 
 SYSTEM_MESSAGE = "You are an expert at Python programming, code execution, test case generation, and fuzzing."
@@ -141,8 +143,8 @@ assert {input} == ??
 def load_problems(path) -> list[dict]:
     """The export's rows, sorted by sample number as upstream sorts them. A missing file is an error that says how
     to make it."""
-    from stepcode.jsonl import read_jsonl
     from stepcode.evals.scoring import sample_index
+    from stepcode.jsonl import read_jsonl
 
     p = Path(path)
     if not p.exists():
@@ -204,3 +206,30 @@ def adapter(task: str = "output") -> Adapter:
     if task != "output":
         raise ValueError(f"LiveCodeBench code execution has only the output task, got {task!r}")
     return Adapter(name="lcb-output", check_program=check_program, default_skip_rule="lcb")
+
+
+class LiveCodeBench(Benchmark):
+    """LiveCodeBench code execution (output prediction only): official prompts and extraction, skip rule "lcb";
+    decontamination against build.lcb_path when set (the export is not in the repository)."""
+
+    name, title, tasks = "lcb", "LiveCodeBench", ("output",)
+
+    def load_problems(self, params) -> list[dict]:
+        return load_problems(params.evaluate.lcb_path)
+
+    def official_prompts(self, problem: dict, task: str, cot: bool = False) -> list[tuple[str, Prompt]]:
+        self.check_task(task)
+        return [(problem["id"], Prompt(make_messages(problem, cot), make_prompt(problem, cot)))]
+
+    def extract(self, text: str, task: str, cot: bool = False) -> str:
+        self.check_task(task)
+        return extract(text, cot)
+
+    def scoring_adapter(self, task: str) -> Adapter:
+        return adapter(task)
+
+    def decontamination_sources(self, build) -> dict[str, Path]:
+        return {} if build.lcb_path is None else {"livecodebench": Path(build.lcb_path)}
+
+
+LIVECODEBENCH = LiveCodeBench()

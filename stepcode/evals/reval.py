@@ -8,6 +8,8 @@
     prompts = reval_prompts(truths)                 # [(task_id, "coverage"|"state"|"path"|"output", messages)]
     result = score_reval(truths, {task_id: model_text, ...}, params=params)
     result["metrics"]                               # coverage acc/f1, state, path, output acc, IC (0-100)
+    REVAL                                           # the Benchmark the registry lists: no `stepcode evaluate` or
+                                                    # `stepcode score` yet (capabilities: none; REVAL.instead says so)
 
 Semantics are upstream's (r-eval/REval@2f148b9; see shared/notes/benchmarks.md section 3), quirks included:
 - the truth comes from a `sys.settrace` tracer identical in effect to upstream `dynamics.py`
@@ -38,6 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from stepcode.errors import UserError
+from stepcode.evals.benchmark import Benchmark, Prompt, Unsupported
 
 TASK_TYPES = ("coverage", "state", "path", "output")
 HUMANEVAL_END = 84             # programs 0-84 are HumanEval functions, 85-153 ClassEval classes (upstream dataset.py)
@@ -222,8 +225,8 @@ def reval_truth(params, *, sandbox=None) -> Path:
     pairs = load_reval(ev.reval_dir)
     with _sandbox(params, sandbox) as sb:
         rows = compute_truths(pairs, sb, ev.reval_timeout_s)
-    from stepcode.jsonl import write_jsonl
     from stepcode.evals import write_json
+    from stepcode.jsonl import write_jsonl
 
     write_json(report_path(path), _report(rows, digest, env))
     write_jsonl(path, rows)       # last: the pair of files counts as a cache hit only once both exist
@@ -380,12 +383,15 @@ def prompt_text(row: dict, task_type: str, j: int | None = None) -> str:
                                        codeline=lines[t["lineno"] - 1], var=t["var"])
 
 
+NO_COT = ("the official REval CoT templates (prompts/cot_*.txt) are not available offline; only the direct prompts "
+          "are reproduced")
+
+
 def reval_prompts(truths: list[dict], *, cot: bool = False) -> list[tuple[str, str, list[dict]]]:
     """(task_id, task_type, chat messages) for every task of every pair with an ok truth, in upstream order.
     The messages are what upstream sends OpenAI models; for a plain completion model use the user content."""
     if cot:
-        raise RevalError("the official REval CoT templates (prompts/cot_*.txt) are not available offline; "
-                         "only the direct prompts are reproduced")
+        raise RevalError(NO_COT)
     out = []
     for row in truths:
         if row["status"] != "ok":
@@ -533,7 +539,7 @@ def score_reval(truths, generations: dict[str, str], *, params=None, sandbox=Non
     table, per_pair = [], {}
     for r in rows:
         cov, path = [], []
-        for j, t in enumerate(r["tasks"]):
+        for j in range(len(r["tasks"])):
             truth = r["truth"][j]
             pred = parse_coverage(generations[task_id(r, j, "coverage")], cot)
             cov.append(pred == truth["covered"])
@@ -616,3 +622,61 @@ def _judge_in_sandbox(rows, generations, per_pair, table, params, sandbox, cot) 
         per_pair[r["id"]]["output"] = passed.get((r["idx"], r["input_idx"]), False)
         table.append(_entry(r, None, "output", per_pair[r["id"]]["output"], answers[r["id"]], None))
     return judge_errors
+
+
+
+# --- the registered benchmark -----------------------------------------------------------------------------------------
+
+class REval(Benchmark):
+    """REval as a Benchmark: problems are truth rows (one per (program, input) pair, built once in the sandbox and
+    cached: `reval_truth`), each asking one question per atomic task and type plus one output question; prompts
+    are the official direct ones (ids from `task_id`); scoring is `score_reval` on the raw texts. Neither
+    `stepcode evaluate` nor `stepcode score` runs it yet (no capabilities): `instead` names the Python entry points."""
+
+    name, title, tasks = "reval", "REval", TASK_TYPES
+    capabilities = frozenset()
+    instead: str = ("run it from Python: stepcode.evals.reval.reval_truth(params) builds the truth, "
+                    "reval_prompts(read_truths(path)) gives the prompts, score_reval(truths, generations, "
+                    "params=params) scores them")
+
+    def load_problems(self, params) -> list[dict]:
+        return read_truths(reval_truth(params))
+
+    def official_prompts(self, problem: dict, task: str, cot: bool = False) -> list[tuple[str, Prompt]]:
+        """One prompt per atomic task (coverage, state, path) or one (output); none for a pair whose truth is not
+        ok (it is not scored). Same texts and ids as `reval_prompts`."""
+        self.check_task(task)
+        if cot:
+            raise RevalError(NO_COT)
+        if problem["status"] != "ok":
+            return []
+        out = []
+        for j in [None] if task == "output" else range(len(problem["tasks"])):
+            text = prompt_text(problem, task, j)
+            out.append((task_id(problem, j, task), Prompt(_messages(text), text)))
+        return out
+
+    def extract(self, text: str, task: str, cot: bool = False) -> str:
+        """The identity: `score_reval` parses the raw text itself, per task type (upstream evaluation.py)."""
+        self.check_task(task)
+        return text
+
+    def scoring_adapter(self, task: str):
+        self.check_task(task)
+        raise Unsupported(f"REval is not scored by per-prediction check programs; {self.instead}")
+
+    def decontamination_sources(self, build) -> dict[str, Path]:
+        return {"reval": Path(build.benchmarks_dir) / "reval" / "DREval_data.jsonl"}
+
+    def official_export(self, result: dict) -> dict:
+        """`score_reval`'s result as is (metrics, per-task table, excluded pairs, judge errors)."""
+        return dict(result)
+
+    def truth(self, params, *, sandbox=None) -> Path:
+        return reval_truth(params, sandbox=sandbox)
+
+    def score(self, truths, generations: dict[str, str], *, params=None, sandbox=None, cot: bool = False) -> dict:
+        return score_reval(truths, generations, params=params, sandbox=sandbox, cot=cot)
+
+
+REVAL = REval()

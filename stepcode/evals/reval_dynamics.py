@@ -447,9 +447,9 @@ def state_equal(answer, actual) -> bool:
         return answer is NIL and actual is NIL
     value, t = answer
     try:
-        if all(t != type(a) for a in actual) or type(value) != t:
+        if all(t != type(a) for a in actual) or type(value) != t:   # noqa: E721 (upstream's comparison, kept)
             return False
-        if t == float:
+        if t == float:   # noqa: E721
             return any(_close(value, a) for a in actual)
         try:
             return value in actual

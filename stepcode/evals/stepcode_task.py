@@ -1,18 +1,21 @@
 """StepCode's own instrumented task on the benchmark programs: final-answer pass@1 beside step accuracy.
 
     from stepcode.evals import stepcode_task as st
-    items = st.build_items(problems, params)              # instrument + trace (sandbox); only status "ok" rows kept
+    from stepcode.evals.cruxeval import CRUXEVAL
+    rows = [CRUXEVAL.stepcode_program(p, "output") for p in problems]    # {id, code, input, entry_point, gold_output}
+    items, excluded = st.build_items(rows, params)        # instrument + trace (sandbox); only status "ok" rows kept
     messages = st.messages(items[0])                      # stepcode.prompts.output_messages on the anchored code
     program, steps = st.judge(items[0], model_text)       # check program (or None) and step accuracy, pure
     st.step_accuracy(["x: 1", "return_val: 2"], ["x: 1", "return_val: 3"])     # 0.5
 
-Each benchmark program (CRUXEval rows, entry point `f`) is instrumented by `stepcode.anchors.instrument`; the gold
-anchor lines come from running it (`stepcode.data.traces.trace_rows`, two hash seeds; rows whose trace is not "ok" —
-unsupported, too long, nondeterministic — are left out and counted). The model sees the anchored code and writes
-<print> lines and an <answer>; `stepcode.prompts.parse_completion` reads them.
+Each benchmark program (a row of `Benchmark.stepcode_program`: today CRUXEval-O's, entry point `f`) is instrumented
+by `stepcode.anchors.instrument`; the gold anchor lines come from running it (`stepcode.data.traces.trace_rows`, two
+hash seeds; rows whose trace is not "ok" — unsupported, too long, nondeterministic — are left out and counted). The
+model sees the anchored code and writes <print> lines and an <answer>; `stepcode.prompts.parse_completion` reads them.
 
 - pass@1 is judged on the final <answer> alone, by execution in the sandbox, with the SAME check as the training
-  reward (`stepcode.training.rewards.output_check_program`): `assert <gold output> == (<answer>)` after the ORIGINAL code.
+  reward (`stepcode.training.rewards.output_check_program`): `assert <gold output> == (<answer>)` after the
+  ORIGINAL code.
   A missing or blank answer, one that is not a single expression, or one that names `f` (the echo guard, stricter
   than CRUXEval's `f(<input>)` substring) is False without running anything. So the number measures what RL
   optimises; the official CRUXEval-O number comes from `--prompt official`.
@@ -37,13 +40,12 @@ def step_accuracy(gold: Sequence[str], predicted: Sequence[str]) -> float:
     return sum(step_rewards(predicted, gold)) / len(gold)
 
 
-def build_items(problems: Sequence[dict], params) -> tuple[list[dict], int]:
-    """Trace rows (program row + instrumented_code, trace, output) for the problems whose trace is "ok", and the
-    number left out."""
+def build_items(programs: Sequence[dict], params) -> tuple[list[dict], int]:
+    """Trace rows (program row + instrumented_code, trace, output) for the programs whose trace is "ok", and the
+    number left out. A program row is {id, code, input, entry_point, gold_output} (`Benchmark.stepcode_program`)."""
     from stepcode.data.traces import trace_rows
 
-    rows = [{"id": p["id"], "code": p["code"], "input": p["input"], "entry_point": "f", "gold_output": p["output"]}
-            for p in problems]
+    rows = [{k: p[k] for k in ("id", "code", "input", "entry_point", "gold_output")} for p in programs]
     traced = list(trace_rows(rows, params))
     items = [r for r in traced if r["status"] == "ok"]
     return items, len(traced) - len(items)

@@ -41,7 +41,6 @@ def local_base_model(prof, name: str, root: str | Path = ".") -> Path | None:
 
 
 def check_pipeline(params, profile: str | None, stop_after: str | None, root: str | Path = ".") -> None:
-    from stepcode.data.dataset import benchmark_paths
     from stepcode.dvcdata import ensure_present
 
     root = Path(root)
@@ -50,7 +49,9 @@ def check_pipeline(params, profile: str | None, stop_after: str | None, root: st
     ensure_present(root / "data" / "raw",             # pulled from the DVC remote on a fresh clone
                    hint="run from the project folder, or make a corpus: `stepcode synth -o data/raw/synth.jsonl`")
     if _reached("build", stop_after):
-        for name, path in benchmark_paths(params.build).items():
+        from stepcode.evals.registry import decontamination_sources
+
+        for name, path in decontamination_sources(params.build).items():
             if not (root / path).is_file():
                 raise MissingInput(f"benchmark {name!r}: no such file {path} (the decontamination needs it; "
                                    "set build.benchmarks_dir in params.yaml)")
@@ -58,6 +59,13 @@ def check_pipeline(params, profile: str | None, stop_after: str | None, root: st
         local_base_model(prof, profile or params.train.profile, root)
     if _reached("evaluate", stop_after):
         from stepcode.evals import load_problems
+        from stepcode.evals.generate import check_request
 
+        try:                                          # before any model loads
+            check_request(params.pipeline.eval_benchmarks, params.pipeline.eval_prompt)
+        except UserError:
+            raise
+        except ValueError as e:
+            raise UserError(f"params.yaml pipeline.eval_benchmarks / eval_prompt: {e}") from None
         for benchmark in params.pipeline.eval_benchmarks:
             load_problems(benchmark, params)          # MissingInput with the export command for LiveCodeBench

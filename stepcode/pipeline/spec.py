@@ -116,7 +116,8 @@ def _imports(module: str, source: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)   # `from pkg import submodule`
     return {m for m in found if m == "stepcode" or m.startswith("stepcode.")}
@@ -171,7 +172,8 @@ def code_deps(stage: str | Stage) -> list[str]:
     for folder in sorted({str(Path(f).parent) for f in files}, key=len):
         inside = {f.relative_to(PACKAGE.parent).as_posix() for f in (PACKAGE.parent / folder).rglob("*")
                   if f.suffix in (".py", ".c") and "__pycache__" not in f.parts}
-        if inside and inside <= files and not any(folder.startswith(d + "/") for d in deps if not d.endswith((".py", ".c"))):
+        folders = [d for d in deps if not d.endswith((".py", ".c"))]
+        if inside and inside <= files and not any(folder.startswith(d + "/") for d in folders):
             deps = {d for d in deps if not d.startswith(folder + "/")} | {folder}
     return sorted(deps)
 

@@ -4,41 +4,46 @@
 
 The CLI calls them, `dvc.yaml` calls the CLI, and the Prefect flow's tasks call them too, so a stage does the same
 thing however it is started. Each one wraps a library function with its MLflow lineage (`stepcode.tracking.lineage`):
-params, counts, and the DVC digests of what it read and wrote; a stage that raises is marked FAILED.
+params, counts, and the DVC digests of what it read and wrote; a stage that raises is marked FAILED. The library
+modules compute and never log to MLflow; the tracking is here (off with params tracking.enabled: false).
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-
-def _tracked(params, stage: str, **kwargs):
-    if not params.tracking.enabled:
-        return contextlib.nullcontext()
-    from stepcode.tracking.lineage import stage_run
-
-    return stage_run(stage, params, **kwargs)
+from stepcode.tracking.lineage import stage_run  # light: mlflow is imported when a run starts
 
 
 def _flat(prefix: str, section) -> dict:
     return {f"{prefix}.{k}": v for k, v in section.model_dump().items()}
 
 
-def trace(params, programs: str | Path, out: str | Path, *, workers: int | None = None,
-          progress: bool = True) -> dict:
-    """Instrument and trace a corpus (tracked inside `trace_file`). Returns the summary."""
-    from stepcode.data.traces import trace_file
+def trace(params, programs: str | Path, out: str | Path, *, workers: int | None = None, progress: bool = True,
+          skip_bad: bool = False, rejects_path: str | Path | None = None) -> dict:
+    """Instrument and trace a corpus (a JSONL file or a directory of them) into `out`. Returns the summary (counts
+    per status, seconds, programs/s). `skip_bad`: malformed rows go to `rejects_path` instead of failing the stage.
 
-    return trace_file(programs, out, params, workers=workers, progress=progress)
+    The input is read before the run starts, so a malformed corpus fails without leaving a FAILED run behind."""
+    from stepcode.data.traces import read_input, trace_to_file
+
+    rows = read_input(programs, skip_bad=skip_bad, rejects_path=rejects_path)
+    with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(out)},
+                    stage_params={**_flat("trace", params.trace), **_flat("sandbox", params.sandbox)}) as mlflow:
+        summary = trace_to_file(rows, out, params, workers=workers, progress=progress)
+        if mlflow is not None:
+            mlflow.log_metrics({"rows": summary["total"], "programs_per_s": summary["programs_per_s"] or 0,
+                                **{f"status.{k}": v for k, v in summary["by_status"].items()}})
+            mlflow.log_dict(summary, "trace_summary.json")
+    return summary
 
 
 def validate(params, traces: str | Path, report_dir: str | Path):
     """The great-expectations gate. Returns the GateResult (the caller decides: CLI exit code, flow stop)."""
     from stepcode.data.validation import validate_traces
 
-    with _tracked(params, "validate", inputs={"traces": str(traces)},
-                  stage_params=_flat("validate", params.validate_)) as mlflow:
+    with stage_run("validate", params, inputs={"traces": str(traces)},
+                   stage_params=_flat("validate", params.validate_)) as mlflow:
         result = validate_traces(traces, report_dir, params)
         if mlflow is not None:
             mlflow.log_metrics({"gate.success": float(result.success), "gate.rows": result.n_rows,
@@ -53,11 +58,12 @@ def validate(params, traces: str | Path, report_dir: str | Path):
 def build(params, traces: str | Path, out_dir: str | Path) -> dict:
     """Prompts, SFT targets, RL rows, held-out split, decontamination. Returns the stats."""
     from stepcode.data.dataset import build_dataset
+    from stepcode.evals.registry import decontamination_sources
 
     out_dir = Path(out_dir)
-    with _tracked(params, "build", inputs={"traces": str(traces)}, outputs={"dataset": str(out_dir)},
-                  stage_params=_flat("build", params.build)) as mlflow:
-        stats = build_dataset(traces, out_dir, params)
+    with stage_run("build", params, inputs={"traces": str(traces)}, outputs={"dataset": str(out_dir)},
+                   stage_params=_flat("build", params.build)) as mlflow:
+        stats = build_dataset(traces, out_dir, params, benchmarks=decontamination_sources(params.build))
         if mlflow is not None:
             mlflow.log_metrics({k: v for k, v in _numbers(stats).items()})
             mlflow.log_dict(stats, "build_stats.json")
@@ -96,36 +102,42 @@ def init_model(params, profile_name: str | None, corpus: str | Path, out: str | 
     from stepcode.training.models import build_tiny_model, corpus_texts
 
     profile = params.train.get(profile_name)
-    with _tracked(params, "init-model", inputs={"corpus": str(corpus)},
-                  stage_params={"size": profile.model_size, "seed": profile.seed}):
+    with stage_run("init-model", params, inputs={"corpus": str(corpus)},
+                   stage_params={"size": profile.model_size, "seed": profile.seed}):
         return build_tiny_model(out, corpus_texts(read_jsonl(corpus)), size=profile.model_size, seed=profile.seed)
 
 
-def sft(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path) -> dict:
+def sft(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path, *,
+        run_name: str | None = None) -> dict:
+    """SFT warm start. `run_name` names the MLflow stage run and the trainer's run (default: sft); the run's `stage`
+    tag stays sft."""
     from stepcode.training.sft import run_sft
 
     track = params.tracking.enabled
     profile = _profile(params, profile_name, track)
-    with _tracked(params, "sft", inputs={"sft_data": str(data)}, outputs={"model": str(out)},
-                  stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
-                                **{f"sft.{k}": v for k, v in profile.sft.model_dump().items()}}) as mlflow:
-        summary = run_sft(model, data, out, profile, run_name="sft")
+    with stage_run("sft", params, run_name=run_name, inputs={"sft_data": str(data)}, outputs={"model": str(out)},
+                   stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
+                                 **{f"sft.{k}": v for k, v in profile.sft.model_dump().items()}}) as mlflow:
+        summary = run_sft(model, data, out, profile, run_name=run_name or "sft")
         if mlflow is not None:
             mlflow.log_metrics({"train_seconds": summary["seconds"], "steps": summary["steps"]})
     return summary
 
 
 def grpo(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path,
-         mode: str = "bilevel") -> dict:
+         mode: str = "bilevel", *, run_name: str | None = None) -> dict:
+    """Bi-Level GRPO (or an ablation mode). `run_name` names the MLflow stage run and the trainer's run (default:
+    grpo, and grpo-<mode> for the trainer); the run's `stage` tag stays grpo."""
     from stepcode.training.grpo import run_grpo
 
     track = params.tracking.enabled
     profile = _profile(params, profile_name, track)
-    with _tracked(params, "grpo", inputs={"rl_data": str(data)}, outputs={"model": str(out)},
-                  stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
-                                "mode": mode, **{f"grpo.{k}": v for k, v in profile.grpo.model_dump().items()}},
-                  tags={"mode": mode}) as mlflow:
-        summary = run_grpo(model, data, out, profile, mode=mode, params=params, run_name=f"grpo-{mode}")
+    with stage_run("grpo", params, run_name=run_name, inputs={"rl_data": str(data)}, outputs={"model": str(out)},
+                   stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
+                                 "mode": mode, **{f"grpo.{k}": v for k, v in profile.grpo.model_dump().items()}},
+                   tags={"mode": mode}) as mlflow:
+        summary = run_grpo(model, data, out, profile, mode=mode, params=params,
+                           run_name=run_name or f"grpo-{mode}")
         if mlflow is not None:
             mlflow.log_metrics({"train_seconds": summary["seconds"], "steps": summary["steps"]})
     return summary
@@ -145,9 +157,9 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = {"heldout": str(heldout)} if heldout else {}
-    with _tracked(params, "evaluate", inputs=inputs, stage_params={"model": str(model), "benchmarks":
-                  ",".join(benchmarks), "prompt": prompt, "limit": limit, "heldout_limit": heldout_limit,
-                  **_flat("evaluate", params.evaluate)}) as mlflow:
+    with stage_run("evaluate", params, inputs=inputs, stage_params={"model": str(model), "benchmarks":
+                   ",".join(benchmarks), "prompt": prompt, "limit": limit, "heldout_limit": heldout_limit,
+                   **_flat("evaluate", params.evaluate)}) as mlflow:
         from stepcode.evals import load_problems
 
         for b in benchmarks:   # fail early (e.g. a missing LiveCodeBench export) before loading a model
@@ -178,7 +190,7 @@ def register(params, model_dir: str | Path, metrics: dict[str, float], name: str
     from stepcode.tracking.registry import register_model
 
     name = name or params.pipeline.model_name
-    with _tracked(params, "register", stage_params={"model_name": name}) as run_mlflow:
+    with stage_run("register", params, stage_params={"model_name": name}) as run_mlflow:
         run_id = run_mlflow.active_run().info.run_id if run_mlflow is not None else None
         if run_id is None:
             raise RuntimeError("registering a model needs tracking enabled (params: tracking.enabled)")

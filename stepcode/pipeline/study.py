@@ -6,8 +6,8 @@
 
 What runs, in order (every arm gets exactly the same data, settings and number of steps; nothing is tuned per arm):
 1. data: the variant's corpus — the built dataset (study.data_dir), or (corpus "basic") its own programs from
-   `stepcode.data.synth_basic`, traced in the sandbox and built by `stepcode.data.dataset.build_dataset` — filtered to the
-   variant's tasks, sources, anchor count and prompt length (`select_rows`), written under study.work_dir; the
+   `stepcode.data.synth_basic`, traced in the sandbox and built by `stepcode.data.dataset.build_dataset` — filtered to
+   the variant's tasks, sources, anchor count and prompt length (`select_rows`), written under study.work_dir; the
    held-out split stays held out.
 2. one tiny model (tokenizer trained on the filtered SFT rows) and ONE SFT warm start (the profile's sft settings),
    reused by a rerun when its settings and data are unchanged;
@@ -18,7 +18,8 @@ What runs, in order (every arm gets exactly the same data, settings and number o
    heldout_limit held-out rows (in-distribution) and the first cruxeval_limit CRUXEval problems in the StepCode
    format (out-of-distribution); final accuracy, step accuracy, their gap, completion length;
 5. per arm: mean over seeds with a 95% t-interval (`t_interval`); the report (`render_report`, from results.json
-   alone), plots, and MLflow: a parent run "ablation" with one nested run per arm x seed (params arm, seed, mode,
+   alone, with the variant's entries of the lab notebook `choices.yaml` in the report folder), plots, and MLflow
+   (`stepcode.tracking.lineage`): a parent run "ablation" with one nested run per arm x seed (params arm, seed, mode,
    lam; eval metrics; the training curves as step metrics), comparable with `stepcode compare`.
 Arms run in `workers` parallel processes (one torch thread each); MLflow is written by this process only.
 """
@@ -36,7 +37,10 @@ from pathlib import Path
 from stepcode.errors import MissingInput
 from stepcode.training.modes import MODES
 
-ARM_LABELS = {"sft": "SFT only", **MODES}   # the SFT warm start, then one GRPO arm per advantage mode
+# The lab notebook (why each variant's settings are what they are), keyed by variant, in the report folder; it goes
+# into results.json's "choices" and the report's "Data and choices".
+CHOICES_FILE = "choices.yaml"
+ARM_LABELS = {"sft": "SFT only", **{name: mode.label for name, mode in MODES.items()}}   # SFT, then a GRPO arm per mode
 ARMS = tuple(ARM_LABELS)
 # The metrics of the headline table, in order, with how they read.
 HEADLINE = (("heldout.final_acc", "held-out final acc"), ("heldout.step_acc", "held-out step acc"),
@@ -169,7 +173,7 @@ def _order_line(stats: dict, metric: str) -> str:
     if not order:
         return "–"
     parts = [ARM_LABELS[order[0][0]]]
-    for (arm, above), (nxt, _) in zip(order, order[1:]):
+    for (_, above), (nxt, _) in zip(order, order[1:]):
         parts.append((" **>** " if above else " ≈ ") + ARM_LABELS[nxt])
     return "".join(parts)
 
@@ -344,9 +348,9 @@ def _train_grpo(job: Job, rl_path: str, profile, params) -> dict:
     from stepcode.training.models import load_model, set_offline
 
     set_offline()
-    from stepcode.training.rewards import RewardScorer
     from stepcode.training.common import configure_torch
     from stepcode.training.grpo import bilevel_trainer_class, grpo_config, rl_dataset
+    from stepcode.training.rewards import RewardScorer
 
     started = time.perf_counter()
     configure_torch(profile)
@@ -406,10 +410,11 @@ def build_basic_dataset(params, variant, work_dir: Path) -> Path:
     the same seed, size, trace and build settings. Returns the built dataset's directory."""
     from itertools import islice
 
-    from stepcode.jsonl import write_jsonl
     from stepcode.data.dataset import build_dataset
     from stepcode.data.synth_basic import basic_candidates
     from stepcode.data.traces import trace_rows
+    from stepcode.evals.registry import decontamination_sources
+    from stepcode.jsonl import write_jsonl
 
     params = params.model_copy(update={"build": params.build.model_copy(update={"reasoning": variant.reasoning})})
     out = work_dir / "basic"
@@ -421,7 +426,8 @@ def build_basic_dataset(params, variant, work_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     programs = list(islice(basic_candidates(variant.corpus_seed), variant.corpus_programs))
     write_jsonl(out / "traces.jsonl", trace_rows(programs, params))
-    stats = build_dataset(out / "traces.jsonl", out / "dataset", params)
+    stats = build_dataset(out / "traces.jsonl", out / "dataset", params,
+                          benchmarks=decontamination_sources(params.build))
     stamp_path.write_text(json.dumps({"stamp": stamp, "build": stats}, indent=1))
     return out / "dataset"
 
@@ -447,8 +453,9 @@ def prepare_data(params, variant, work_dir: Path) -> dict:
              "heldout": str(work_dir / "heldout.jsonl")}
     for name, rows in (("sft", sft), ("rl", rl), ("heldout", heldout)):
         write_jsonl(paths[name], rows)
-    corpus = (f"basic: {variant.corpus_programs} programs of stepcode/data/synth_basic.py (seed {variant.corpus_seed}), "
-              f"SFT reasoning {variant.reasoning}" if variant.corpus == "basic" else f"the built dataset ({src})")
+    corpus = (f"basic: {variant.corpus_programs} programs of stepcode/data/synth_basic.py "
+              f"(seed {variant.corpus_seed}), SFT reasoning {variant.reasoning}" if variant.corpus == "basic"
+              else f"the built dataset ({src})")
     return {"paths": paths, "corpus": corpus, "sft_rows": len(sft), "rl_rows": len(rl), "heldout_rows": len(heldout),
             "tasks": list(variant.tasks), "sources": list(variant.sources), "max_anchors": variant.max_anchors,
             "max_prompt_chars": variant.max_prompt_chars}
@@ -457,8 +464,9 @@ def prepare_data(params, variant, work_dir: Path) -> dict:
 def _jobs(seeds: list[int], lam: float, sft_model: str, work_dir: Path) -> list[Job]:
     jobs = [Job("sft", None, None, None, sft_model, str(work_dir / "sft-only"))]
     for seed in seeds:
-        for mode in MODES:   # one arm per advantage mode; a mode without an intra term ignores lam
-            jobs.append(Job(mode, seed, mode, lam, sft_model, str(work_dir / f"{mode}-seed{seed}")))
+        for name, mode in MODES.items():   # one arm per advantage mode
+            jobs.append(Job(name, seed, name, lam if mode.uses_lam else 0.0, sft_model,
+                            str(work_dir / f"{name}-seed{seed}")))
     return jobs
 
 
@@ -474,24 +482,35 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}"
 
 
-def _log_run(mlflow, run: dict, profile_name: str, profile) -> str:
-    """One nested run (arm x seed): params, eval metrics, the training curves as step metrics."""
-    from mlflow.entities import Metric
+def _log_run(params, run: dict, profile_name: str, profile) -> str | None:
+    """One nested run (arm x seed) under the study's run: params, eval metrics, the training curves as step metrics.
+    Returns its id (None when tracking is off)."""
+    from stepcode.tracking.lineage import stage_run
 
     name = run["arm"] if run["seed"] is None else f"{run['arm']}-seed{run['seed']}"
-    with mlflow.start_run(run_name=name, nested=True) as active:
-        mlflow.set_tags({"study": "ablation", "arm": run["arm"]})
-        mlflow.log_params({"arm": run["arm"], "seed": "-" if run["seed"] is None else run["seed"],
-                           "mode": run["mode"] or "sft-only", "lam": "-" if run["lam"] is None else run["lam"],
-                           "profile": profile_name, "grpo_steps": run["grpo_steps"],
-                           **{f"grpo.{k}": str(v)[:250] for k, v in profile.grpo.model_dump().items()
-                              if k not in ("lam",)}})
+    arm_params = {"arm": run["arm"], "seed": "-" if run["seed"] is None else run["seed"],
+                  "mode": run["mode"] or "sft-only", "lam": "-" if run["lam"] is None else run["lam"],
+                  "profile": profile_name, "grpo_steps": run["grpo_steps"],
+                  **{f"grpo.{k}": str(v)[:250] for k, v in profile.grpo.model_dump().items() if k not in ("lam",)}}
+    with stage_run("ablation-arm", params, run_name=name, stage_params=arm_params,
+                   tags={"study": "ablation", "arm": run["arm"]}) as mlflow:
+        if mlflow is None:
+            return None
+        from mlflow.entities import Metric
+
+        run_id = mlflow.active_run().info.run_id
         mlflow.log_metrics({**run["metrics"], "grpo_seconds": run["grpo_seconds"], "grpo_tokens": run["grpo_tokens"]})
         now = int(time.time() * 1000)
         points = [Metric(key, value, now, step) for key, series in run["history"].items() for step, value in series]
         for i in range(0, len(points), 900):   # the REST limit is 1000 metrics per batch
-            mlflow.tracking.MlflowClient().log_batch(active.info.run_id, metrics=points[i:i + 900])
-        return active.info.run_id
+            mlflow.tracking.MlflowClient().log_batch(run_id, metrics=points[i:i + 900])
+    return run_id
+
+
+def default_report_dir(params, variant: str) -> Path:
+    """Where a variant's report goes without -o: study.report_dir for the full study (the committed report), else
+    under study.work_dir."""
+    return Path(params.study.report_dir) if variant == "full" else Path(params.study.work_dir) / variant / "report"
 
 
 def run_study(params, variant: str = "full", *, seeds: int | None = None, budget_minutes: float | None = None,
@@ -514,8 +533,7 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     # Greedy evaluation with the variant's length cap, identical for every arm.
     params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
         update={"greedy": True, "max_new_tokens": v.max_new_tokens})})
-    out_dir = Path(out_dir or (params.study.report_dir if variant == "full" else
-                               Path(params.study.work_dir) / variant / "report"))
+    out_dir = Path(out_dir or default_report_dir(params, variant))
     work_dir = Path(work_dir or Path(params.study.work_dir) / variant)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -527,8 +545,8 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     echo(f"data: {data['sft_rows']} SFT / {data['rl_rows']} RL / {data['heldout_rows']} held-out rows")
 
     from stepcode.jsonl import read_jsonl
-    from stepcode.training.models import build_tiny_model, corpus_texts
     from stepcode.tracking.lineage import file_md5
+    from stepcode.training.models import build_tiny_model, corpus_texts
     from stepcode.training.sft import run_sft
 
     # The SFT checkpoint is reused when the same settings already made it from the same data (a rerun of the arms
@@ -550,21 +568,17 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     echo(f"SFT: {sft_summary['steps']} steps in {sft_summary['seconds']:.0f} s "
          f"(loss {sft_summary.get('last_log', {}).get('loss', float('nan')):.3g})")
 
-    tracking = params.tracking.enabled
-    mlflow = None
-    if tracking:
-        from stepcode.tracking.lineage import configure, git_state
+    from stepcode.tracking.lineage import parent_run
 
-        mlflow = configure(params)
     seed_list = list(range(seeds))
     jobs = _jobs(seed_list, params.study.lam, str(work_dir / "sft"), work_dir)
     runs: list[dict] = []
     arms_started = time.perf_counter()
-    parent = mlflow.start_run(run_name="ablation") if mlflow else None
-    try:
+    choices = read_choices(variant, out_dir, params.study.report_dir) or []
+    with parent_run("ablation", params, tags={"study": "ablation", "variant": variant, "seeds": seeds,
+                                              "budget_minutes": budget, "profile": v.profile}) as mlflow:
+        parent_run_id = mlflow.active_run().info.run_id if mlflow else None
         if mlflow:
-            mlflow.set_tags({"study": "ablation", "variant": variant, "seeds": seeds, "budget_minutes": budget,
-                             "profile": v.profile, **git_state()})
             mlflow.log_params({"variant": variant, "seeds": seeds, "budget_minutes": budget, "profile": v.profile,
                                "grpo_steps": plan["grpo_steps"], "lam": params.study.lam,
                                "sft_steps": sft_summary["steps"], **{f"data.{k}": str(x) for k, x in data.items()}})
@@ -576,8 +590,9 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
                 if future.exception() is not None:
                     pool.shutdown(cancel_futures=True)   # one failed arm fails the study: don't train the rest
                 run = future.result()
-                if mlflow:
-                    run["run_id"] = _log_run(mlflow, run, v.profile, profile)
+                run_id = _log_run(params, run, v.profile, profile)
+                if run_id:
+                    run["run_id"] = run_id
                 runs.append(run)
                 m = run["metrics"]
                 echo(f"  {run['arm']:>8} seed {run['seed']}: held-out final {m['heldout.final_acc']:.3f} step "
@@ -600,24 +615,37 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
                                                 if grpo_runs else 0.0),
                         "grpo_minutes_per_run": (sum(r["grpo_seconds"] for r in grpo_runs) / len(grpo_runs) / 60
                                                  if grpo_runs else 0.0)},
-            "choices": STUDY_CHOICES.get(variant, []),
+            "choices": choices,
             "runs": runs, "stats": arm_stats(runs),
-            "mlflow": {"parent_run_id": parent.info.run_id if parent else None},
+            "mlflow": {"parent_run_id": parent_run_id},
         }
         write_report(results, out_dir)
         if mlflow:
             mlflow.log_metrics({f"{arm}.{key}": s["mean"] for arm, per in results["stats"].items()
                                 for key, s in per.items()})
             mlflow.log_artifacts(str(out_dir), "report")
-    except BaseException as e:
-        if mlflow:
-            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-            mlflow.end_run(status="FAILED")
-        raise
-    else:
-        if mlflow:
-            mlflow.end_run(status="FINISHED")
     return results
+
+
+def read_choices(variant: str, *folders: str | Path) -> list[str] | None:
+    """The lab notebook's entries for `variant` (why its settings are what they were measured to be): from the first
+    of `folders` whose choices.yaml (a mapping of variant -> list of texts) has the variant; None if none has."""
+    import yaml
+
+    from stepcode.errors import UserError
+
+    for folder in folders:
+        path = Path(folder) / CHOICES_FILE
+        if not path.is_file():
+            continue
+        notebook = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        entries = notebook.get(variant) if isinstance(notebook, dict) else None
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise UserError(f"{path}: {variant!r} must be a list of texts (one per choice)")
+        return entries
+    return None
 
 
 def write_report(results: dict, out_dir: str | Path) -> Path:
@@ -629,57 +657,3 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
     readme = out_dir / "README.md"
     readme.write_text(render_report(results))
     return readme
-
-
-# Why the full study looks the way it does (measured; the log is in the report). Shown in the report's choices.
-STUDY_CHOICES: dict[str, list[str]] = {
-    "full": [
-        "Corpus: the study's own, 12,000 programs from `stepcode/data/synth_basic.py` (seed 0): `def f(<1-2 params>)` with "
-        "2-4 straight-line assignments (a literal, or one operation on earlier names: small-int arithmetic, "
-        "max/min/len/sum, indexing, upper/concat/reverse/slice of 2-3 letter words, list concat/sort/reverse), one "
-        "in four with an if/else, then `return`. Traced in the sandbox (11,997 ok; 3 index an emptied list) and "
-        "built by the dataset builder: 10,777 training programs, 1,220 held out (sha256 split); 3-5 anchors each "
-        "(a third each). Why not the CRUXEval-style corpus of `dvc repro`: a model trained from scratch for "
-        "minutes cannot execute `''.join(sorted(s)).center(9, 'r')`; the previous full run of this study on it "
-        "ended with 0.0 held-out step accuracy after SFT (and a borrowed-GPU sweep of 400-3200 SFT steps, "
-        "sft_sweep.py and sft_sweep.jsonl beside this report, never passed 0.11), so RL had nothing to improve.",
-        "Model: `mini` (a Llama with 3 layers, hidden 128, 4 heads, byte-level BPE of 2048 trained on the study's "
-        "SFT rows), initialised from scratch. It sees about three times as many examples per CPU-second as `tiny` "
-        "(4 x 256): batch 16 in ~0.75 s a step against batch 8 in ~1.1 s, one thread each, and at this budget the "
-        "examples seen mattered more than width: tiny, 900 steps of batch 8, reached only 0.12 held-out step "
-        "accuracy (0.05 exact answers) on the first version of the corpus, printing well-typed values unrelated "
-        "to the input. The two were not compared on the final corpus: the choice rests on cost.",
-        "Tokenizer (all tiny models, a design choice not measured in isolation): pieces that a merge never "
-        "crosses are words, single digits and runs of other characters, so a value is the same tokens in the "
-        "code, the input and the trace (`6` in `f(6, 'bc')` and in `<print>a: 6</print>`); GPT-2's pieces glue a "
-        "leading space or quote onto it (`Ġ6`, `'bc`), and the model must first learn that those are one value.",
-        "SFT: 1,200 steps of batch 16 (about 1.8 epochs), lr 3e-3 decaying linearly, max length 512, empty "
-        "<reasoning> (build.reasoning `none`: the loss goes to the values, and sequences are shorter); one torch "
-        "thread (a second thread made it slower on this shared machine). The corpus was made easier once on the "
-        "way (one parameter 7 times in 10 and a literal 1 time in 5, so the first steps copy a value in sight).",
-        "GRPO: lr 3e-4 (a tenth of the SFT rate, the paper's SFT:RL ratio), G = 4, 16 completions (4 prompts) "
-        "per step, at most 96 completion tokens (an answer is ~60), temperature 1, beta 0, segment spans, the same "
-        "for every arm; the arms differ only in the advantage (terminal: z-scored final reward; step: + "
-        "per-anchor group z-score; bilevel: + 0.3 x intra-trajectory term). Steps come from the budget through "
-        "the cost model in study.variants.full, capped by the profile (200).",
-        "Evaluation: greedy, at most 96 new tokens, the first 100 held-out rows and 20 CRUXEval problems (those "
-        "whose instrumented trace is ok), the same for every arm; seeds change GRPO's data order and rollout "
-        "sampling only (one SFT checkpoint for all). CRUXEval-O is far outside this corpus (loops, string "
-        "methods, long values): near zero is expected there.",
-        "Budget: the cost model was first set from the old corpus's arms (6 s per GRPO step), which planned only "
-        "78 steps; the arms measured ~1.1 s a step, so that run was stopped and the arms rerun from the same SFT "
-        "checkpoint with the measured model (0.71 s per SFT step, 1.5 s per GRPO step, 0.42 s per evaluated row). "
-        "The rerun's arms took 1.4-2 s a step: a test suite shared the 2 cores for part of it.",
-        "Reading (after the run): SFT reached 17.7% held-out step accuracy and 13% exact answers, so every GRPO "
-        "group had signal. From there no arm improved on SFT in 200 steps: Step-GRPO held it (16.2%), Bi-Level "
-        "lost a little (14.3%) and Terminal-GRPO lost most (9.0%, intervals separate from Step-GRPO's). That "
-        "terminal rewards hurt step accuracy most is the paper's direction; that Bi-Level does not beat Step-GRPO "
-        "and nothing beats SFT is not. The arms did learn their own objective: the mean training reward (temperature-1 "
-        "rollouts, first vs last fifth of the steps) rose in 7 of 9 runs, e.g. Bi-Level seed 2 0.17 -> 0.27 and "
-        "Step seed 0 0.25 -> 0.35; greedy decoding, which the evaluation uses, was already where sampling went. "
-        "The RL learning rate (3e-4, the paper's ratio to SFT's) was not tuned, and "
-        "with ~1M parameters it may be too high: that is the first knob to try, for every arm alike.",
-    ],
-    "micro": ["Micro variant: the micro model and a few steps, only to keep the command working (CI); its numbers "
-              "mean nothing."],
-}

@@ -13,7 +13,8 @@ code and a set of stdlib modules once, enters its own mount and network namespac
 job, forks one child, which drops to the sandbox uid and calls a *runner* (`stepcode.sandbox.runners`) that executes the
 program and reports a JSON result through a pipe. The engine sends jobs in batches: a server compiles the whole batch,
 sets up once what every child of it needs, then runs the jobs one at a time, one fresh child each, and answers the
-batch in one frame. What a job costs, and why, is in stepcode/sandbox/server.py (~1 ms: one fork, the program, one reap).
+batch in one frame. What a job costs, and why, is in stepcode/sandbox/server.py (~1 ms: one fork, the program, one
+reap).
 
 Threat model — what a program running in the child CANNOT do (each is a test in tests/test_hostile.py):
 - write anywhere but its private temp dir: it runs as an unprivileged uid (one per server, claimed machine-wide, so
@@ -60,7 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
-from stepcode.sandbox.protocol import read_frame, write_frame
+from stepcode.sandbox.protocol import read_frame, server_limits, write_frame
 
 if TYPE_CHECKING:
     from stepcode.config import SandboxParams
@@ -286,7 +287,8 @@ class Sandbox:
 
     `preload`: modules each server imports once, before forking (`preload_for` picks them from a corpus); None: a
     general-purpose set (stepcode.sandbox.server.PRELOAD).
-    `fork_loop` (default: `params.fork_loop`): the servers fork and supervise children in C (stepcode/sandbox/_forkloop.c,
+    `fork_loop` (default: `params.fork_loop`): the servers fork and supervise children in C
+    (stepcode/sandbox/_forkloop.c,
     built at install) or, when that is not built or "python" is asked for, in Python — same verdicts, ~1.5x the CPU
     per run. `isolation` says which."""
 
@@ -307,8 +309,7 @@ class Sandbox:
         self._base = tempfile.mkdtemp(prefix="stepcode-sandbox-")
         os.chmod(self._base, 0o711)
         p = self.params
-        limits = {"as_bytes": p.memory_mb << 20, "cpu_s": p.cpu_s, "fsize_bytes": p.file_size_mb << 20,
-                  "nofile": p.open_files, "nproc": p.processes, "stdout_bytes": p.stdout_kb << 10}
+        limits = server_limits(p)
         self._slots: list[Slot] = []
         self._free: queue.Queue[Slot] = queue.Queue()
         self._uids = _UidClaims(self.workers * len(self.hash_seeds))
@@ -316,7 +317,7 @@ class Sandbox:
                           "stepcode.sandbox.isolation", *runners))
         k = 0
         try:
-            for i in range(self.workers):
+            for _ in range(self.workers):
                 servers = {}
                 for seed in self.hash_seeds:
                     base = os.path.join(self._base, f"s{k}")

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable   # not `typing`: the fork-server imports this module, and typing is big
-
+from collections.abc import Callable  # not `typing`: the fork-server imports this module, and typing is big
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -132,7 +131,8 @@ def expose_paths(paths: list[str], staging: str) -> list[str]:
 # --- Landlock: make every path but one read-only, forbid TCP, scope signals --------------------------------------
 
 _FS_WRITE_FILE, _FS_REMOVE_DIR, _FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
-_FS_MAKE = sum(1 << b for b in range(6, 13))  # MAKE_CHAR, MAKE_DIR, MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM
+# MAKE_CHAR, MAKE_DIR, MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM
+_FS_MAKE = sum(1 << b for b in range(6, 13))
 _FS_REFER, _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1

@@ -4,7 +4,8 @@
 
 It imports the runner code and the modules to preload (the engine's choice; `PRELOAD` by default) once, enters its
 own mount and network namespaces, and forks one confined child per job, one job at a time — in C
-(stepcode/sandbox/_forkloop.c) when that is built, else in Python (`_run_one`). The threat model is in stepcode/sandbox/engine.py.
+(stepcode/sandbox/_forkloop.c) when that is built, else in Python (`_run_one`). The threat model is in
+stepcode/sandbox/engine.py.
 
 Protocol: after a start-up handshake, each request frame is `(runner, [payload, ...], timeout)` — a batch — and its
 answer is one frame holding, per payload in order, `(report, wall_s, cpu_s, faults)`: `report` is either the child's

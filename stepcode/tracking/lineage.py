@@ -1,18 +1,24 @@
 """Lineage: every stage logs to MLflow what it read, what it wrote and with which code and params.
 
-    from stepcode.tracking.lineage import stage_run
-    with stage_run("trace", params, inputs={"programs": "data/raw"}, outputs={"traces": "data/traces.jsonl"}) as run:
-        ...                                   # the stage's work; outputs' digests are logged when the block ends
-        run.log_metrics({"rows": 800})
+    from stepcode.tracking.lineage import parent_run, stage_run
+    with parent_run("pipeline", params, tags={"profile": "micro"}):    # one run over several stages (optional)
+        with stage_run("trace", params, inputs={"programs": "data/raw"},
+                       outputs={"traces": "data/traces.jsonl"}) as mlflow:
+            ...                               # the stage's work; outputs' digests are logged when the block ends
+            if mlflow is not None:            # None: tracking is off (params tracking.enabled)
+                mlflow.log_metrics({"rows": 800})
 
-A stage run nests under the active run, or under the run named by `STEPCODE_PARENT_RUN_ID` (set by the pipeline
-flow, so stages running in task threads or worker processes still nest under the flow's run).
+These two context managers are the only places that start an MLflow run; with `tracking.enabled: false` both yield
+None and log nothing, so a caller never needs a switch of its own. A stage run nests under the active run, or under
+the run named by `STEPCODE_PARENT_RUN_ID`, which `parent_run` exports while its block runs (so stages running in
+task threads or worker processes still nest under it) and restores afterwards.
 Embedded default: a sqlite store and an artifact folder inside the project (`tracking:` in params.yaml); a remote
 tracking server is one setting: `MLFLOW_TRACKING_URI` in the environment wins over params. Each run carries tags
 `git.commit`, `git.dirty`, `params.hash`, and `dvc.md5.<role>` for every input and output: the same md5 DVC records
 in dvc.lock (a file's content md5; a directory's DVC tree md5 with its `.dir` suffix), so a run page answers "which
-exact data made this". Datasets are also logged as `mlflow.data` inputs with that digest. A stage that raises marks
-its run FAILED with the error in a tag; nothing is silently dropped.
+exact data made this". Datasets are also logged as `mlflow.data` inputs with that digest. A block that raises marks
+its run FAILED (KILLED for a signal or Ctrl-C: a BaseException that is not an Exception) with the error in a tag;
+nothing is silently dropped.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _DATASET_SOURCE_WARNING = "The specified dataset source can be interpreted in multiple ways"
+PARENT_ENV = "STEPCODE_PARENT_RUN_ID"   # the run that stage runs started elsewhere (threads, processes) nest under
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -108,22 +115,82 @@ def log_dataset(mlflow, path: str | os.PathLike, role: str, context: str, digest
     return digest
 
 
-@contextlib.contextmanager
-def stage_run(stage: str, params, *, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None,
-              stage_params: dict | None = None, tags: dict | None = None) -> Iterator:
-    """An MLflow run for one stage (nested under the active run, if any). Inputs are digested and logged now;
-    outputs when the block ends without error. On an exception the run is marked FAILED and the error re-raised."""
-    mlflow = configure(params)
+def _start(mlflow, run_name: str):
+    """Start a run: nested under the active run of this thread, else under the run `STEPCODE_PARENT_RUN_ID` names
+    (a parent started in another thread or process), else at the top level."""
     if mlflow.active_run() is not None:
-        mlflow.start_run(run_name=stage, nested=True)
-    elif os.environ.get("STEPCODE_PARENT_RUN_ID"):  # a pipeline run started elsewhere (another thread or process)
-        mlflow.start_run(run_name=stage, nested=True, parent_run_id=os.environ["STEPCODE_PARENT_RUN_ID"])
-    else:
-        mlflow.start_run(run_name=stage)
+        return mlflow.start_run(run_name=run_name, nested=True)
+    if os.environ.get(PARENT_ENV):
+        return mlflow.start_run(run_name=run_name, nested=True, parent_run_id=os.environ[PARENT_ENV])
+    return mlflow.start_run(run_name=run_name)
+
+
+def _run_tags(stage: str, params, tags: dict | None) -> dict:
+    out = {"stage": stage, "params.hash": params_hash(params), **git_state()}
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+        out["prefect.flow_run_id"] = os.environ["PREFECT__FLOW_RUN_ID"]
+    return {**out, **(tags or {})}
+
+
+def _end_failed(mlflow, e: BaseException) -> str:
+    """Tag the active run with the error and end it: FAILED, or KILLED for a signal or Ctrl-C. Returns the status."""
+    status = "FAILED" if isinstance(e, Exception) else "KILLED"
+    mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+    mlflow.end_run(status=status)
+    return status
+
+
+@contextlib.contextmanager
+def parent_run(name: str, params, *, tags: dict | None = None, killed: Callable[[], bool] | None = None,
+               on_killed: Callable[[str], None] | None = None) -> Iterator:
+    """One MLflow run over several stages (the pipeline, a study): yields the mlflow module, or None when tracking is
+    off. Tagged like a stage run (`stage` = name, `params.hash`, git state) plus `tags`.
+
+    While the block runs, `STEPCODE_PARENT_RUN_ID` names this run, so every `stage_run` (in this thread, a task
+    thread or a worker process started meanwhile) nests under it; the variable's previous value is restored when the
+    block ends, however it ends. A block that raises ends the run FAILED with the error in a tag (KILLED for a signal
+    or Ctrl-C, then `on_killed(run_id)`: e.g. `termination.kill_runs`, for stage runs in threads that die without
+    unwinding). A block that returns ends it FINISHED, or KILLED when `killed()` says a termination was requested
+    (a signal whose exception was swallowed). The run nests under an active run, if any, like a stage run."""
+    if not params.tracking.enabled:
+        yield None
+        return
+    mlflow = configure(params)
+    run_id = _start(mlflow, name).info.run_id
+    previous = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = run_id
     try:
-        mlflow.set_tags({"stage": stage, "params.hash": params_hash(params), **git_state(), **(tags or {})})
-        if os.environ.get("PREFECT__FLOW_RUN_ID"):
-            mlflow.set_tag("prefect.flow_run_id", os.environ["PREFECT__FLOW_RUN_ID"])
+        try:
+            mlflow.set_tags(_run_tags(name, params, tags))
+            yield mlflow
+        except BaseException as e:
+            if _end_failed(mlflow, e) == "KILLED" and on_killed is not None:
+                on_killed(run_id)
+            raise
+        else:
+            mlflow.end_run(status="KILLED" if killed is not None and killed() else "FINISHED")
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params, *, run_name: str | None = None, inputs: dict[str, str] | None = None,
+              outputs: dict[str, str] | None = None, stage_params: dict | None = None,
+              tags: dict | None = None) -> Iterator:
+    """An MLflow run for one stage, named `run_name` (default: the stage), tagged `stage`; yields the mlflow module,
+    or None when tracking is off (params tracking.enabled). Nested under the active run, else under the run named by
+    `STEPCODE_PARENT_RUN_ID` (see `parent_run`). Inputs are digested and logged now; outputs when the block ends
+    without error. On an exception the run is marked FAILED (KILLED for a signal or Ctrl-C) and the error re-raised."""
+    if not params.tracking.enabled:
+        yield None
+        return
+    mlflow = configure(params)
+    _start(mlflow, run_name or stage)
+    try:
+        mlflow.set_tags(_run_tags(stage, params, tags))
         if stage_params:
             mlflow.log_params({k: str(v)[:500] for k, v in stage_params.items()})
         for role, path in (inputs or {}).items():
@@ -132,8 +199,7 @@ def stage_run(stage: str, params, *, inputs: dict[str, str] | None = None, outpu
         for role, path in (outputs or {}).items():
             mlflow.set_tag(f"dvc.md5.{role}", log_dataset(mlflow, path, role, "output"))
     except BaseException as e:
-        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-        mlflow.end_run(status="FAILED" if isinstance(e, Exception) else "KILLED")  # signals, Ctrl-C: KILLED
+        _end_failed(mlflow, e)
         raise
     else:
         mlflow.end_run(status="FINISHED")

@@ -10,12 +10,14 @@
 1. Rewards are computed once per completion, by `StepCodeReward`, the trainer's only reward function. TRL calls it
    with the completion token ids and the RL row's columns; it decodes the ids itself (so the text it parses and the
    character offsets of every token come from the same decode), scores all completions in the sandbox
-   (stepcode.training.rewards), maps each anchor's span (reasoning+print segment, or the <print> block) to token positions,
+   (stepcode.training.rewards), maps each anchor's span (reasoning+print segment, or the <print> block) to token
+   positions,
    stashes those per-completion results in `.batch`, and returns the paper's logged scalar (#correct/n) + r_final,
    which TRL logs as `reward`.
 2. `_generate_and_score_completions` calls `super()` (generation, rewards, TRL's sequence advantages), takes the stash,
    gathers step rewards, final rewards and anchor counts from every process (TRL spreads a prompt's G completions
-   over processes), computes `stepcode.training.advantages.bilevel_group_advantages` per prompt group, keeps this process's rows,
+   over processes), computes `stepcode.training.advantages.bilevel_group_advantages` per prompt group, keeps this
+   process's rows,
    and replaces `advantages` with the [B, T] tensor of `token_advantages`, times the loss mask. TRL's `_compute_loss`
    accepts [B, T] advantages by design (shared/notes/stack.md 2.b).
 Modes: "bilevel" (default), "step" (lambda = 0), "terminal": the terminal term A_final alone, from the same z-score
@@ -120,8 +122,8 @@ class StepCodeReward:
         self.batch: list[dict] | None = None
 
     def __call__(self, prompts, completions, completion_ids, **columns) -> list[float]:
-        from stepcode.training.advantages import char_spans_to_token_spans
         from stepcode.prompts import parse_completion
+        from stepcode.training.advantages import char_spans_to_token_spans
 
         rows = [{k: columns[k][i] for k in columns if isinstance(columns[k], list)} for i in range(len(prompts))]
         decoded = [decode_with_offsets(self.tokenizer, ids) for ids in completion_ids]
@@ -141,7 +143,8 @@ class StepCodeReward:
 
 @functools.cache
 def bilevel_trainer_class():
-    """The BiLevelGRPOTrainer class, defined on first use so `import stepcode.training.grpo` does not import torch/trl."""
+    """The BiLevelGRPOTrainer class, defined on first use so `import stepcode.training.grpo` does not import
+    torch/trl."""
     import torch
     from trl import GRPOTrainer
 
@@ -254,9 +257,9 @@ def run_grpo(model_path, rl_jsonl, out_dir, profile, mode: str = "bilevel", *, p
 
     params: the full Params (sandbox and trace limits for the rewards); default: built-in defaults.
     """
-    from stepcode.training.modes import check_mode
     from stepcode.config import Params
     from stepcode.training.models import load_model, set_offline
+    from stepcode.training.modes import check_mode
     from stepcode.training.rewards import RewardScorer
 
     set_offline()

@@ -1,5 +1,5 @@
-"""The GRPO advantage modes: the one list (a name and its label), light to import (the config, the CLI and the
-study read it without importing torch).
+"""The GRPO advantage modes: the one list (a name, its label, whether it reads λ), light to import (the config,
+the CLI and the study read it without importing torch).
 
 Each name is one function in `stepcode.training.advantages`, `<name>_step_advantages(step_rewards, lam, eps)`,
 giving the step term A_step [G, n] of a group (the terminal term A_final is the same in every mode). Adding a mode
@@ -7,10 +7,18 @@ is that function plus its line here (docs/adding-an-advantage-mode.md); the CLI,
 the ablation study's arms all follow this list.
 """
 
+from typing import NamedTuple
+
+
+class Mode(NamedTuple):
+    label: str          # how reports name it
+    uses_lam: bool      # whether its step term reads lambda (runs of the others log lambda = 0)
+
+
 MODES = {   # baseline first: the study reports its arms in this order
-    "terminal": "Terminal-GRPO",     # vanilla GRPO: the final-answer z-score only
-    "step": "Step-GRPO (λ=0)",        # + the per-anchor group z-score
-    "bilevel": "Bi-Level GRPO",       # + λ times the intra-trajectory term (the paper)
+    "terminal": Mode("Terminal-GRPO", uses_lam=False),     # vanilla GRPO: the final-answer z-score only
+    "step": Mode("Step-GRPO (λ=0)", uses_lam=False),       # + the per-anchor group z-score
+    "bilevel": Mode("Bi-Level GRPO", uses_lam=True),       # + λ times the intra-trajectory term (the paper)
 }
 DEFAULT_MODE = "bilevel"
 

@@ -124,43 +124,57 @@ def test_reward_rejects_unknown_span():
 
 # --- real training runs -------------------------------------------------------------------------------------------
 
+def crafted_completion(tok, task, prints, answer, commit=None):
+    """One crafted completion as token ids, built piece by piece so every anchor's token ranges are known exactly.
+
+    Returns (ids, {"segment": [(s, e) per print], "print": [(s, e) per print]}): the reasoning+print segment (from
+    the end of the previous <print>/<input> block, or 0, to </print>) and the <print> block alone.
+    """
+    pieces = [] if commit is None else [("head", f"<reasoning>I commit.</reasoning>\n<input>{commit}</input>")]
+    for i, line in enumerate(prints):
+        lead = "" if i == 0 and commit is None else "\n"
+        pieces += [("reason", f"{lead}<reasoning>Step {i + 1} of {len(prints)}.</reasoning>\n"),
+                   ("print", f"<print>{line}</print>")]
+    pieces.append(("tail", f"\n<reasoning>So.</reasoning>\n<answer>{answer}</answer>"))
+    ids, spans = [], {"segment": [], "print": []}
+    for kind, text in pieces:
+        piece_ids = tok(text)["input_ids"]
+        if kind == "reason":
+            segment_start = len(ids)
+        elif kind == "print":
+            spans["segment"].append((segment_start, len(ids) + len(piece_ids)))
+            spans["print"].append((len(ids), len(ids) + len(piece_ids)))
+        ids += piece_ids
+    ids.append(tok.eos_token_id)
+    assert decode_with_offsets(tok, ids)[0] == "".join(text for _, text in pieces)   # the ranges are exact
+    return ids, spans
+
+
 def crafted_group(tok):
-    """Four completions for the output task on f([1, 2], 3) (gold: total: 0 / total: 9 / return_val: 9 / 9), each
-    as (token ids, [token ranges of segments 1..3]). Built piece by piece, so segment token ranges are known."""
-    def completion(prints, answer):
-        pieces = []
-        for i, line in enumerate(prints):
-            lead = "" if i == 0 else "\n"
-            pieces.append(f"{lead}<reasoning>Step {i + 1} of 3.</reasoning>\n<print>{line}</print>")
-        pieces.append(f"\n<reasoning>So.</reasoning>\n<answer>{answer}</answer>")
-        ids, ranges = [], []
-        for piece in pieces:
-            piece_ids = tok(piece)["input_ids"]
-            ranges.append((len(ids), len(ids) + len(piece_ids)))
-            ids += piece_ids
-        return ids + [tok.eos_token_id], ranges[:-1]
-
+    """Four completions for the output task on f([1, 2], 3) (gold: total: 0 / total: 9 / return_val: 9 / 9)."""
     gold = ["total: 0", "total: 9", "return_val: 9"]
-    return [completion(gold, "9"),                                        # steps 1,1,1  final 1
-            completion(["total: 1", "total: 3", "return_val: 9"], "9"),   # steps 0,0,1  final 1
-            completion(gold, "10"),                                       # steps 1,1,1  final 0
-            completion(["x: 1", "y: 2", "z: 3"], "f([1, 2], 3)")]         # steps 0,0,0  final 0 (echo)
+    return [crafted_completion(tok, "output", gold, "9"),                                       # steps 1,1,1 final 1
+            crafted_completion(tok, "output", ["total: 1", "total: 3", "return_val: 9"], "9"),  # steps 0,0,1 final 1
+            crafted_completion(tok, "output", gold, "10"),                                      # steps 1,1,1 final 0
+            crafted_completion(tok, "output", ["x: 1", "y: 2", "z: 3"], "f([1, 2], 3)")]        # 0,0,0 final 0 (echo)
 
 
-@pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
-def test_advantages_reaching_the_loss_equal_hand_computed_values(micro, profile, tmp_path):
-    from stepcode.training.models import load_model
-    from stepcode.training.rewards import RewardScorer
+def run_crafted(model, tok, profile, out_dir, groups, *, steps=1, **trainer_kwargs):
+    """Train with TRL's `rollout_func` returning crafted completions: `groups` is [(RL row, [G completions])], one
+    prompt group each, G = 4. Returns the trainer and, per optimizer step, (completion_ids, advantages, loss) as
+    `_compute_loss` saw them."""
     from stepcode.training.grpo import bilevel_trainer_class, grpo_config, rl_dataset
+    from stepcode.training.rewards import RewardScorer
 
-    model, tok = load_model(micro)
-    group = crafted_group(tok)
+    by_prompt = {json.dumps(row["prompt"]): [ids for ids, _ in completions] for row, completions in groups}
 
     def rollout(prompts, trainer):
         prompt_ids = [tok(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False))["input_ids"]
                       for p in prompts]
-        return {"prompt_ids": prompt_ids, "completion_ids": [group[i % 4][0] for i in range(len(prompts))],
-                "logprobs": None}
+        keys = [json.dumps(p) for p in prompts]
+        # TRL repeats each prompt G times in a row: the k-th copy of a prompt gets the group's k-th completion.
+        completion_ids = [by_prompt[key][keys[:i].count(key) % 4] for i, key in enumerate(keys)]
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
     seen = []
 
@@ -170,42 +184,163 @@ def test_advantages_reaching_the_loss_equal_hand_computed_values(micro, profile,
             seen.append((inputs["completion_ids"].clone(), inputs["advantages"].clone(), loss.detach().clone()))
             return loss
 
-    row = rl_rows()[0]                      # output task, f([1, 2], 3)
-    g = profile.grpo.model_copy(update={"batch_size": 4, "num_generations": 4, "max_steps": 3, "learning_rate": 1e-2})
-    args = grpo_config(profile.model_copy(update={"grpo": g}), tmp_path / "out")
-    before = {k: v.clone() for k, v in model.named_parameters()}
+    g = profile.grpo.model_copy(update={"batch_size": 4 * len(groups), "num_generations": 4, "max_steps": steps,
+                                        "learning_rate": 1e-2})
+    args = grpo_config(profile.model_copy(update={"grpo": g}), out_dir)
+    # Several groups: each row once (one step), so every group is in the batch; one group: the row repeated.
+    assert len(groups) == 1 or steps == 1
+    dataset = rl_dataset([row for row, _ in groups] * (4 if len(groups) == 1 else 1))
     with RewardScorer(workers=1) as scorer:
-        trainer = Capturing(model=model, args=args, train_dataset=rl_dataset([row] * 4), processing_class=tok,
-                            scorer=scorer, rollout_func=rollout)
+        trainer = Capturing(model=model, args=args, train_dataset=dataset, processing_class=tok, scorer=scorer,
+                            rollout_func=rollout, **trainer_kwargs)
         trainer.train()
-    assert trainer.state.global_step == 3 and len(seen) == 3
+    assert trainer.state.global_step == steps and len(seen) == steps
+    return trainer, seen
 
-    z = 0.25 / (0.75 * 0.25) ** 0.5
-    final = [1.0, 1.0, -1.0, -1.0]
-    step = [[1.6, 1.6, z + 0.3], [-1.0, -1.0, z + 0.3], [1.6, 1.6, z + 0.3], [-1.0, -1.0, -3 * z]]
-    for ids, adv, loss in seen:
+
+def assert_token_advantages(seen, completions, final, step, span="segment"):
+    """Every row's [T] advantages equal final[k] on each completion token plus step[k][i] inside anchor i's span
+    (span: "segment" or "print"), 0 on padding, where k is the crafted completion the row holds. Each step's batch
+    must hold every crafted completion exactly once."""
+    for ids, adv, _ in seen:
         assert adv.shape == ids.shape                                  # [B, T]: per token
-        for b in range(4):
-            k = next(k for k, (c, _) in enumerate(group) if ids[b, :len(c)].tolist() == c)
-            c, ranges = group[k]
-            expected = torch.full((ids.shape[1],), final[k])
-            for i, (s, e) in enumerate(ranges):
+        held = []
+        for b in range(ids.shape[0]):
+            k = next(k for k, (c, _) in enumerate(completions)
+                     if len(c) <= ids.shape[1] and ids[b, :len(c)].tolist() == c)
+            held.append(k)
+            c, spans = completions[k]
+            expected = torch.full((ids.shape[1],), float(final[k]))
+            for i, (s, e) in enumerate(spans[span]):
                 expected[s:e] += step[k][i]
             expected[len(c):] = 0.0                                    # padding
             assert torch.allclose(adv[b], expected, atol=1e-4), (k, adv[b], expected)
+        assert sorted(held) == list(range(len(completions)))
+
+
+Z = 0.25 / (0.75 * 0.25) ** 0.5     # z-score of a 1 among (1, 1, 1, 0): mean 0.75, population std sqrt(0.75 * 0.25)
+# The crafted output group's step rewards are (1,1,1), (0,0,1), (1,1,1), (0,0,0) and its finals 1, 1, 0, 0.
+# Step term per mode, lam = 0.5: "bilevel" adds lam * r_i * (1 + mean of the later r_j) to the per-anchor z-score.
+CRAFTED_STEP = {
+    "bilevel": [[1 + 1.0, 1 + 1.0, Z + 0.5], [-1, -1, Z + 0.5], [1 + 1.0, 1 + 1.0, Z + 0.5], [-1, -1, -3 * Z]],
+    "step": [[1, 1, Z], [-1, -1, Z], [1, 1, Z], [-1, -1, -3 * Z]],
+    "terminal": [[0, 0, 0]] * 4,
+}
+
+
+def test_crafted_step_terms_differ_between_modes():
+    # The per-mode exactness test below only tells a mode from another if their expected values differ.
+    from stepcode.training.modes import MODES
+
+    assert set(CRAFTED_STEP) == set(MODES)
+    values = [torch.tensor(v, dtype=torch.float32) for v in CRAFTED_STEP.values()]
+    assert all(not torch.allclose(a, b) for i, a in enumerate(values) for b in values[i + 1:])
+
+
+@pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
+@pytest.mark.parametrize("mode", ["bilevel", "step", "terminal"])
+def test_advantages_reaching_the_loss_equal_hand_computed_values(micro, profile, tmp_path, mode):
+    from stepcode.training.models import load_model
+
+    model, tok = load_model(micro)
+    group = crafted_group(tok)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    trainer, seen = run_crafted(model, tok, profile, tmp_path / "out", [(rl_rows()[0], group)], steps=3,
+                                mode=mode, lam=0.5)              # rl_rows()[0]: output task, f([1, 2], 3)
+
+    assert_token_advantages(seen, group, [1.0, 1.0, -1.0, -1.0], CRAFTED_STEP[mode])
+    tokens = sum(len(c) for c, _ in group)
+    for _, adv, loss in seen:
         # beta = 0, one iteration, dapo: the loss is exactly -(A * mask).sum() / tokens.
-        tokens = sum(len(c) for c, _ in group)
         assert loss.item() == pytest.approx(-adv.sum().item() / tokens, rel=1e-4, abs=1e-6)
     changed = [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]
     assert changed, "no parameter changed in 3 optimizer steps"
     logged = trainer.state.log_history[0]
     assert logged["stepcode/final_accuracy"] == 0.5 and logged["stepcode/step_accuracy"] == pytest.approx(7 / 12)
     assert logged["reward"] == pytest.approx((2 + (1 + 1 / 3) + 1 + 0) / 4)     # the paper's logged scalar
+    assert logged["stepcode/frac_final_zero_std"] == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
+def test_print_span_puts_the_step_term_on_the_print_block_only(micro, profile, tmp_path):
+    from stepcode.training.models import load_model
+
+    model, tok = load_model(micro)
+    group = crafted_group(tok)
+    _, seen = run_crafted(model, tok, profile, tmp_path / "out", [(rl_rows()[0], group)], mode="bilevel", lam=0.5,
+                          span="print")
+    assert_token_advantages(seen, group, [1.0, 1.0, -1.0, -1.0], CRAFTED_STEP["bilevel"], span="print")
+    # The reasoning before each <print> carries the terminal term alone, unlike span="segment".
+    ids, adv, _ = seen[0]
+    b = next(b for b in range(ids.shape[0]) if ids[b, :len(group[0][0])].tolist() == group[0][0])
+    (seg_start, _), (print_start, _) = group[0][1]["segment"][0], group[0][1]["print"][0]
+    assert print_start > seg_start and torch.allclose(adv[b, seg_start:print_start], torch.tensor(1.0))
+
+
+@pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
+def test_input_task_steps_are_judged_against_the_committed_input(micro, profile, tmp_path):
+    from stepcode.training.models import load_model
+
+    model, tok = load_model(micro)
+    gold = ["total: 0", "total: 9", "return_val: 9"]
+    row = rl_rows()[1]                      # input task: find xs, k with f(xs, k) == 9
+    assert row["task"] == "input" and row["gold_output"] == "9" and row["gold_trace"] == gold
+    group = [
+        # committed f([1, 2], 3), traced exactly: steps 1,1,1; answer right: final 1
+        crafted_completion(tok, "input", gold, "[1, 2], 3", commit="[1, 2], 3"),
+        # committed f([4], 2) = 8 and traced it exactly: steps 1,1,1 (against the gold trace: 1,0,0); final 0
+        crafted_completion(tok, "input", ["total: 0", "total: 8", "return_val: 8"], "[4], 2", commit="[4], 2"),
+        # committed f([4], 2) but printed the gold trace: steps 1,0,0 (against gold: 1,1,1); answer f([9], 1) = 9: 1
+        crafted_completion(tok, "input", gold, "[9], 1", commit="[4], 2"),
+        # committed an input that raises when traced: every step 0 (against gold: 1,1,1); f([5], 3) = 15: final 0
+        crafted_completion(tok, "input", gold, "[5], 3", commit="[1, 'a'], 3"),
+    ]
+    _, seen = run_crafted(model, tok, profile, tmp_path / "out", [(row, group)], mode="bilevel", lam=0.5)
+    # steps (1,1,1), (1,1,1), (1,0,0), (0,0,0); anchor 0 z-scores +-Z / -3Z, anchors 1, 2: +-1;
+    # intra r_i * (1 + mean later r_j): (2, 2, 1), (2, 2, 1), (1, 0, 0), (0, 0, 0).
+    step = [[Z + 1.0, 1 + 1.0, 1 + 0.5], [Z + 1.0, 1 + 1.0, 1 + 0.5], [Z + 0.5, -1, -1], [-3 * Z, -1, -1]]
+    assert_token_advantages(seen, group, [1.0, -1.0, 1.0, -1.0], step)
+
+
+@pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
+def test_terminal_only_rows_and_per_group_metrics(micro, profile, tmp_path):
+    """Two prompt groups in one batch: a one-anchor (terminal_only) row, whose completions get A_final alone, and an
+    output row whose finals are all equal (A_final = 0: only the step term moves it)."""
+    from stepcode.training.models import load_model
+
+    model, tok = load_model(micro)
+    one_code = "def f(x):\n    return x + 1\n"
+    one_instrumented = "def f(x):\n    return_val = x + 1\n    print(f'return_val: {return_val}')\n    return return_val"
+    one = {"id": "one-anchor", "task": "output", "prompt": output_messages(one_instrumented, "3"),
+           "gold_trace": ["return_val: 4"], "gold_output": "4", "code": one_code, "instrumented_code": one_instrumented,
+           "input": "3", "entry_point": "f", "terminal_only": True}
+    terminal_group = [crafted_completion(tok, "output", ["return_val: 4"], "4"),     # step 1, final 1
+                      crafted_completion(tok, "output", ["return_val: 5"], "4"),     # step 0, final 1
+                      crafted_completion(tok, "output", ["return_val: 4"], "5"),     # step 1, final 0
+                      crafted_completion(tok, "output", ["return_val: 5"], "5")]     # step 0, final 0
+    gold = ["total: 0", "total: 9", "return_val: 9"]
+    flat_group = [crafted_completion(tok, "output", gold, "9"),                                          # 1,1,1
+                  crafted_completion(tok, "output", ["total: 0", "total: 3", "return_val: 9"], "9"),     # 1,0,1
+                  crafted_completion(tok, "output", ["total: 1", "total: 9", "return_val: 9"], "9"),     # 0,1,1
+                  crafted_completion(tok, "output", ["x: 1", "y: 2", "return_val: 9"], "9")]             # 0,0,1
+    trainer, seen = run_crafted(model, tok, profile, tmp_path / "out",
+                                [(one, terminal_group), (rl_rows()[0], flat_group)], mode="bilevel", lam=0.5)
+    assert seen[0][0].shape[0] == 8
+    # One anchor: no step term at all, although the step rewards differ across the group.
+    assert_token_advantages(seen, terminal_group + flat_group, [1.0, 1.0, -1.0, -1.0] + [0.0] * 4,
+                            [[0.0]] * 4 + [[1 + 1.0, 1 + 1.0, 0.5], [1 + 0.75, -1, 0.5], [-1, 1 + 1.0, 0.5],
+                                           [-1, -1, 0.5]])
+    logged = trainer.state.log_history[0]
+    assert logged["stepcode/frac_final_zero_std"] == 0.5                 # the second group's finals are all 1
+    assert logged["stepcode/final_accuracy"] == 0.75                     # (2 + 4) / 8
+    # Step accuracy leaves terminal_only rows out: mean of 3/3, 2/3, 2/3, 1/3 over the second group alone.
+    assert logged["stepcode/step_accuracy"] == pytest.approx(2 / 3)
+    assert logged["reward"] == pytest.approx((2 + 1 + 1 + 0 + 2 + 5 / 3 + 5 / 3 + 4 / 3) / 8)
 
 
 def test_sft_then_grpo_end_to_end(micro, profile, tmp_path):
-    from stepcode.training.models import load_model
     from stepcode.training.grpo import run_grpo
+    from stepcode.training.models import load_model
     from stepcode.training.sft import run_sft
 
     sft = write_jsonl(tmp_path / "sft.jsonl", sft_rows()[:2])   # one repeated batch: loss must go down

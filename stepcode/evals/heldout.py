@@ -34,7 +34,7 @@ def summarize(rows: list[dict], scores: list, lengths: list[int], prefix: str = 
         finals = [scores[i].final for i in idx]
         steps = [s for i in idx for s in scores[i].steps]
         final_acc = _rate(sum(finals), len(finals))
-        step_acc = _rate(sum(_rate(sum(scores[i].steps), len(scores[i].steps)) for i in idx), len(idx))
+        step_acc = _rate(sum(steps), len(steps))
         metrics.update({f"{prefix}{suffix}.rows": float(len(idx)), f"{prefix}{suffix}.final_acc": final_acc,
                         f"{prefix}{suffix}.step_acc": step_acc, f"{prefix}{suffix}.gap": final_acc - step_acc,
                         f"{prefix}{suffix}.completion_tokens": _rate(sum(lengths[i] for i in idx), len(idx))})

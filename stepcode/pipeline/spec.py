@@ -197,8 +197,8 @@ def params_of(stage: str | Stage, profile: str) -> tuple[str, ...]:
 HEADER = """\
 # GENERATED from stepcode/pipeline/spec.py by `python -m stepcode.pipeline.spec --write`: edit the spec, not this file.
 # Each stage calls the `stepcode` CLI (activate .venv first). Its code deps are the import closure of the modules it
-# runs, its params are what it reads (the profile is `train.profile`), so `dvc repro` re-runs exactly what changed
-# and `dvc exp run -S train.profile=micro` works.
+# runs, its params are what it reads, so `dvc repro` re-runs exactly what changed. The profile is a param too
+# (`train.profile`: set it in params.yaml to reproduce another profile's models under models/<profile>/).
 """
 
 

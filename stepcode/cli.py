@@ -105,11 +105,18 @@ def corpus_humaneval(out: Path = typer.Option(..., "-o", "--out")):
 
 
 @app.command()
-def doctor():
-    """Show the sandbox's isolation on this machine (namespaces, Landlock, seccomp, uid)."""
+def doctor(params_path: Path = ParamsOpt):
+    """Show the sandbox's isolation on this machine (namespaces, Landlock, seccomp, uid, fork loop), as the
+    `sandbox:` params configure it."""
+    from stepcode.errors import UserError
     from stepcode.sandbox.engine import Sandbox
 
-    with Sandbox(workers=1) as sb:
+    params = _params(params_path)
+    try:
+        sb = Sandbox(params.sandbox, workers=1)
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"{e}; the sandbox cannot start on this machine (reinstall: bash scripts/setup.sh)") from None
+    with sb:
         typer.echo(json.dumps(sb.isolation, indent=2))
 
 

@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-
 # Quiet and offline, for the test process and every subprocess it starts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")

@@ -220,3 +220,178 @@ def test_train_run_name_names_the_mlflow_stage_run(tmp_path, mlflow_store):
     assert [(run.info.run_name, run.data.tags["stage"], run.info.status) for run in runs] == [
         ("my-sft", "sft", "FINISHED")]
     assert "loss" in runs[0].data.metrics   # the trainer's step metrics landed in that same run
+
+
+# --- doctor: what it reports, on a good, a degraded and a broken install ---------------------------------------------
+
+DOCTOR_KEYS = {"root", "namespaces", "landlock_abi", "seccomp", "uid", "exposed", "python", "hash_seed", "fork_loop",
+               "python_at_fork", "preload"}
+
+
+def _package_copy(base: Path, *, drop: tuple[str, ...]) -> Path:
+    """The stepcode package copied under `base` (no bytecode, no built extension), minus the files named in `drop`.
+    Run with cwd=base, `python -m stepcode.cli` imports this copy, and the sandbox servers it starts do too."""
+    import shutil
+
+    shutil.copytree(ROOT / "stepcode", base / "stepcode", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    for name in drop:
+        (base / "stepcode" / name).unlink()
+    return base
+
+
+def _forkloop_built() -> bool:
+    try:
+        from stepcode.sandbox import _forkloop
+    except ImportError:
+        return False
+    return getattr(_forkloop, "API", None) == 2
+
+
+def test_doctor_reports_the_isolation_of_the_sandbox_it_starts(tmp_path):
+    import json
+    import platform
+
+    r = stepcode("doctor", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)   # the whole of stdout is the report
+    assert set(info) == DOCTOR_KEYS
+    assert info["python"] == platform.python_version() and info["hash_seed"] == "0"
+    assert info["root"] is (os.geteuid() == 0)
+    assert info["uid"] != 0                                  # programs never run as root
+    assert info["fork_loop"] == ("c" if _forkloop_built() else "python")
+    assert isinstance(info["namespaces"], bool) and isinstance(info["seccomp"], bool)
+    assert isinstance(info["landlock_abi"], int) and isinstance(info["preload"], list)
+    assert_no_work(tmp_path, set())
+
+
+def test_doctor_says_python_fork_loop_without_the_built_extension(tmp_path):
+    import json
+
+    good = json.loads(stepcode("doctor", cwd=tmp_path).stdout)
+    copy = _package_copy(tmp_path / "nobuild", drop=())
+    r = stepcode("doctor", cwd=copy)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["fork_loop"] == "python"
+    # the same isolation otherwise: only the loop differs
+    same = ("root", "namespaces", "landlock_abi", "seccomp", "python", "hash_seed", "python_at_fork", "preload")
+    assert {k: info[k] for k in same} == {k: good[k] for k in same}
+
+
+def test_doctor_fails_without_a_report_when_the_sandbox_cannot_start(tmp_path):
+    copy = _package_copy(tmp_path / "broken", drop=("sandbox/server.py",))
+    r = stepcode("doctor", cwd=copy)
+    assert r.returncode != 0
+    assert r.stdout == ""                                    # no report that could be read as a healthy sandbox
+    assert "the sandbox server failed to start" in r.stderr
+    assert "No module named stepcode.sandbox.server" in r.stderr   # the server's own error is shown too
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "bash scripts/setup.sh" in r.stderr                # the fix, named
+
+
+def test_doctor_reports_the_sandbox_the_params_configure(tmp_path):
+    import json
+
+    (tmp_path / "params.yaml").write_text("sandbox:\n  fork_loop: python\n")
+    r = stepcode("doctor", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["fork_loop"] == "python"      # what tracing would use, not the default
+
+
+# --- schedule: the cron deployment on a real Prefect server -----------------------------------------------------------
+
+def test_schedule_without_a_prefect_server_is_one_line_and_starts_nothing(tmp_path):
+    r = stepcode("schedule", "--profile", "micro", cwd=tmp_path)
+    assert_one_line_error(r, "prefect server start", "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    assert_no_work(tmp_path, set())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, body: dict | None = None):
+    import json
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _wait_for(fetch, what: str, timeout: float = 120.0):
+    import time
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = fetch()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+@pytest.mark.slow   # a real Prefect server (~15 s to start on 2 cores) and the serving process
+def test_schedule_serves_the_retrain_deployment_on_the_cron_from_params(tmp_path):
+    from datetime import datetime, timezone
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text('pipeline:\n  schedule_cron: "17 4 * * 2"\n')   # Tuesdays 04:17
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server_env = dict(_env(), PREFECT_HOME=str(tmp_path / "server-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                      PREFECT_SERVER_UI_ENABLED="false", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1")
+    server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=server_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serving = None
+    try:
+        _wait_for(lambda: _get(f"{api}/health") is True, "the Prefect server")
+        serving = subprocess.Popen([sys.executable, "-m", "stepcode.cli", "schedule", "--profile", "micro"],
+                                   cwd=project, env=dict(_env(), PREFECT_API_URL=api),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deployment = _wait_for(lambda: serving.poll() is None and _get(
+            f"{api}/deployments/name/stepcode-retrain/scheduled-retrain"), "the deployment")
+        assert [(s["schedule"]["cron"], s["active"]) for s in deployment["schedules"]] == [("17 4 * * 2", True)]
+        assert deployment["schedules"][0]["schedule"].get("timezone") in (None, "UTC")
+        assert deployment["parameters"] == {"profile": "micro", "params_path": "params.yaml",
+                                            "root": str(project.resolve())}
+        assert deployment["entrypoint"].endswith("flows/retrain.py:retrain") and not deployment["paused"]
+        # the server's scheduler turns the cron into runs: Tuesdays at 04:17 UTC, with the deployment's parameters
+        runs = _wait_for(lambda: _get(f"{api}/flow_runs/filter", {
+            "deployments": {"id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 5}),
+            "scheduled runs")
+        for run in runs:
+            start = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00")).astimezone(timezone.utc)
+            assert (start.weekday(), start.hour, start.minute, start.second) == (1, 4, 17, 0), start
+            assert run["state_type"] == "SCHEDULED" and run["parameters"] == deployment["parameters"]
+        starts = [run["expected_start_time"] for run in runs]
+        assert starts == sorted(set(starts)) and len(starts) >= 2
+        assert serving.poll() is None                        # serving blocks: it polls for the scheduled runs
+    finally:
+        out = _stop(serving) if serving else ""
+        _stop(server)
+    assert "is being served" in out, out[-3000:]

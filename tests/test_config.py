@@ -1,12 +1,16 @@
 """params.yaml is typed and validated: unknown keys and wrong types are errors that name the key."""
 
+from pathlib import Path
+
 import pytest
 
 from stepcode.config import ConfigError, Params, load_params, parse_params
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_repository_params_load():
-    params = load_params("params.yaml")
+    params = load_params(ROOT / "params.yaml")   # the repository's file, from whatever directory pytest runs in
     assert params.trace.max_lines == 10
     assert params.trace.hash_seeds[0] != params.trace.hash_seeds[1]
     assert params.sandbox.resolved_workers() >= 1

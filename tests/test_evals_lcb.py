@@ -118,6 +118,8 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     from typer.testing import CliRunner
 
     from stepcode.cli import app
+    from stepcode.evals.registry import get
+    from stepcode.prompts import parse_completion
 
     params = tmp_path / "params.yaml"
     params.write_text(f"evaluate:\n  cruxeval_path: {CRUX}\n  lcb_path: {FIXTURE}\n  n: 5\n  temperatures: [0.2, 0.8]"
@@ -127,18 +129,74 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
                                  "--limit", "3", "-o", str(out), "--params", str(params)])
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("cruxeval_output", "cruxeval_input", "lcb_output"):
-        for k in (f"{key}_pass_at_1", f"{key}_pass_at_5", f"{key}_t0.2_pass_at_1", f"{key}_t0.8_pass_at_5"):
-            assert 0.0 <= metrics[k] <= 100.0, k
+    keys = ("cruxeval_output", "cruxeval_input", "lcb_output")
+    assert set(metrics) == {f"{key}_{m}" for key in keys for m in (
+        "pass_at_1", "pass_at_5", "t0.2_pass_at_1", "t0.2_pass_at_5", "t0.8_pass_at_1", "t0.8_pass_at_5")}
+    ids = ["sample_0", "sample_1", "sample_2"]
+    gens_files = {}
+    for key in keys:
+        bench, task = key.split("_")
         for run in ("t0.2", "t0.8"):
+            raw = json.loads((out / "generations" / f"{key}_{run}.raw.json").read_text())
             gens = json.loads((out / "generations" / f"{key}_{run}.json").read_text())
-            assert list(gens) == ["sample_0", "sample_1", "sample_2"]
-            assert all(len(v) == 5 and all(isinstance(g, str) for g in v) for v in gens.values())
-            assert (out / "generations" / f"{key}_{run}.raw.json").exists()
+            assert list(raw) == list(gens) == ids
+            assert all(len(v) == 5 and all(isinstance(g, str) for g in v) for v in raw.values())
+            # the extracted predictions are the benchmark's extraction of the raw text, one for one
+            assert gens == {k: [get(bench).extract(t, task, False) for t in v] for k, v in raw.items()}
             scored = json.loads((out / "scored" / f"{key}_{run}.json").read_text())
             assert list(scored) == ["raw_generations", "raw_scored_generations", "pass_at_1", "pass_at_5"]
+            assert scored["raw_generations"] == gens
+            # an untrained 1-layer model's 12-token samples: every prediction wrong, so exactly 0
+            assert scored["raw_scored_generations"] == {k: [False] * 5 for k in ids}, gens
+            assert (scored["pass_at_1"], scored["pass_at_5"]) == (0.0, 0.0)
+            assert (metrics[f"{key}_{run}_pass_at_1"], metrics[f"{key}_{run}_pass_at_5"]) == (0.0, 0.0)
+            gens_files[key, run] = gens
+        # the headline numbers: pass@1 from the first temperature, pass@5 from the last (official)
+        assert metrics[f"{key}_pass_at_1"] == metrics[f"{key}_t0.2_pass_at_1"]
+        assert metrics[f"{key}_pass_at_5"] == metrics[f"{key}_t0.8_pass_at_5"]
     run = json.loads((out / "run.json").read_text())
-    assert run["decoding"] == "sampled" and run["limit"] == 3 and run["backend"] == "transformers"
+    assert (run["decoding"], run["limit"], run["backend"], run["benchmarks"], run["prompt"]) == (
+        "sampled", 3, "transformers", ["cruxeval", "lcb"], "official")
+    assert [(d["label"], d["temperature"], d["n"]) for d in run["runs"]] == [("t0.2", 0.2, 5), ("t0.8", 0.8, 5)]
+
+    # Known predictions through the same files. `stepcode score` on evaluate's own generations file reproduces its
+    # scored file; with the gold answer put in place of some samples it scores exactly those right.
+    problems = {"cruxeval": {p["id"]: p for p in get("cruxeval").load_problems(_params(CRUX, FIXTURE))[:3]},
+                "lcb": {p["id"]: p for p in lcb.load_problems(FIXTURE)[:3]}}
+    gold_at = {"sample_0": [0], "sample_1": [2, 3], "sample_2": []}
+
+    def rescore(key, gens, *rule):
+        bench, task = key.split("_")
+        path = tmp_path / f"{key}{len(rule)}.json"
+        path.write_text(json.dumps(gens))
+        r = CliRunner().invoke(app, ["score", "--benchmark", bench, "--task", task, str(path), "--samples",
+                                     ",".join(ids), "-o", str(path.with_suffix(".scored.json")), "--params",
+                                     str(params), *rule])
+        assert r.exit_code == 0, r.output
+        return json.loads(path.with_suffix(".scored.json").read_text())
+
+    substituted = {}
+    for key in keys:
+        bench, task = key.split("_")
+        same = rescore(key, gens_files[key, "t0.2"])
+        assert same == json.loads((out / "scored" / f"{key}_t0.2.json").read_text())
+        # CRUXEval-I answers are calls f(<input>); the others are the output value
+        gold = {k: f"f({p['input']})" if task == "input" else p["output"] for k, p in problems[bench].items()}
+        gens = {k: [gold[k] if i in gold_at[k] else g for i, g in enumerate(v)]
+                for k, v in gens_files[key, "t0.2"].items()}
+        known = rescore(key, gens, "--skip-rule", "false")
+        assert known["raw_scored_generations"] == {"sample_0": [True, False, False, False, False],
+                                                   "sample_1": [False, False, True, True, False],
+                                                   "sample_2": [False] * 5}, key
+        assert known["pass_at_1"] == pytest.approx(100 * (1 / 5 + 2 / 5 + 0 / 5) / 3)
+        assert known["pass_at_5"] == pytest.approx(100 * (1 + 1 + 0) / 3)
+        substituted[key] = gens
+    # CRUXEval-I's default "drop" rule: a prediction that is not a call is skipped, and dropped from a sample that has
+    # a right one; a sample with none right stays all False
+    gens = substituted["cruxeval_input"]
+    assert rescore("cruxeval_input", gens)["raw_scored_generations"] == {
+        k: [i in gold_at[k] for i, g in enumerate(v) if i in gold_at[k] or "f(" in g] if gold_at[k] else [False] * 5
+        for k, v in gens.items()}
 
     # paper-style greedy run on the stepcode task: labelled greedy, step accuracy beside pass@1
     params.write_text(f"evaluate:\n  cruxeval_path: {CRUX}\n  greedy: true\n  max_new_tokens: 12\n")
@@ -147,11 +205,29 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
                                  "--prompt", "stepcode", "-o", str(out2), "--params", str(params)])
     assert r.exit_code == 0, r.output
     metrics = json.loads((out2 / "metrics.json").read_text())
-    assert metrics["stepcode_cruxeval_output_problems"] + metrics["stepcode_cruxeval_output_excluded"] == 2
-    if metrics["stepcode_cruxeval_output_problems"]:
-        assert 0.0 <= metrics["stepcode_cruxeval_output_greedy_step_accuracy"] <= 100.0
-        assert 0.0 <= metrics["stepcode_cruxeval_output_greedy_pass_at_1"] <= 100.0
-    assert json.loads((out2 / "run.json").read_text())["decoding"] == "greedy"
+    raw = json.loads((out2 / "generations" / "stepcode_cruxeval_output_greedy.raw.json").read_text())
+    # CRUXEval's first two programs both trace cleanly, so neither is excluded; one greedy completion each
+    assert list(raw) == ["sample_0", "sample_1"] and all(len(v) == 1 for v in raw.values())
+    # 12 tokens of an untrained model: no <print> and no <answer> block, so step accuracy and pass@1 are exactly 0
+    parsed = [parse_completion(v[0], task="output") for v in raw.values()]
+    assert [(p.prints, p.answer) for p in parsed] == [([], None), ([], None)], raw
+    assert metrics == {"stepcode_cruxeval_output_problems": 2.0, "stepcode_cruxeval_output_excluded": 0.0,
+                       "stepcode_cruxeval_output_greedy_pass_at_1": 0.0,
+                       "stepcode_cruxeval_output_greedy_step_accuracy": 0.0}
+    scored = json.loads((out2 / "scored" / "stepcode_cruxeval_output_greedy.json").read_text())
+    assert scored["raw_generations"] == raw
+    assert scored["raw_scored_generations"] == {"sample_0": [False], "sample_1": [False]}
+    run = json.loads((out2 / "run.json").read_text())
+    assert (run["decoding"], run["prompt"], run["limit"]) == ("greedy", "stepcode", 2)
+    assert [(d["label"], d["temperature"], d["n"]) for d in run["runs"]] == [("greedy", 0.0, 1)]
+
+
+def _params(crux: Path, lcb_path: Path):
+    from stepcode.config import Params
+
+    p = Params()
+    return p.model_copy(update={"evaluate": p.evaluate.model_copy(update={"cruxeval_path": str(crux),
+                                                                          "lcb_path": str(lcb_path)})})
 
 
 def test_evaluate_refuses_a_missing_lcb_export_before_loading_a_model(tmp_path):

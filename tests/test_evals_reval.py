@@ -13,12 +13,31 @@ import pytest
 
 from stepcode.config import load_params
 from stepcode.evals import reval
-from stepcode.evals.reval import (REVAL_RUNNERS, RevalError, compute_truths, coverage_metrics, ic_credit, load_reval, output_answer,
-                                  parse_coverage, parse_path, parse_state, path_lines, penalized, prompt_text,
-                                  read_truths, report_path, reval_prompts, reval_truth, score_reval, task_id)
+from stepcode.evals.reval import (
+    REVAL_RUNNERS,
+    RevalError,
+    compute_truths,
+    coverage_metrics,
+    ic_credit,
+    load_reval,
+    output_answer,
+    parse_coverage,
+    parse_path,
+    parse_state,
+    path_lines,
+    penalized,
+    prompt_text,
+    read_truths,
+    report_path,
+    reval_prompts,
+    reval_truth,
+    score_reval,
+    task_id,
+)
 from stepcode.sandbox.engine import Sandbox
 
-REVAL_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "reval"
+ROOT = Path(__file__).resolve().parents[1]
+REVAL_DIR = ROOT / "data" / "benchmarks" / "reval"
 
 LOOP = """def f(n):
     s = 0
@@ -96,7 +115,7 @@ HAND_PAIRS = [
 
 @pytest.fixture(scope="module")
 def params():
-    p = load_params()
+    p = load_params(ROOT / "params.yaml")   # the repository's, not whatever params.yaml the cwd holds (if any)
     return p.model_copy(update={"evaluate": p.evaluate.model_copy(update={"check_timeout_s": 1.0})})
 
 

@@ -1,13 +1,19 @@
 """The Prefect pipeline for real (ephemeral API, real MLflow store, micro training) in a temporary project:
-end-to-end lineage, the cached re-run, the gate stopping the flow, and a SIGTERM mid-run that loses nothing."""
+end-to-end lineage, the cached re-run, the gate stopping the flow, and a SIGTERM mid-run that loses nothing.
+
+The SIGTERM tests signal on an event they wait for, never after a guessed delay: mid-trace, a program that holds its
+batch until the test releases it; mid-training, the trainer's own step logs."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from itertools import islice
 from pathlib import Path
@@ -48,6 +54,47 @@ def _pipeline(d: Path, *args: str, wait: bool = True):
     if not wait:
         return subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=900)
+
+
+class _Output:
+    """What a process writes to its stdout (stderr merged), read by a thread as it comes: the test can wait for
+    something to be printed, and the pipe never fills up and stalls the process."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self._buf = bytearray()
+        self._eof = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        fd = self.proc.stdout.fileno()
+        while chunk := os.read(fd, 1 << 16):
+            with self._cond:
+                self._buf += chunk
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def text(self) -> str:
+        with self._cond:
+            return self._buf.decode(errors="replace")
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        """Wait until `predicate(output so far)` holds (True) or the process closed its output or time ran out."""
+        def ready():
+            return self._eof or predicate(self._buf.decode(errors="replace"))
+        with self._cond:
+            self._cond.wait_for(ready, timeout)
+            return predicate(self._buf.decode(errors="replace"))
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the process to exit; everything it printed."""
+        self.proc.wait(timeout)
+        self._thread.join(timeout)
+        return self.text()
 
 
 def _runs(experiment: str):
@@ -111,31 +158,78 @@ def test_a_failing_gate_stops_the_flow_before_training(tmp_path, mlflow_store):
     assert not (d / "data" / "dataset").exists()
 
 
-def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlflow_store):
-    d = _project(tmp_path, "kill", 200, "flow-kill", sandbox__workers=1, pipeline__trace_batch_size=20)
-    parts = d / "data" / "work" / "trace-parts"
-    proc = _pipeline(d, "--stop-after", "trace", wait=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (parts.exists() and len(list(parts.glob("batch-*.jsonl"))) >= 2):
-        time.sleep(0.2)
-    done_before = {p.name: p.stat().st_mtime_ns for p in parts.glob("batch-*.jsonl")}
-    assert 2 <= len(done_before) < 10, "the kill must land mid-trace"
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0, out[-3000:]
-    killed = next(r for r in _runs("flow-kill") if r.data.tags.get("stage") == "pipeline")
-    assert killed.info.status == "KILLED", (killed.info.status, out[-3000:])
-    assert not (d / "data" / "traces.jsonl").exists()
-    for p in parts.glob("*.tmp"):
-        raise AssertionError(f"a half-written file survived: {p}")
+# A corpus program that holds its batch: it opens the FIFO `running` (so the test can tell it has started: a writer's
+# non-blocking open succeeds only while a reader holds the FIFO), then waits until the file `release` exists. Both
+# live in a folder the sandbox uid may read; the sandbox forbids writing anywhere else, so this is its only signal.
+GATE_PROGRAM = ("import os, time\n"
+                "def f(x):\n"
+                "    os.open({running!r}, os.O_RDONLY | os.O_NONBLOCK)\n"
+                "    while not os.path.exists({release!r}):\n"
+                "        time.sleep(0.01)\n"
+                "    return x\n")
+GATE_ROW = 60            # the first row of batch 3 (batches of 20)
 
-    again = _pipeline(d, "--stop-after", "trace")
-    assert again.returncode == 0, again.stdout[-4000:]
-    ids = [json.loads(line)["id"] for line in (d / "data" / "traces.jsonl").read_text().splitlines()]
-    corpus = [json.loads(line)["id"] for line in (d / "data" / "raw" / "synth.jsonl").read_text().splitlines()]
-    assert ids == corpus                                   # every row once, in corpus order
-    for name, mtime in done_before.items():               # finished batches were not traced again
-        assert (parts / name).stat().st_mtime_ns == mtime, name
+
+def _wait_for_reader(fifo: Path, proc: subprocess.Popen, output: _Output, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError:   # ENXIO: nobody holds it open for reading yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the gate program never started:\n{output.text()[-3000:]}") from None
+            time.sleep(0.05)
+
+
+def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlflow_store):
+    # One sandbox worker: the batches run one at a time, in order. Per-run timeout 120 s: the gate program is held by
+    # the test, not by the clock.
+    d = _project(tmp_path, "kill", 200, "flow-kill", sandbox__workers=1, sandbox__timeout_s=120.0,
+                 pipeline__trace_batch_size=20)
+    gate = Path(tempfile.mkdtemp(prefix="stepcode-gate-", dir="/tmp"))
+    try:
+        gate.chmod(0o755)
+        running, release = gate / "running", gate / "release"
+        os.mkfifo(running)
+        running.chmod(0o666)
+        corpus_file = d / "data" / "raw" / "synth.jsonl"
+        rows = [json.loads(line) for line in corpus_file.read_text().splitlines()]
+        rows[GATE_ROW].update(code=GATE_PROGRAM.format(running=str(running), release=str(release)), input="7")
+        corpus_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+        parts = d / "data" / "work" / "trace-parts"
+        proc = _pipeline(d, "--stop-after", "trace", wait=False)
+        output = _Output(proc)
+        signalled = False
+        try:
+            _wait_for_reader(running, proc, output, timeout=300)
+            # Batch 3 is running and cannot finish: exactly batches 0-2 are done.
+            done_before = {p.name: p.stat().st_mtime_ns for p in parts.glob("batch-*.jsonl")}
+            assert sorted(done_before) == [f"batch-{k:04d}.jsonl" for k in range(3)], sorted(done_before)
+            proc.send_signal(signal.SIGTERM)
+            signalled = True
+        finally:
+            release.touch()    # the gate program returns: the pool's running batch ends, and the re-run never waits
+            if not signalled and proc.poll() is None:
+                proc.kill()
+            out = output.finish(timeout=120)
+        assert proc.returncode != 0, out[-3000:]
+        killed = next(r for r in _runs("flow-kill") if r.data.tags.get("stage") == "pipeline")
+        assert killed.info.status == "KILLED", (killed.info.status, out[-3000:])
+        assert not (d / "data" / "traces.jsonl").exists()
+        for p in parts.glob("*.tmp"):
+            raise AssertionError(f"a half-written file survived: {p}")
+
+        again = _pipeline(d, "--stop-after", "trace")
+        assert again.returncode == 0, again.stdout[-4000:]
+        traced = [json.loads(line) for line in (d / "data" / "traces.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in traced] == [r["id"] for r in rows]       # every row once, in corpus order
+        assert (traced[GATE_ROW]["status"], traced[GATE_ROW]["output"]) == ("ok", "7")
+        for name, mtime in done_before.items():               # finished batches were not traced again
+            assert (parts / name).stat().st_mtime_ns == mtime, name
+    finally:
+        shutil.rmtree(gate, ignore_errors=True)
 
 
 def test_sigterm_during_training_marks_runs_killed_and_rerun_finishes(tmp_path, mlflow_store):
@@ -143,24 +237,29 @@ def test_sigterm_during_training_marks_runs_killed_and_rerun_finishes(tmp_path, 
 
     d = _project(tmp_path, "killtrain", 40, "flow-killtrain")
     p = yaml.safe_load((d / "params.yaml").read_text())
-    p["train"]["profiles"]["micro"]["sft"]["max_steps"] = 2000   # long enough to be killed mid-training
+    # Far more steps than the run could take before termination's watchdog (60 s) ends it: whether the signal's
+    # exception unwinds the stage at once or is swallowed by a destructor (then the watchdog marks the runs KILLED),
+    # the sft run cannot finish.
+    p["train"]["profiles"]["micro"]["sft"]["max_steps"] = 100_000
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     proc = _pipeline(d, "--stop-after", "sft", wait=False)
-    deadline = time.monotonic() + 600
-    running = []
-    while time.monotonic() < deadline and not running and proc.poll() is None:
-        time.sleep(1.0)
+    output = _Output(proc)
+    signalled = False
+    try:
+        # The trainer logs every step (logging_steps: 1): three logged losses mean the sft stage is mid-training.
+        assert output.wait_for(lambda text: text.count("'loss'") >= 3, timeout=600), output.text()[-3000:]
         running = [r for r in mlflow.search_runs(experiment_names=["flow-killtrain"], output_format="list")
                    if r.data.tags.get("stage") == "sft" and r.info.status == "RUNNING"]
-    assert running, "never saw the sft stage running"
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=180)
+        assert len(running) == 1, running
+        proc.send_signal(signal.SIGTERM)
+        signalled = True
+    finally:
+        if not signalled and proc.poll() is None:
+            proc.kill()
+        out = output.finish(timeout=180)
     assert proc.returncode != 0, out[-3000:]
     runs = {r.info.run_id: r for r in _runs("flow-killtrain")}
-    # The stage run is KILLED, or FINISHED when the signal's exception landed in a destructor (Python drops those)
-    # and the stage completed; either way the pipeline run is KILLED and the process exits non-zero.
-    assert runs[running[0].info.run_id].info.status in ("KILLED", "FINISHED")
+    assert runs[running[0].info.run_id].info.status == "KILLED", out[-3000:]
     parent = runs[running[0].data.tags["mlflow.parentRunId"]]
     assert parent.info.status == "KILLED"
 

@@ -57,15 +57,46 @@ def test_chat_template_is_prefix_consistent(micro_dir):
     assert full.endswith("<answer>2</answer><|im_end|>\n")
 
 
-def test_generate_stops_and_is_offline(micro_dir):
+def test_generate_stops_and_is_offline(micro_dir, monkeypatch):
+    """Generation ends at the model's own EOS (<|im_end|>, from its saved configs) and at max_new_tokens, and nothing
+    on the way (loading, generating, decoding) opens a network connection."""
+    import socket
+
     import torch
 
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] or kwargs)
+        raise OSError("network access from an offline model")
+
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "create_connection"),
+                        (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, name, refuse)
     model, tok = load_model(micro_dir)
     prompt = tok.apply_chat_template(output_messages(INSTRUMENTED, "1"), add_generation_prompt=True, tokenize=False)
-    enc = tok(prompt, return_tensors="pt")
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    n, eos = enc["input_ids"].shape[1], tok.convert_tokens_to_ids(EOS)
+    others = [i for i in range(len(tok)) if i != eos]
+
+    def eos_at(step):   # only EOS allowed as new token number `step`, anything but EOS elsewhere
+        return lambda batch_id, ids: [eos] if len(ids) == n + step - 1 else others
+
+    # The limit: with EOS never drawn, exactly max_new_tokens new tokens.
     torch.manual_seed(0)
-    out = model.generate(**enc, max_new_tokens=8, do_sample=True)
-    assert out.shape[1] <= enc["input_ids"].shape[1] + 8
+    out = model.generate(**enc, max_new_tokens=8, do_sample=True, prefix_allowed_tokens_fn=eos_at(99))
+    assert out.shape == (1, n + 8)
+    assert torch.equal(out[0, :n], enc["input_ids"][0])
+    # The stop: EOS drawn as the 3rd new token ends generation right there, with the model's default settings
+    # (generate gets no eos_token_id: it must come from the saved generation config).
+    torch.manual_seed(0)
+    out = model.generate(**enc, max_new_tokens=8, do_sample=True, prefix_allowed_tokens_fn=eos_at(3))
+    assert out.shape == (1, n + 3) and out[0, -1].item() == eos and eos not in out[0, n:-1].tolist()
+    assert EOS not in tok.decode(out[0, n:], skip_special_tokens=True)
+    # Greedy decoding is deterministic: the same tokens twice.
+    first = model.generate(**enc, max_new_tokens=8, do_sample=False)
+    assert torch.equal(first, model.generate(**enc, max_new_tokens=8, do_sample=False))
+    assert attempts == []
 
 
 def test_bad_arguments_are_clear(tmp_path):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
+from stepcode.config import SandboxParams
 from stepcode.sandbox.engine import Sandbox, _result
 
 
@@ -227,3 +230,78 @@ def test_a_module_not_preloaded_is_imported_by_the_child():
         assert sb.isolation["preload"] == ["math"]
         r = check(sb, "import typing, math\nassert typing.List[int] and math.sqrt(4) == 2\n")
         assert r["status"] == "passed", r
+
+
+def _sleeper(seconds: float) -> dict:
+    return {"program": f"import time\ntime.sleep({seconds})\nassert 1 == 1\n"}
+
+
+def test_a_per_call_timeout_overrides_the_default_both_ways():
+    """`timeout=` on a call replaces `SandboxParams.timeout_s` for that call only, shorter or longer (the checks'
+    `evaluate.check_timeout_s` and REval's per-job budgets ride on it). Default 1 s; a 0.25 s sleep fits it but not
+    a 0.1 s limit, a 1.5 s sleep fits a 3 s limit but not the default. Load only delays a run, so no timeout below
+    can turn into a pass, and each pass has 0.75 s or more to spare."""
+    quick, slow = _sleeper(0.25), _sleeper(1.5)
+    with Sandbox(SandboxParams(timeout_s=1.0), workers=1, hash_seeds=(0,)) as sb:
+        shorter = sb.run("check", quick, timeout=0.1)
+        assert shorter["status"] == "timeout" and "the 0.1 s wall-clock" in shorter["reason"], shorter
+        assert sb.run("check", slow, timeout=3.0)["status"] == "passed"
+        # no timeout given: the default decides, both ways
+        assert sb.run("check", quick)["status"] == "passed"
+        default = sb.run("check", slow)
+        assert default["status"] == "timeout" and "the 1 s wall-clock" in default["reason"], default
+        # the same through a slot's batch (one round trip, one limit for every job of it)
+        with sb.slot() as slot:
+            batch = slot.run_many("check", [quick, quick], timeout=0.1)
+        assert [r["status"] for r in batch] == ["timeout", "timeout"], batch
+
+
+# A program that leaves processes behind: a forked child that sleeps, and (as root, where the cleanup is a
+# `kill(-1)` as the sandbox uid) one that also left the job's session (setsid), out of reach of a process-group kill.
+LEAVES_CHILDREN = (
+    "import os, time\n"
+    "def f(detach):\n"
+    "    pids = []\n"
+    "    for setsid in ([False, True] if detach else [False]):\n"
+    "        pid = os.fork()\n"
+    "        if pid == 0:\n"
+    "            if setsid:\n"
+    "                os.setsid()\n"
+    "            time.sleep(120)\n"
+    "            os._exit(0)\n"
+    "        pids.append(pid)\n"
+    "    return pids\n")
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is dead: it only waits for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X", "x")
+
+
+@pytest.mark.parametrize("fork_loop", ["c", "python"])
+def test_processes_a_program_leaves_die_with_its_job(fork_loop):
+    """The server kills what a program started when the job ends, not when the sandbox closes: the sandbox is still
+    open (its servers idle, waiting for the next job) when the leftovers must be dead. Each leftover sleeps 120 s,
+    so only that per-job cleanup can end it within the 5 s allowed (the kill is sent before the job is answered;
+    the wait only lets the kernel finish a process that is already dying)."""
+    if fork_loop == "c" and not _fork_loop_built():
+        pytest.skip("the C fork loop is not built here")
+    detach = os.geteuid() == 0
+    with Sandbox(workers=1, hash_seeds=(0,), fork_loop=fork_loop) as sb:
+        assert sb.isolation["fork_loop"] == fork_loop
+        with sb.slot() as slot:
+            first = slot.run("trace", _trace_job(LEAVES_CHILDREN, str(detach)))
+            assert first["status"] == "ok", first
+            pids = [int(p) for p in first["output"].strip("[]").split(",")]
+            assert len(pids) == (2 if detach else 1)
+            deadline = time.monotonic() + 5
+            while any(map(_alive, pids)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not [pid for pid in pids if _alive(pid)], "a process the last job started is still running"
+            # and the next job on that server runs normally
+            after = slot.run("trace", _trace_job("def f(x):\n    return x + 1\n", "1"))
+            assert (after["status"], after["output"]) == ("ok", "2")

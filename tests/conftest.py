@@ -32,3 +32,10 @@ def mlflow_store(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Say which random order ran (pytest-randomly shuffles every run; its header line is hidden under -q)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"tests ran in random order, seed {seed}: repeat it with --randomly-seed={seed}")

@@ -31,8 +31,8 @@ def test_the_flow_and_dvc_read_the_same_map():
 
     for stage in spec.STAGES:
         assert fp._code_version(stage.task) == spec.code_digest(stage)
-    full = json.loads(json.dumps({"train": {"profile": "micro", "profiles": {"micro": {"seed": 1}}},
-                                  "pipeline": {"grpo_mode": "step"}, "sandbox": {"workers": 3}, "trace": {}}))
+    full = {"train": {"profile": "micro", "profiles": {"micro": {"seed": 1}}},
+            "pipeline": {"grpo_mode": "step"}, "sandbox": {"workers": 3}, "trace": {}}
     picked = json.loads(fp._relevant("grpo", json.dumps(full)))
     assert picked == {"train.profiles.micro": {"seed": 1}, "pipeline.grpo_mode": "step", "sandbox": {"workers": 3},
                       "trace": {}}

@@ -225,7 +225,7 @@ def test_train_run_name_names_the_mlflow_stage_run(tmp_path, mlflow_store):
 # --- doctor: what it reports, on a good, a degraded and a broken install ---------------------------------------------
 
 DOCTOR_KEYS = {"root", "namespaces", "landlock_abi", "seccomp", "uid", "exposed", "python", "hash_seed", "fork_loop",
-               "python_at_fork", "preload"}
+               "python_at_fork", "preload", "private_proc", "read_only_mounts", "memory_cgroup", "gaps"}
 
 
 def _package_copy(base: Path, *, drop: tuple[str, ...]) -> Path:
@@ -244,7 +244,7 @@ def _forkloop_built() -> bool:
         from stepcode.sandbox import _forkloop
     except ImportError:
         return False
-    return getattr(_forkloop, "API", None) == 2
+    return getattr(_forkloop, "API", None) == 3
 
 
 def test_doctor_reports_the_isolation_of_the_sandbox_it_starts(tmp_path):
@@ -261,6 +261,13 @@ def test_doctor_reports_the_isolation_of_the_sandbox_it_starts(tmp_path):
     assert info["fork_loop"] == ("c" if _forkloop_built() else "python")
     assert isinstance(info["namespaces"], bool) and isinstance(info["seccomp"], bool)
     assert isinstance(info["landlock_abi"], int) and isinstance(info["preload"], list)
+    # What this machine loses, one sentence each; a full install as root on a recent kernel loses nothing.
+    assert all(isinstance(gap, str) for gap in info["gaps"])
+    assert any("memory cgroup" in gap for gap in info["gaps"]) is (not info["memory_cgroup"])
+    assert any("fork loop" in gap for gap in info["gaps"]) is (info["fork_loop"] != "c")
+    if info["root"] and info["namespaces"] and info["private_proc"] and info["read_only_mounts"] \
+            and info["memory_cgroup"] and info["landlock_abi"] >= 6 and info["seccomp"] and info["fork_loop"] == "c":
+        assert info["gaps"] == []
     assert_no_work(tmp_path, set())
 
 
@@ -273,8 +280,12 @@ def test_doctor_says_python_fork_loop_without_the_built_extension(tmp_path):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["fork_loop"] == "python"
+    assert [gap for gap in info["gaps"] if gap not in good["gaps"]] == [
+        "the Python fork loop runs (the C one is not built, or another was asked for): same verdicts, ~1.5x the CPU "
+        "per run"]
     # the same isolation otherwise: only the loop differs
-    same = ("root", "namespaces", "landlock_abi", "seccomp", "python", "hash_seed", "python_at_fork", "preload")
+    same = ("root", "namespaces", "landlock_abi", "seccomp", "python", "hash_seed", "python_at_fork", "preload",
+            "private_proc", "read_only_mounts")
     assert {k: info[k] for k in same} == {k: good[k] for k in same}
 
 

@@ -10,15 +10,20 @@ set-up (session, stderr, CPU limit, uid, parent-death signal, closing inherited 
 child runs no Python before the program's own runner.
 
 Contract — the same as the Python loop, job for job:
-    run_jobs(jobs, child, cleanup, timeout, cpu_limit, uid, root, workdir, cap, python_at_fork)
-        -> [(kind, data, wall, cpu, faults)]
+    run_jobs(jobs, child, cleanup, timeout, cpu_limit, uid, root, workdir, cap, python_at_fork, cgroup_fd, oom_fd,
+             watch_fd) -> [(kind, data, wall, cpu, faults)]
   jobs     prepared objects, run one after the other, each in its own forked child;
   child    called in the child as child(prepared) -> bytes (the runner's JSON report); this module frames it with a
            fresh random nonce and writes it to the result pipe; an exception makes the child exit with code 70;
-  cleanup  called in the server when a job left entries in `workdir` (rare), before the next job;
+  cleanup  called in the server when a job left entries in `workdir` (rare), before the next job; an exception it
+           raises ends the batch with that exception;
+  cgroup_fd  -1, or the memory cgroup's cgroup.procs open for writing: each child joins it before dropping root;
+  oom_fd   -1, or the cgroup's file counting OOM kills (memory.events / memory.oom_control);
+  watch_fd the protocol's input: when it hangs up (the engine is gone), the running child and what it left are
+           killed and the batch ends with EOFError;
   kind     0: a report (data = its bytes, nonce checked and stripped); 1: timeout (wall clock); 2: output_limit
            (more than `cap` bytes); 3: killed by a signal (data = signal number); 4: exited without a well-formed
-           report (data = (exit code, whether it sent anything));
+           report (data = (exit code, whether it sent anything)); 5: killed by the cgroup's OOM killer;
   wall     seconds from fork to reap; cpu, faults: what the child (and what it reaped) cost.
 python_at_fork: whether to run the interpreter's own fork protocol (PyOS_BeforeFork / PyOS_AfterFork_Child /
            PyOS_AfterFork_Parent), as os.fork does. In the child it re-creates every runtime lock, the GIL and the
@@ -26,7 +31,8 @@ python_at_fork: whether to run the interpreter's own fork protocol (PyOS_BeforeF
            ~28 page faults, a quarter of what a child costs. A server that has a single thread and no such hooks
            (stepcode/sandbox/server.py checks both) has nothing for it to repair, and passes False.
 Orphans a program leaves are killed with it: as root every process of `uid` (`kill(-1)` run as that uid, which is
-atomic with respect to fork), else the child's process group; the server is a child subreaper and reaps them.
+atomic with respect to fork), else the child's process group; the server is a child subreaper and, as root, reaps
+every one of them before the next job starts (a dying process still counts against the next job's RLIMIT_NPROC).
 */
 
 #define PY_SSIZE_T_CLEAN
@@ -59,7 +65,8 @@ atomic with respect to fork), else the child's process group; the server is a ch
 #define NONCE_BYTES 16
 #define READ_CHUNK (1 << 16)
 
-enum { K_REPORT = 0, K_TIMEOUT = 1, K_OUTPUT_LIMIT = 2, K_SIGNAL = 3, K_EXITED = 4 };
+enum { K_REPORT = 0, K_TIMEOUT = 1, K_OUTPUT_LIMIT = 2, K_SIGNAL = 3, K_EXITED = 4, K_MEMORY = 5 };
+enum { COLLECTED = 0, INTERRUPTED = -1, ENGINE_GONE = -2 };
 
 typedef struct {
     int kind;
@@ -131,11 +138,14 @@ static int write_all(int fd, const char *p, size_t n) {
 
 /* The child: confine, run the runner, report. Never returns. */
 static void child_main(int w, pid_t server, PyObject *child, PyObject *prepared, const unsigned char *nonce,
-                       rlim_t cpu_limit, uid_t uid, int root) {
+                       rlim_t cpu_limit, uid_t uid, int root, int cgroup_fd) {
     struct rlimit cpu = {cpu_limit, cpu_limit + 1};
     setsid();
     dup2(0, 2); /* the server's fds 0 and 1 are /dev/null already; 2 was its stderr */
     setrlimit(RLIMIT_CPU, &cpu);
+    /* Join the program's memory cgroup ("0": the writer) while still root; what it forks is born there. */
+    if (cgroup_fd >= 0 && write(cgroup_fd, "0", 1) != 1)
+        _exit(73);
     /* groups and gid were dropped by the server itself */
     if (root && setresuid(uid, uid, uid) != 0)
         _exit(71);
@@ -184,10 +194,10 @@ static void kill_leftovers(pid_t pid, uid_t uid, int root) {
 
 /* Supervise one child until it reported, ended or ran out of time; kill what it left; reap it. */
 static int collect(pid_t pid, int r, const unsigned char *nonce, double deadline, size_t cap, uid_t uid, int root,
-                   buffer *buf, job_result *res) {
+                   int watch_fd, buffer *buf, job_result *res) {
     size_t start = buf->len;
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    int exited = 0, pipe_open = 1, interrupted = 0;
+    int exited = 0, pipe_open = 1, outcome = COLLECTED;
     res->kind = -1;
     while (!exited || pipe_open) {
         double left = deadline - now();
@@ -195,8 +205,8 @@ static int collect(pid_t pid, int r, const unsigned char *nonce, double deadline
             res->kind = K_TIMEOUT;
             break;
         }
-        struct pollfd fds[2];
-        int nfds = 0, i_pipe = -1, i_pid = -1;
+        struct pollfd fds[3];
+        int nfds = 0, i_pipe = -1, i_pid = -1, i_watch = -1;
         if (pipe_open) {
             fds[nfds] = (struct pollfd){r, POLLIN, 0};
             i_pipe = nfds++;
@@ -205,12 +215,20 @@ static int collect(pid_t pid, int r, const unsigned char *nonce, double deadline
             fds[nfds] = (struct pollfd){pidfd, POLLIN, 0};
             i_pid = nfds++;
         }
+        if (watch_fd >= 0) {
+            fds[nfds] = (struct pollfd){watch_fd, 0, 0}; /* no events asked: only a hang-up is reported */
+            i_watch = nfds++;
+        }
         int ms = (int)(left * 1000) + 1;
         int n = poll(fds, nfds, ms);
         if (n < 0) {
             if (errno == EINTR && PyErr_CheckSignals() == 0)
                 continue;
-            interrupted = 1; /* a signal handler raised (e.g. KeyboardInterrupt): stop this child, then the batch */
+            outcome = INTERRUPTED; /* a signal handler raised (e.g. KeyboardInterrupt): stop this child and the batch */
+            break;
+        }
+        if (i_watch >= 0 && fds[i_watch].revents) {
+            outcome = ENGINE_GONE;
             break;
         }
         if (i_pid >= 0 && fds[i_pid].revents)
@@ -269,14 +287,39 @@ static int collect(pid_t pid, int r, const unsigned char *nonce, double deadline
     }
     if (res->kind != K_REPORT)
         buf->len = start; /* nothing of it is kept */
-    return interrupted ? -1 : 0;
+    return outcome;
 }
 
-static int reap_orphans(void) {
-    int reaped = 0;
-    while (waitpid(-1, NULL, WNOHANG) > 0)
-        reaped = 1;
-    return reaped;
+/* Reap the orphans the program left. As root they were all killed (`kill_leftovers`): wait for each to finish dying
+   (bounded, 2 s: a process stuck in the kernel is not worth a stalled server), so that the next job starts with no
+   process of its uid alive. Without root a leftover may be alive and is not waited for. */
+static void reap_orphans(int root) {
+    double deadline = 0;
+    for (;;) {
+        pid_t pid = waitpid(-1, NULL, WNOHANG);
+        if (pid > 0)
+            continue;
+        if (pid < 0 || !root) /* ECHILD: none left */
+            return;
+        if (deadline == 0)
+            deadline = now() + 2;
+        else if (now() > deadline)
+            return;
+        poll(NULL, 0, 1);
+    }
+}
+
+/* The OOM kills counted so far in a cgroup's memory.events / memory.oom_control ("oom_kill N" on a line). */
+static long oom_kills(int fd) {
+    char text[2048];
+    ssize_t n = fd < 0 ? -1 : pread(fd, text, sizeof text - 1, 0);
+    if (n <= 0)
+        return 0;
+    text[n] = 0;
+    for (char *line = text; line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, "oom_kill ", 9) == 0)
+            return strtol(line + 9, NULL, 10);
+    return 0;
 }
 
 /* Whether the directory open as `dirfd` holds anything (getdents64: no allocation, unlike readdir). */
@@ -305,9 +348,9 @@ static PyObject *run_jobs(PyObject *self, PyObject *args) {
     int root;
     const char *workdir;
     Py_ssize_t cap;
-    int python_at_fork;
-    if (!PyArg_ParseTuple(args, "O!OOdkIpsnp", &PyList_Type, &jobs, &child, &cleanup, &timeout, &cpu_limit, &uid,
-                          &root, &workdir, &cap, &python_at_fork))
+    int python_at_fork, cgroup_fd, oom_fd, watch_fd;
+    if (!PyArg_ParseTuple(args, "O!OOdkIpsnpiii", &PyList_Type, &jobs, &child, &cleanup, &timeout, &cpu_limit, &uid,
+                          &root, &workdir, &cap, &python_at_fork, &cgroup_fd, &oom_fd, &watch_fd))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(jobs);
     size_t results_size = (n ? n : 1) * sizeof(job_result);
@@ -345,6 +388,7 @@ static PyObject *run_jobs(PyObject *self, PyObject *args) {
         double cpu0;
         long faults0;
         children_usage(&cpu0, &faults0);
+        long ooms = oom_kills(oom_fd);
         double start = now();
         if (python_at_fork)
             PyOS_BeforeFork();
@@ -353,7 +397,7 @@ static PyObject *run_jobs(PyObject *self, PyObject *args) {
             if (python_at_fork)
                 PyOS_AfterFork_Child();
             close(pipefd[0]);
-            child_main(pipefd[1], server, child, prepared, nonce, (rlim_t)cpu_limit, (uid_t)uid, root);
+            child_main(pipefd[1], server, child, prepared, nonce, (rlim_t)cpu_limit, (uid_t)uid, root, cgroup_fd);
         }
         if (python_at_fork)
             PyOS_AfterFork_Parent();
@@ -364,7 +408,8 @@ static PyObject *run_jobs(PyObject *self, PyObject *args) {
             failed = 1;
             break;
         }
-        int interrupted = collect(pid, pipefd[0], nonce, start + timeout, (size_t)cap, (uid_t)uid, root, &buf, res);
+        int outcome = collect(pid, pipefd[0], nonce, start + timeout, (size_t)cap, (uid_t)uid, root, watch_fd, &buf,
+                              res);
         close(pipefd[0]);
         res->wall = now() - start;
         double cpu1;
@@ -372,8 +417,12 @@ static PyObject *run_jobs(PyObject *self, PyObject *args) {
         children_usage(&cpu1, &faults1);
         res->cpu = cpu1 - cpu0;
         res->faults = faults1 - faults0;
-        reap_orphans(); /* what the orphans cost is nobody's: the next job measures from after this */
-        if (interrupted) { /* a signal handler raised: its exception ends the batch */
+        reap_orphans(root); /* what the orphans cost is nobody's: the next job measures from after this */
+        if (res->kind == K_SIGNAL && res->code == SIGKILL && oom_kills(oom_fd) > ooms)
+            res->kind = K_MEMORY; /* the cgroup's OOM killer, not the wall clock nor the program itself */
+        if (outcome == ENGINE_GONE)
+            PyErr_SetString(PyExc_EOFError, "the engine hung up");
+        if (outcome != COLLECTED) { /* a signal handler raised, or the engine is gone: that ends the batch */
             failed = 1;
             break;
         }
@@ -419,7 +468,7 @@ static struct PyModuleDef module = {
 };
 
 /* The contract's version: stepcode/sandbox/server.py ignores a build of another one (a stale .so after an update). */
-#define API 2
+#define API 3
 
 PyMODINIT_FUNC PyInit__forkloop(void) {
     PyObject *m = PyModule_Create(&module);

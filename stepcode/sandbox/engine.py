@@ -16,18 +16,34 @@ sets up once what every child of it needs, then runs the jobs one at a time, one
 batch in one frame. What a job costs, and why, is in stepcode/sandbox/server.py (~1 ms: one fork, the program, one
 reap).
 
-Threat model — what a program running in the child CANNOT do (each is a test in tests/test_hostile.py):
+Threat model — what a program running in the child CANNOT do (each is a test in tests/test_hostile.py or, for what
+needs a second program or a look from outside, tests/test_hostile_state.py):
 - write anywhere but its private temp dir: it runs as an unprivileged uid (one per server, claimed machine-wide, so
   `RLIMIT_NPROC` and the cleanup kill below are never shared with another sandbox) with no capabilities, and Landlock
   makes every other path read-only even for files that uid owns or that are world-writable (/tmp, /dev/shm). The
   temp dir is on a size-capped tmpfs.
+- change a file's metadata outside that dir (times, extended attributes), which Landlock has no right for: every
+  mount of the server's namespace but the temp dir's is read-only, and seccomp refuses the xattr calls.
+- leave state for a later program: SysV shared memory, semaphores and message queues, POSIX message queues and
+  kernel keyrings are refused by seccomp (and the server has its own IPC namespace besides); the temp dir is
+  emptied after every job that left something, however deep or unreadable, and a server that cannot empty it
+  exits (the engine starts another) rather than run another job in it.
+- create namespaces (a user namespace would hand it every capability inside): `unshare`, `setns` and `clone` with a
+  namespace flag fail with EPERM; `clone3`, whose flags a filter cannot read, fails with ENOSYS (libc then uses
+  `clone`).
 - reach the network: an empty network namespace (loopback down), Landlock forbids TCP bind/connect, and a seccomp
-  filter makes `socket()` fail with EPERM (plus ptrace, mount, unshare, setns, bpf, keyctl, io_uring, ...).
+  filter makes `socket()` fail with EPERM (plus ptrace, mount, bpf, io_uring, userfaultfd, ...).
+- see other processes: the server mounts its own procfs with `hidepid=invisible`, so the program sees only the
+  processes of its own uid — no other command line (where secrets such as database URLs sit), environment or status.
 - outlive its run or leave processes behind: when the child exits or is killed on the wall-clock deadline, the
   server kills every process of its sandbox uid in one atomic `kill(-1)` (`setsid()` and double forks included) and,
-  as a child subreaper, reaps them.
-- exhaust the machine: RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, RLIMIT_CORE=0; its own
-  output is captured in memory up to a cap; the result it reports is capped too.
+  as a child subreaper, reaps every one of them before the next job starts.
+- outlive its engine: a server watches its protocol pipe; when the engine dies, the server kills the running
+  program and exits, and it holds the lock of its uid until then, so no later sandbox claims that uid meanwhile.
+- exhaust the machine: one memory cgroup per server caps a program and every process it forks together at
+  `memory_mb`, memfd and tmpfs pages included (an OOM kill there is the verdict `memory`); RLIMIT_AS (per process),
+  RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, RLIMIT_CORE=0; its own output is captured in memory up to a
+  cap; the result it reports is capped too.
 - signal the engine or its server: different uid, and Landlock signal scoping (ABI >= 6).
 - see the parent's secrets: the environment is rebuilt from scratch (no credentials or tokens), stdin is /dev/null,
   every inherited file descriptor but the result pipe is closed, and the invoking user's 0700 home is unreadable.
@@ -35,12 +51,19 @@ Threat model — what a program running in the child CANNOT do (each is a test i
   frame carrying the job's random nonce, and a child that exits without one is a failure (`killed`).
 What it CAN do: read world-readable files (the code base, the benchmark data — nothing secret lives there); burn up
 to its CPU and wall-clock limits; and, being Python in the same process as the runner, introspect the runner's frames
-to find the nonce and forge its own verdict. Predictions are short expressions, not adversaries of that skill; a
-verdict that matters is re-checkable by the official harness. Imports: the standard library and the engine's
-site-packages, read-only (the interpreter's folders are exposed to the sandbox uid in the server's mount namespace);
-what the server preloaded (`Sandbox(preload=...)`) costs a program nothing.
-Degraded mode: without root (a developer's laptop) there are no namespaces and no uid change; Landlock and seccomp
-still apply, and processes are killed by process group. `Sandbox.isolation` says which mode is active.
+to find the nonce and forge its own verdict — so the caller checks a report's shape and types, and never trusts a
+verdict that matters without re-checking it (predictions are short expressions, not adversaries of that skill).
+Imports: the standard library and the engine's site-packages, read-only (the interpreter's folders are exposed to the
+sandbox uid in the server's mount namespace); what the server preloaded (`Sandbox(preload=...)`) costs a program
+nothing.
+Fallbacks — `Sandbox.isolation` says which mode is active, and its "gaps" (printed by `stepcode doctor`) list what
+this machine loses (`isolation_gaps`): without root (a developer's laptop) there is no uid change, no namespace and
+no cgroup; Landlock and seccomp still apply, processes are killed by process group, and memory is capped per process.
+Without a memory cgroup (read-only cgroupfs, a v2 hierarchy that does not delegate `memory`), memory is capped per
+process only. Kernels before 5.8 (per-mount procfs options) show other processes; before 5.12 (mount_setattr) the
+mounts stay writable and seccomp refuses file-time changes everywhere instead; Landlock before ABI 4 does not refuse
+TCP, before ABI 6 does not scope signals; without Landlock, only file permissions and the read-only mounts guard
+writes; off x86_64 there is no seccomp filter.
 """
 
 from __future__ import annotations
@@ -100,6 +123,41 @@ def preload_for(sources: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(found & PRELOADABLE))
 
 
+def isolation_gaps(info: dict) -> list[str]:
+    """What the sandbox cannot guarantee on this machine, from a server's self-description (`Sandbox.isolation`):
+    one sentence per guarantee of the threat model (this module's docstring) that is lost, and why."""
+    gaps = []
+    if not info["root"]:
+        gaps.append("not root: programs run as your own uid (no private uid, namespaces or cgroup); a process that "
+                    "leaves the program's process group (setsid) is not killed with it")
+    elif not info["namespaces"]:
+        gaps.append("no mount/network/IPC namespaces: the network is refused by seccomp and Landlock only, the "
+                    "work dir is not a size-capped tmpfs, and mounts stay writable")
+    if info["root"] and info["namespaces"] and not info.get("private_proc"):
+        gaps.append("no private procfs (kernel < 5.8?): programs can read other processes' command lines")
+    if info["root"] and info["namespaces"] and not info.get("read_only_mounts"):
+        gaps.append("mounts not read-only (kernel < 5.12?): file times are guarded by seccomp instead, which "
+                    "refuses them in the work dir too")
+    if not info.get("memory_cgroup"):
+        gaps.append("no memory cgroup: memory_mb caps each process, so a program that forks N processes can use N "
+                    "times as much, and memfd/tmpfs pages are not counted")
+    if info["landlock_abi"] == 0:
+        gaps.append("no Landlock: writes outside the work dir are stopped only by file permissions"
+                    + (" and the read-only mounts" if info.get("read_only_mounts") else ""))
+    else:
+        if info["landlock_abi"] < 4:
+            gaps.append(f"Landlock ABI {info['landlock_abi']} < 4: TCP is not refused by Landlock")
+        if info["landlock_abi"] < 6:
+            gaps.append(f"Landlock ABI {info['landlock_abi']} < 6: signals and abstract unix sockets are not scoped")
+    if not info["seccomp"]:
+        gaps.append("no seccomp filter (not x86_64): sockets, SysV IPC, keyrings, ptrace and namespaces through "
+                    "clone are not refused")
+    if info["fork_loop"] != "c":
+        gaps.append("the Python fork loop runs (the C one is not built, or another was asked for): same verdicts, "
+                    "~1.5x the CPU per run")
+    return gaps
+
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -108,8 +166,9 @@ R = TypeVar("R")
 class _ServerProcess:
     """One server: a child interpreter speaking length-prefixed marshal over its stdin/stdout."""
 
-    def __init__(self, cfg: dict, hash_seed: int):
+    def __init__(self, cfg: dict, hash_seed: int, uid_lock: int = -1):
         self.cfg = dict(cfg, hash_seed=str(hash_seed))
+        self.uid_lock = uid_lock   # the flock(2)ed file claiming its uid: the server holds it too, while it lives
         self.hash_seed = hash_seed
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
@@ -117,8 +176,12 @@ class _ServerProcess:
     def start(self) -> None:
         pkg_root = str(Path(__file__).resolve().parents[2])   # the folder holding stepcode/
         env = dict(SERVER_ENV, PYTHONHASHSEED=str(self.hash_seed), PYTHONPATH=pkg_root)
+        # A session of its own: a Ctrl-C at the terminal is the engine's to handle (it closes the servers), not
+        # theirs. The uid lock passed down keeps the uid claimed until this server is gone, even when the engine
+        # dies first (the server notices, kills its program and exits).
         self.proc = subprocess.Popen([sys.executable, "-S", "-m", "stepcode.sandbox.server"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True)
+                                     stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True,
+                                     pass_fds=(self.uid_lock,) if self.uid_lock >= 0 else (), start_new_session=True)
         write_frame(self.proc.stdin.fileno(), marshal.dumps(self.cfg))
 
     def handshake(self) -> dict:
@@ -144,13 +207,18 @@ class _ServerProcess:
             except OSError:
                 frame = None
         if frame is None:  # the server died (it never should): replace it and report these jobs as our failure
-            code = self.proc.poll()
-            self.stop()
-            self.start()
-            self.handshake()
+            code = self.restart()
             reason = f"the sandbox server died (exit code {code}) and restarted"
             return [{"status": "sandbox_error", "reason": reason} for _ in range(n)]
         return [_result(answer) for answer in marshal.loads(frame)]
+
+    def restart(self) -> int | None:
+        """Replace a server that is gone (or going); returns its exit code."""
+        self.stop()
+        code = self.proc.returncode
+        self.start()
+        self.handshake()
+        return code
 
     def close_input(self) -> None:
         if self.proc:
@@ -240,7 +308,15 @@ class Slot:
         round trip costs more than a run, and a server compiles a whole batch before its first fork, which saves
         faults). Returns, per payload, its results in seed order."""
         servers = [self.servers[seed] for seed in seeds]
-        sent = [server.send(runner, payloads, timeout or self.timeout) for server in servers]
+        # A server that exited since its last answer (it does when it could not empty its work dir) never saw
+        # these jobs: start another and send them again.
+        sent = []
+        for server in servers:
+            ok = server.send(runner, payloads, timeout or self.timeout)
+            if not ok:
+                server.restart()
+                ok = server.send(runner, payloads, timeout or self.timeout)
+            sent.append(ok)
         per_seed = [server.receive(len(payloads), failed=not ok) for server, ok in zip(servers, sent)]
         return [list(results) for results in zip(*per_seed)]
 
@@ -255,7 +331,7 @@ class _UidClaims:
     def __init__(self, n: int):
         import fcntl
 
-        self.fds: list[int] = []
+        self.fds: list[int] = []   # the lock of each uid, in the same order
         self.uids: list[int] = []
         if os.geteuid() != 0:     # degraded mode: no uid change at all (see the module docstring)
             self.uids = [os.geteuid()] * n
@@ -327,7 +403,7 @@ class Sandbox:
                            "site_packages": _site_packages(), "fork_loop": fork_loop}
                     if preload is not None:
                         cfg["preload"] = list(preload)
-                    servers[seed] = _ServerProcess(cfg, seed)
+                    servers[seed] = _ServerProcess(cfg, seed, self._uids.fds[k] if self._uids.fds else -1)
                     servers[seed].start()
                     k += 1
                 slot = Slot(servers, p.timeout_s)
@@ -340,6 +416,7 @@ class Sandbox:
             self.close()
             raise
         self.isolation = dict(self._slots[0].servers[self.hash_seeds[0]].info)
+        self.isolation["gaps"] = isolation_gaps(self.isolation)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[Slot]:
@@ -381,6 +458,11 @@ class Sandbox:
         for server in servers:
             server.stop()
         self._slots = []
+        for server in servers:    # each server's memory cgroup, empty now (a server cannot remove it: it is confined)
+            cgroup = server.info.get("memory_cgroup")
+            if cgroup:
+                with contextlib.suppress(OSError):
+                    os.rmdir(cgroup["path"])
         self._uids.release()      # after the servers are gone: their uids' processes died with them
         shutil.rmtree(self._base, ignore_errors=True)
 

@@ -42,7 +42,7 @@ try:  # the hot loop in C (stepcode/sandbox/_forkloop.c), built at install when 
     from stepcode.sandbox import _forkloop
 except ImportError:
     _forkloop = None
-if getattr(_forkloop, "API", None) != 2:  # a stale build of another contract: not ours to call
+if getattr(_forkloop, "API", None) != 3:  # a stale build of another contract: not ours to call
     _forkloop = None
 
 # Imported once by the server so that programs get them without touching the disk: the default, for a sandbox whose
@@ -56,6 +56,15 @@ NONCE_BYTES = 16
 # The check runner's guard (the official reliability_guard) is applied to the server itself around a batch of check
 # jobs, and it sets these to None in `os`: the server keeps its own references.
 _fork, _kill, _killpg, _unlink, _rmdir = os.fork, os.kill, os.killpg, os.unlink, os.rmdir
+_chdir, _fchdir, _chmod = os.chdir, os.fchdir, os.chmod
+
+
+class EngineGone(Exception):
+    """The engine closed its end of the protocol mid-batch (it exited or was killed): stop at once."""
+
+
+class DirtyWorkDir(Exception):
+    """The work dir could not be emptied: no later job may run in it."""
 
 
 def _unserializable(o):
@@ -63,14 +72,46 @@ def _unserializable(o):
 
 
 def _empty_dir(path: str) -> None:
-    """Remove everything under `path` (what a program left in its work dir), as far as possible."""
-    for entry in os.scandir(path):
-        with contextlib.suppress(OSError, RecursionError):
-            if entry.is_dir(follow_symlinks=False):
-                _empty_dir(entry.path)
-                _rmdir(entry.path)
-            else:
-                _unlink(entry.path)
+    """Remove everything under `path` (what a program left in its work dir), however deep, holding one directory
+    descriptor at a time (a chain of nested directories deeper than RLIMIT_NOFILE defeats a recursive walk), and
+    whatever modes the program left. Called only when every process of the program is dead, so nothing changes
+    the tree meanwhile; directories are entered without following links (O_NOFOLLOW). Leaves the server's working
+    directory at `path`. Raises DirtyWorkDir when something is left."""
+    _chdir(path)
+    names: list[str] = []       # the directories entered below `path`, outermost first
+    while True:
+        sub = None
+        with os.scandir(".") as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = entry.name
+                        break
+                    _unlink(entry.name)
+                except OSError:
+                    pass
+        if sub is not None:
+            with contextlib.suppress(OSError):
+                _chmod(sub, 0o700, follow_symlinks=False)    # a mode of 0 stops its owner (degraded mode)
+            try:
+                fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError as e:
+                raise DirtyWorkDir(f"cannot enter {sub!r} in the work dir: {e}") from None
+            try:
+                _fchdir(fd)
+            finally:
+                os.close(fd)
+            names.append(sub)
+            continue
+        if not names:
+            break
+        _chdir("..")
+        try:
+            _rmdir(names.pop())
+        except OSError as e:
+            raise DirtyWorkDir(f"cannot remove a directory from the work dir: {e}") from None
+    if os.listdir("."):
+        raise DirtyWorkDir(f"the work dir still holds {sorted(os.listdir('.'))[:3]}")
 
 
 # --- the server (runs in its own interpreter: `python -m stepcode.sandbox.server`) -----------------------------------
@@ -78,22 +119,33 @@ def _empty_dir(path: str) -> None:
 class _Server:
     """Everything that can be prepared once is prepared here, so a job's child does the least possible work."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, watch: int = -1):
         hooks = _record_at_fork_hooks()   # first: every import below is watched
         from stepcode.sandbox import isolation
         self.cfg = cfg
+        self.watch = watch      # the protocol's input: it hangs up when the engine is gone
         self.limits = cfg["limits"]
         self.root = os.geteuid() == 0
         self.uid = cfg["uid"] if self.root else os.geteuid()
         self.landlock = isolation.landlock_abi()
         self.seccomp = isolation.seccomp_available()
-        self.namespaces = False
+        self.namespaces = self.private_proc = self.read_only = False
         # The fork loop: C when built (`_forkloop`), else the Python one below; the engine may ask for the latter.
         self.native = _forkloop is not None and cfg.get("fork_loop", "c") == "c"
+        # One memory limit for a program and everything it forks (a child joins the cgroup before it drops root);
+        # opened before the mount namespace: a file open for writing on one of its mounts would keep
+        # `make_read_only_but` from turning it read-only (EBUSY).
+        self.cgroup = isolation.memory_cgroup(f"stepcode-sandbox-{self.uid}", self.limits["as_bytes"]) \
+            if self.root else None
+        self.cgroup_fd = self.oom_fd = -1
+        if self.cgroup:
+            self.cgroup_fd = os.open(os.path.join(self.cgroup[0], "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            self.oom_fd = os.open(self.cgroup[2], os.O_RDONLY | os.O_CLOEXEC)
+        self._oom_kills = isolation.oom_kills
         self.exposed: list[str] = []
         if self.root and cfg.get("namespaces", True):
             try:
-                isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET)
+                isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET | isolation.CLONE_NEWIPC)
                 isolation.make_mounts_private()
                 isolation.mount_tmpfs(cfg["base_dir"], cfg["disk_mb"])
                 # The unprivileged child must be able to import (lazily) and run Python even when it is installed
@@ -106,6 +158,13 @@ class _Server:
                 self.namespaces = True
             except OSError:
                 pass
+        if self.namespaces:
+            with contextlib.suppress(OSError):     # other processes hidden (their argv, environment, status)
+                isolation.mount_private_proc()
+                self.private_proc = True
+            with contextlib.suppress(OSError):     # nothing outside the work dir changes, metadata included
+                isolation.make_read_only_but(cfg["base_dir"])
+                self.read_only = True
         isolation.set_child_subreaper()
         # One private work dir, reused by every job of this server (jobs run one at a time) and emptied after each.
         self.workdir = os.path.join(cfg["base_dir"], "work")
@@ -192,11 +251,13 @@ class _Server:
             isolation.landlock_restrict(ruleset)
             os.close(ruleset)
         if self.seccomp:
-            isolation.seccomp_install(isolation.seccomp_program())
+            isolation.seccomp_install(isolation.seccomp_program(deny_file_times=not self.read_only))
 
     def info(self) -> dict:
         return {"root": self.root, "namespaces": self.namespaces, "landlock_abi": self.landlock,
                 "seccomp": self.seccomp, "uid": self.uid, "exposed": self.exposed,
+                "private_proc": self.private_proc, "read_only_mounts": self.read_only,
+                "memory_cgroup": self.cgroup and {"path": self.cgroup[0], "version": self.cgroup[1]},
                 "python": sys.version.split()[0], "hash_seed": os.environ.get("PYTHONHASHSEED"),
                 "fork_loop": "c" if self.native else "python",
                 "python_at_fork": self.native and self.python_at_fork,
@@ -223,8 +284,12 @@ class _Server:
         def cleanup() -> None:
             _empty_dir(self.workdir)
 
-        answers = _forkloop.run_jobs(jobs, self._child_for(run), cleanup, float(timeout), self._cpu_limit[0],
-                                     self.uid, self.root, self.workdir, RESULT_CAP_BYTES, self.python_at_fork)
+        try:
+            answers = _forkloop.run_jobs(jobs, self._child_for(run), cleanup, float(timeout), self._cpu_limit[0],
+                                         self.uid, self.root, self.workdir, RESULT_CAP_BYTES, self.python_at_fork,
+                                         self.cgroup_fd, self.oom_fd, self.watch)
+        except EOFError:
+            raise EngineGone from None
         return [(self._native_report(kind, data, timeout), wall, cpu, faults)
                 for kind, data, wall, cpu, faults in answers]
 
@@ -247,6 +312,8 @@ class _Server:
             return _output_limit_verdict()
         if kind == 3:
             return _signal_verdict(data)
+        if kind == 5:
+            return _memory_verdict()
         return _exit_verdict(*data)
 
     @staticmethod
@@ -261,6 +328,7 @@ class _Server:
     def _run_one(self, run: Callable, prepared, timeout: float) -> tuple:
         nonce = os.urandom(NONCE_BYTES)
         r, w = os.pipe()
+        ooms = self._ooms()
         start = time.monotonic()
         pid = _fork()
         if pid == 0:  # the child: never returns
@@ -275,14 +343,22 @@ class _Server:
         finally:
             os.close(r)
         wall = time.monotonic() - start
+        if report == _signal_verdict(signal.SIGKILL) and self._ooms() > ooms:
+            report = _memory_verdict()   # the cgroup's OOM killer
         if os.listdir(self.workdir):  # the program left files: empty the dir for the next job
             _empty_dir(self.workdir)
         return report, wall, cpu, faults
+
+    def _ooms(self) -> int:
+        """The OOM kills the program's memory cgroup counted so far (0 without one)."""
+        return self._oom_kills(os.pread(self.oom_fd, 4096, 0).decode()) if self.oom_fd >= 0 else 0
 
     def _child(self, w: int, run: Callable, prepared, nonce: bytes) -> None:
         os.setsid()
         os.dup2(0, 2)  # the server's fds 0 and 1 are /dev/null already; 2 was its stderr
         resource.setrlimit(resource.RLIMIT_CPU, self._cpu_limit)
+        if self.cgroup_fd >= 0:   # join the program's memory cgroup while still root ("0": the writer)
+            os.write(self.cgroup_fd, b"0")
         if self.root:  # groups and gid were dropped by the server (`_confine_self`)
             os.setresuid(self.uid, self.uid, self.uid)
         # If the server dies mid-run (its engine was killed), the program must not outlive it. (A uid change clears
@@ -308,15 +384,19 @@ class _Server:
         poller = self._poller
         poller.register(r, select.POLLIN)
         poller.register(pidfd, select.POLLIN)
-        report, exited, pipe_open = None, False, True
+        if self.watch >= 0:
+            poller.register(self.watch, 0)   # no events asked: only a hang-up (the engine is gone) is reported
+        report, exited, pipe_open, gone = None, False, True, False
         try:
-            while not exited or pipe_open:
+            while not (exited and not pipe_open or gone):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     report = _timeout_verdict(timeout)
                     break
                 for fd, _ in poller.poll(left * 1000):
-                    if fd == pidfd:
+                    if fd == self.watch:
+                        gone = True
+                    elif fd == pidfd:
                         exited = True
                         poller.unregister(pidfd)
                     else:
@@ -337,6 +417,8 @@ class _Server:
                 poller.unregister(r)
             if not exited:
                 poller.unregister(pidfd)
+            if self.watch >= 0:
+                poller.unregister(self.watch)
             try:
                 _kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -348,6 +430,8 @@ class _Server:
             cost = self._children_cost()
             if self._reap_orphans():
                 self._children_cost()  # what the orphans cost is not the next job's
+        if gone:
+            raise EngineGone
         return report or self._report(buf, nonce, ended), cost
 
     def _children_cost(self) -> tuple[float, int]:
@@ -394,16 +478,26 @@ class _Server:
             except ChildProcessError:   # no children left
                 return
 
-    @staticmethod
-    def _reap_orphans() -> bool:
-        """The server is a child subreaper: the program's orphans become its children; reap the dead ones."""
-        reaped = False
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                reaped = True
-        except ChildProcessError:  # no children left
-            pass
-        return reaped
+    def _reap_orphans(self) -> bool:
+        """The server is a child subreaper: the program's orphans become its children. As root every one of them
+        was killed (`_kill_leftovers`): wait for each to finish dying (bounded, 2 s), so that the next job starts
+        with no process of its uid alive — a dying process still counts against its RLIMIT_NPROC. Without root a
+        leftover may be alive: only the dead are reaped."""
+        reaped, deadline = False, None
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0]:
+                    reaped = True
+                    continue
+            except ChildProcessError:  # no children left
+                return reaped
+            if not self.root:
+                return reaped
+            if deadline is None:
+                deadline = time.monotonic() + 2
+            elif time.monotonic() > deadline:
+                return reaped
+            self._poller.poll(1)   # polls nothing registered: a 1 ms sleep
 
     @staticmethod
     def _report(buf: bytearray, nonce: bytes, ended) -> dict | bytes:
@@ -455,6 +549,10 @@ def _exit_verdict(code: int, sent: bool) -> dict:
     return {"status": "killed", "reason": f"the program exited (code {code}) with {why}"}
 
 
+def _memory_verdict() -> dict:
+    return {"status": "memory", "reason": "the program's processes together exceeded its memory limit (OOM-killed)"}
+
+
 def _signal_verdict(sig: int) -> dict:
     """The verdict on a child that died of signal `sig` before reporting."""
     if sig == signal.SIGXCPU:
@@ -471,15 +569,24 @@ def serve() -> None:
     os.dup2(devnull, 1)
     os.close(devnull)
     cfg = marshal.loads(read_frame(proto_in))
-    server = _Server(cfg)
-    write_frame(proto_out, marshal.dumps(server.info()))
-    while (frame := read_frame(proto_in)) is not None:
-        runner, payloads, timeout = marshal.loads(frame)
-        try:
-            answers = server.run_batch(runner, payloads, timeout)
-        except Exception as e:  # a bug of ours, not the program's: report it, keep serving
-            answers = [{"status": "sandbox_error", "reason": f"{type(e).__name__}: {e}"}] * len(payloads)
-        write_frame(proto_out, marshal.dumps(answers))
+    server = _Server(cfg, watch=proto_in)
+    try:
+        write_frame(proto_out, marshal.dumps(server.info()))
+        while (frame := read_frame(proto_in)) is not None:
+            runner, payloads, timeout = marshal.loads(frame)
+            try:
+                answers = server.run_batch(runner, payloads, timeout)
+            except DirtyWorkDir as e:   # no later job may run here: answer, then exit (the engine starts another)
+                write_frame(proto_out, marshal.dumps(
+                    [{"status": "sandbox_error", "reason": f"the sandbox's work dir: {e}"}] * len(payloads)))
+                break
+            except EngineGone:
+                break
+            except Exception as e:  # a bug of ours, not the program's: report it, keep serving
+                answers = [{"status": "sandbox_error", "reason": f"{type(e).__name__}: {e}"}] * len(payloads)
+            write_frame(proto_out, marshal.dumps(answers))
+    except OSError:   # the engine is gone (a broken pipe): nobody to answer
+        pass
     server.shutdown()
     os._exit(0)  # the engine closed the protocol: nothing to flush, nothing worth finalising
 

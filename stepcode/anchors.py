@@ -55,7 +55,8 @@ Rules (anchors are inserted only inside `def` bodies; module and class bodies ar
 6. Status "unsupported" (with a reason) instead of a silently different program: async code; a program that binds
    the name `print` anywhere (or assigns `builtins.print`); a call of `locals()`, `globals()`, `vars()` or `dir()`
    with no arguments (it would see the extra local or global); unparse output that does not re-parse or whose two
-   sources disagree. A SyntaxError gives "syntax_error" with line and message.
+   sources disagree; code nested too deeply for its walks or the compiler. A SyntaxError gives "syntax_error"
+   with line and message, as does source the parser itself cannot take (too deeply nested, a lone surrogate).
 Known limits: frame inspection (`sys._getframe().f_locals`) and `eval`/`exec` strings can still observe the extra
 local; an attribute chain read after a loop (rule 2) assumes the attribute existed before the loop; formatting a
 value (`format(v, '')`) runs user `__format__`/`__str__` code, as the display print would.
@@ -123,7 +124,12 @@ def instrument(code: str) -> Instrumented:
     if not isinstance(code, str):
         raise TypeError(f"instrument() expects source text (str), got {type(code).__name__}")
     with AST_LOCK:
-        return _instrument(code)
+        try:
+            return _instrument(code)
+        except (RecursionError, MemoryError) as err:
+            # Parsed, but too deep for a walk here, for ast.unparse or for the compiler (`x+x+...+x`, a few
+            # thousand deep): one program's verdict, never the caller's exception.
+            return _rejected("unsupported", f"too deeply nested to instrument ({type(err).__name__})")
 
 
 def _instrument(code: str) -> Instrumented:
@@ -131,6 +137,10 @@ def _instrument(code: str) -> Instrumented:
         tree = ast.parse(code)
     except SyntaxError as err:
         return _rejected("syntax_error", f"line {err.lineno}: {err.msg}" if err.lineno else err.msg)
+    except (RecursionError, MemoryError) as err:   # CPython's parser gives up on very deep nesting: so would Python
+        return _rejected("syntax_error", f"too deeply nested to parse ({type(err).__name__})")
+    except UnicodeEncodeError:   # the parser reads UTF-8, which has no lone surrogate (chr(0xD800))
+        return _rejected("syntax_error", "the source holds a lone surrogate, which is not valid text")
     reason = _unsupported_reason(tree, code)
     if reason:
         return _rejected("unsupported", reason)

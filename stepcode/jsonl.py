@@ -1,17 +1,24 @@
 """JSONL files, the format of every dataset here: read with line-numbered errors, write atomically.
 
-    from stepcode.jsonl import read_jsonl, write_jsonl
+    from stepcode.jsonl import atomic_write_text, read_jsonl, write_jsonl
     rows = list(read_jsonl("data/traces.jsonl"))    # JsonlError("data/traces.jsonl:17: bad JSON (...)")
     write_jsonl("out.jsonl", rows)                   # temp file, fsync, rename: readers never see half a file
+    atomic_write_text("metrics.json", text)          # the same for one text (every JSON file written here)
+
+Text that UTF-8 cannot encode (a lone surrogate such as chr(0xD800), which a traced program can print) is written
+as its backslash escape, never fatal: inside a JSON string, `\\ud800` is JSON's own escape, read back as the same
+string.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from stepcode.errors import UserError
 
@@ -39,6 +46,8 @@ def decode_line(raw: bytes) -> dict:
         raise ValueError(f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"bad JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:  # e.g. 100,000 nested brackets: one bad row, like any other
+        raise ValueError("JSON nested too deeply to read") from None
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -54,10 +63,30 @@ def read_jsonl(path) -> Iterator[dict]:
 
 
 def write_jsonl(path, rows: Iterable[dict]) -> None:
-    """Write rows as JSONL atomically: a temp file in the same directory, fsync, then os.replace.
+    """Write rows as JSONL atomically (`atomic_file`). If serialising any row raises, the temp file is removed and
+    an existing `path` is left untouched."""
+    with atomic_file(path) as fh:
+        for row in rows:
+            fh.write(_utf8(json.dumps(row, ensure_ascii=False) + "\n"))
 
-    If serialising any row raises, the temp file is removed and an existing `path` is left untouched.
-    """
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` to `path` as UTF-8 (a lone surrogate backslash-escaped), atomically (`atomic_file`)."""
+    with atomic_file(path) as fh:
+        fh.write(_utf8(text))
+
+
+def _utf8(text: str) -> bytes:
+    # UTF-8 encodes every code point but a lone surrogate; backslashreplace writes it as `\udXXX`, which inside a
+    # JSON string (the only place json.dumps puts one) is the JSON escape of that same code point.
+    return text.encode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def atomic_file(path) -> Iterator[BinaryIO]:
+    """A binary file to write that becomes `path` only if the block completes: a temp file in the same directory
+    (a unique name, so concurrent writers never share one), fsync, then os.replace. If the block raises, the temp
+    file is removed and an existing `path` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same directory, so os.replace is a rename on one filesystem (atomic), never a copy.
@@ -66,9 +95,8 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any other written file
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

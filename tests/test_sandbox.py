@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -305,3 +307,35 @@ def test_processes_a_program_leaves_die_with_its_job(fork_loop):
             # and the next job on that server runs normally
             after = slot.run("trace", _trace_job("def f(x):\n    return x + 1\n", "1"))
             assert (after["status"], after["output"]) == ("ok", "2")
+
+
+def test_emptying_a_work_dir_follows_no_link_and_fears_no_depth(tmp_path):
+    """The server's cleanup (run when every process of the program is dead): a chain of directories far deeper than
+    the descriptors a server may hold, directories whose mode is 0, and links to folders outside — which it removes
+    as links, never entering them."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("kept")
+    work = tmp_path / "work"
+    deep = work / "a"
+    deep.mkdir(parents=True)
+    for _ in range(300):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "bottom").write_text("x")
+    (work / "link").symlink_to(outside)
+    (work / "a" / "link").symlink_to(outside)
+    (work / "locked").mkdir()
+    (work / "locked" / "f").write_text("y")
+    (work / "locked").chmod(0)
+    # In a process with the server's descriptor limit (params.yaml sandbox.open_files: 64): a recursive walk holds one
+    # descriptor per level and would stop at ~60 levels.
+    script = ("import os, resource\nfrom stepcode.sandbox.server import _empty_dir\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+              f"_empty_dir({str(work)!r})\nprint(os.getcwd())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(work)        # where the server keeps its working directory
+    assert os.listdir(work) == []
+    assert (outside / "keep").read_text() == "kept"

@@ -20,12 +20,9 @@ import gzip
 import importlib.resources
 import json
 import logging
-import os
 import statistics
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from stepcode.jsonl import JsonlError, decode_line, numbered_lines, write_jsonl
 

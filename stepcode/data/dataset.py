@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,18 +134,18 @@ def task_examples(row: dict, task: str, reasoning: str = "template") -> tuple[di
 
 
 def _write_json(path: Path, obj) -> None:
-    """Pretty JSON, atomically (temp file in the same directory, then os.replace), like corpus.write_jsonl."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Pretty JSON, atomically (stepcode.jsonl.atomic_write_text: a unique temp file, then os.replace)."""
+    from stepcode.jsonl import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str | Path]) -> dict:
     """The `build` stage (see the module docstring). `params` is the full `Params`. Returns the stats.
     `benchmarks`: {label: program file} to decontaminate against; the benchmarks declare them (the pipeline layer
     passes `stepcode.evals.registry.decontamination_sources(params.build)`: the data layer does not import evals)."""
-    from stepcode.jsonl import read_jsonl, write_jsonl
     from stepcode.data.decontam import decontaminate
+    from stepcode.jsonl import read_jsonl, write_jsonl
 
     bp, max_lines = params.build, params.trace.max_lines
     tasks = TASKS if bp.input_task else ("output",)

@@ -717,8 +717,8 @@ def synthesize(n: int, seed: int, params, *, progress: bool = False) -> tuple[li
     from collections import Counter
 
     from stepcode.data.corpus import diversity, static_filter
-    from stepcode.sandbox.engine import Sandbox
     from stepcode.data.traces import trace_rows
+    from stepcode.sandbox.engine import Sandbox
 
     kept: list[dict] = []
     rejected: Counter = Counter()

@@ -1,7 +1,8 @@
 """A learnable program distribution for a tiny model trained from scratch: short straight-line functions over small
-values. The full synthesizer (`stepcode.data.synth`) writes CRUXEval-style programs (`''.join(sorted(s)).center(9, 'r')`)
-that a 4-layer model trained for minutes cannot execute; the ablation study (`stepcode study ablation`) needs a model
-that learns *some* step accuracy from SFT, or RL has nothing to improve. So this generator keeps every step local:
+values. The full synthesizer (`stepcode.data.synth`) writes CRUXEval-style programs
+(`''.join(sorted(s)).center(9, 'r')`) that a 4-layer model trained for minutes cannot execute; the ablation study
+(`stepcode study ablation`) needs a model that learns *some* step accuracy from SFT, or RL has nothing to improve. So
+this generator keeps every step local:
 
     from itertools import islice
     from stepcode.data.synth_basic import basic_candidates

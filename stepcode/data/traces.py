@@ -14,10 +14,13 @@ Every program ends with exactly one status (no row is ever dropped):
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
 from typing import Iterable, Iterator
+
+log = logging.getLogger(__name__)
 
 STATUSES = {
     "ok": "traced; the two runs agree",
@@ -32,10 +35,12 @@ STATUSES = {
     "too_long": "more anchor lines than trace.max_lines",
     "unreproducible": "a printed value holds a memory address (`<... at 0x...>`), which differs between machines",
     "sandbox_error": "a failure of the engine itself, not of the program",
+    "engine_error": "this stage's own code failed on the row (a bug of ours): reason is `TypeName: message`",
 }
 __doc__ += "\n".join(f"    {k:17s}{v}" for k, v in STATUSES.items()) + "\n"
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:
@@ -51,36 +56,105 @@ def trace_one(sandbox, row: dict, params) -> dict:
 
 
 def trace_batch(sandbox, rows: list[dict], params) -> list[dict]:
-    """`trace_one` for several rows at once: one slot, one round trip per hash seed's server."""
+    """`trace_one` for several rows at once: one slot, one round trip per hash seed's server. Every row comes back
+    with a status: an exception of ours on one row (instrumenting it, judging its runs) is that row's
+    `engine_error`, never the batch's — a stage must not lose its rows to one program."""
     tp = params.trace
-    outs = [_instrumented(row, tp) for row in rows]
+    outs = []
+    for row in rows:
+        out = dict(row, instrumented_code=None, trace=[], output=None, status="ok", reason=None)
+        try:
+            outs.append((out, _payload(out, tp)))
+        except Exception as e:  # noqa: BLE001 — KeyboardInterrupt and SystemExit still stop the stage
+            outs.append((_engine_error(out, e), None))
     todo = [(out, payload) for out, payload in outs if payload is not None]
     if todo:
         with sandbox.slot() as slot:
             runs = slot.run_many_each_seed("trace", [payload for _, payload in todo], tp.hash_seeds)
         for (out, _), (first, second) in zip(todo, runs):
-            _judge(out, first, second, tp)
+            try:
+                _judge(out, _checked_report(first, tp), _checked_report(second, tp), tp)
+            except Exception as e:  # noqa: BLE001
+                _engine_error(out, e)
     return [out for out, _ in outs]
 
 
-def _instrumented(row: dict, tp) -> tuple[dict, dict | None]:
-    """The output row so far, and the sandbox payload (None when instrumenting already decided the status)."""
+def _engine_error(out: dict, e: Exception) -> dict:
+    """`out` as the row our own code failed on (logged with its traceback: it is a bug to fix)."""
+    log.warning("trace: row %r: %s", out.get("id"), type(e).__name__, exc_info=e)
+    reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]   # one line
+    out.update(trace=[], output=None, status="engine_error", reason=_escaped(reason))
+    return out
+
+
+def _payload(out: dict, tp) -> dict | None:
+    """Instrument the row's program into `out`; the sandbox payload, or None when instrumenting already decided
+    the status."""
     from stepcode.anchors import instrument
 
-    out = dict(row, instrumented_code=None, trace=[], output=None, status="ok", reason=None)
-    inst = instrument(row["code"])
+    entry_point, arguments = out.get("entry_point", "f"), out["input"]
+    if not (isinstance(entry_point, str) and isinstance(arguments, str)):   # the sandbox takes text only
+        raise TypeError(f"entry_point and input must be str, not {type(entry_point).__name__} and "
+                        f"{type(arguments).__name__}")
+    inst = instrument(out["code"])
     if inst.status != "ok":
         out.update(status=inst.status, reason=inst.reason)
-        return out, None
+        return None
     out["instrumented_code"] = inst.source
-    payload = {"code": inst.code, "anchor_fn": inst.anchor_fn, "entry_point": row.get("entry_point", "f"),
-               "input": row["input"], "max_lines": tp.max_lines, "max_line_chars": tp.max_line_chars,
-               "max_output_chars": tp.max_output_chars}
-    return out, payload
+    return {"code": inst.code, "anchor_fn": inst.anchor_fn, "entry_point": entry_point, "input": arguments,
+            "max_lines": tp.max_lines, "max_line_chars": tp.max_line_chars, "max_output_chars": tp.max_output_chars}
+
+
+def _checked_report(report, tp) -> dict:
+    """A sandbox report in the shape `_judge` reads: a known status, reason str or None, trace a list of str,
+    output str (always when ok) or None, within the runner's caps — strings `_escaped`. The runner writes nothing
+    else, but the program runs in its process and can reach its objects (sys._getframe, gc, a finaliser that runs
+    after the report is built): a report of any other shape is the program's doing, and the row is `killed`."""
+    why = _malformation(report, tp)
+    if why:
+        return {"status": "killed", "reason": f"the program tampered with its report: {why}", "trace": [],
+                "output": None}
+    output, reason = report.get("output"), report.get("reason")
+    return {"status": report["status"], "reason": None if reason is None else _escaped(reason),
+            "trace": [_escaped(line) for line in report.get("trace", [])],
+            "output": None if output is None else _escaped(output)}
+
+
+def _malformation(report, tp) -> str | None:
+    """What is wrong with the shape of a sandbox report, or None (see `_checked_report`)."""
+    if not isinstance(report, dict):
+        return f"a {type(report).__name__}, not a dict"
+    status, reason = report.get("status"), report.get("reason")
+    trace, output = report.get("trace", []), report.get("output")
+    if not (isinstance(status, str) and status in STATUSES):
+        return f"unknown status {status!r:.80}"
+    if not (reason is None or isinstance(reason, str)):
+        return f"the reason is not a string ({type(reason).__name__})"
+    if not isinstance(trace, list):
+        return f"the trace is not a list ({type(trace).__name__})"
+    odd = [type(line).__name__ for line in trace if not isinstance(line, str)]
+    if odd:
+        return f"the trace holds a non-string ({odd[0]})"
+    if any(len(line) > tp.max_line_chars for line in trace):
+        return f"a trace line is longer than {tp.max_line_chars} characters"
+    if not (output is None or isinstance(output, str)) or (status == "ok" and output is None):
+        return f"status {status!r} with an output of type {type(output).__name__}"
+    if output is not None and len(output) > tp.max_output_chars:
+        return f"the output is {len(output)} characters (max {tp.max_output_chars})"
+    return None
+
+
+def _escaped(text: str) -> str:
+    """`text` with each lone surrogate (chr(0xD800): a program can print one) as its backslash escape `\\ud800`:
+    UTF-8 cannot encode one, and pandas, great-expectations and tokenizers reject it. Costs nothing on ASCII."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _judge(out: dict, first: dict, second: dict, tp) -> dict:
-    """Fill `out` from the two runs (seed order); the second is only looked at if the first is ok."""
+    """Fill `out` from the two runs (seed order; each `_checked_report`); the second is only looked at if the first
+    is ok."""
     out.update(trace=first.get("trace", []), output=first.get("output"), status=first["status"],
                reason=first.get("reason"))
     if first["status"] != "ok":
@@ -113,7 +187,10 @@ def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sand
     if own:
         # A corpus in hand: its servers preload what its programs import, and nothing else (each module preloaded
         # makes every fork dearer). A stream: the general-purpose set.
-        preload = preload_for(r["code"] for r in rows) if isinstance(rows, (list, tuple)) else None
+        preload = None
+        if isinstance(rows, (list, tuple)):
+            # a row without program text is not this loop's to fail on: it becomes its own engine_error
+            preload = preload_for(r["code"] for r in rows if isinstance(r.get("code"), str))
         sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers, preload=preload)
     try:
         results = sandbox.map_batches(lambda batch: trace_batch(sandbox, batch, params), rows)
@@ -136,12 +213,11 @@ def write_summary(summary: dict, path) -> None:
     """The trace stage's DVC metric (metrics/trace.json): the counts only. It is tracked, so it must read the same for
     the same traces; timings vary run to run and go to MLflow."""
     import json
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from stepcode.jsonl import atomic_write_text
+
     counts = {"total": summary["total"], "by_status": summary["by_status"]}
-    path.write_text(json.dumps(counts, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(counts, indent=2) + "\n")
 
 
 def read_corpus(path) -> list[dict]:

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepcode.errors import UserError
 from stepcode.data.traces import STATUSES
+from stepcode.errors import UserError
 
 REQUIRED_COLUMNS = ("id", "code", "input", "entry_point", "instrumented_code", "trace", "output", "status", "reason")
 STRING_COLUMNS = ("id", "code", "input", "entry_point", "status")

@@ -103,9 +103,7 @@ def score_file(benchmark_name: str, task: str, generations_path, out_path, param
 
 
 def write_json(path, obj) -> None:
-    """Write JSON atomically (a crash never leaves half a file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(p)
+    """Write JSON atomically: a crash never leaves half a file, and two writers never share a temp file."""
+    from stepcode.jsonl import atomic_write_text  # here: this package's import stays standard-library only
+
+    atomic_write_text(path, json.dumps(obj))

@@ -38,7 +38,7 @@ class _CappedOutput(io.TextIOBase):
         return True
 
     def write(self, s) -> int:
-        n = len(s) if isinstance(s, str) else 0
+        n = str.__len__(s) if isinstance(s, str) else 0   # the real length: a str subclass's __len__ may lie
         self.size += n
         if self.size > self.cap:
             raise OutputLimitExceeded(f"the program printed more than {self.cap} characters")
@@ -61,7 +61,10 @@ def _classify(e: BaseException) -> tuple[str, str]:
     if isinstance(e, AnchorLimitExceeded):
         return "too_long", str(e)
     if isinstance(e, SystemExit):
-        return "runtime_error", f"the program called exit({e.code!r})"
+        try:
+            return "runtime_error", f"the program called exit({e.code!r})"[:300]
+        except BaseException:  # noqa: BLE001 — a code whose __repr__ raises: still this run's verdict
+            return "runtime_error", "the program called exit(<unprintable>)"
     if isinstance(e, RecursionError):
         return "runtime_error", "RecursionError: maximum recursion depth exceeded"
     return "runtime_error", _describe(e)
@@ -81,8 +84,9 @@ def prepare_trace(payload: dict):
     try:
         call = compile(f"{payload['entry_point']}({payload['input']})", "<input>", "eval", dont_inherit=True)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        return {"status": "runtime_error", "reason": f"the input does not parse: {_describe(e)}", "trace": [],
-                "output": None}
+        # the parser's MemoryError/RecursionError mean nesting too deep for it (`-` * 100000 + `1`), not memory
+        why = _describe(e) if isinstance(e, (SyntaxError, ValueError)) else f"too deeply nested ({type(e).__name__})"
+        return {"status": "runtime_error", "reason": f"the input does not parse: {why}", "trace": [], "output": None}
     return code, call, payload
 
 
@@ -116,7 +120,8 @@ def run_trace(prepared, limits: dict) -> dict:
         exec(code, env)
         value = eval(call, env)
         try:
-            output = repr(value)
+            # An exact str: repr may return a str subclass whose __len__ lies (0), which would slip past the cap.
+            output = str.__str__(repr(value))
         except BaseException as e:  # noqa: BLE001
             status, reason = "runtime_error", f"repr of the return value raised {_describe(e)}"
         else:

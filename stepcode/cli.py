@@ -14,10 +14,19 @@ from typing import Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, StepcodeGroup
+from stepcode.commands.common import (
+    ParamsOpt,
+    StepcodeGroup,
+    atomic_output,
+    check_output,
+    check_params_workers,
+    check_workers,
+    writing,
+)
 from stepcode.commands.common import load_params as _params
 
-# StepcodeGroup: a bad option, a missing input, a bad params file is one line on stderr and exit 2, no traceback.
+# StepcodeGroup: a bad option, a missing input, a bad params file, a refused write is one line on stderr and exit 2,
+# no traceback; Ctrl-C / SIGTERM unwind the command (cleanups run), then one line and exit 130 / 143.
 app = typer.Typer(help="StepCode: teach code LLMs to reason about execution step by step.", cls=StepcodeGroup,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 corpus_app = typer.Typer(help="Import program corpora.", no_args_is_help=True)
@@ -55,7 +64,8 @@ def _print_summary(summary: dict) -> None:
 def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, code, input, entry_point) or a "
                                                   "directory of them"),
           out: Path = typer.Option(..., "-o", "--out", help="trace rows (JSONL)"),
-          workers: Optional[int] = typer.Option(None, help="parallel sandbox workers (default: params / all cores)"),
+          workers: Optional[int] = typer.Option(None, help="parallel sandbox workers, from 1 to 16 per core "
+                                                           "(default: params / all cores)"),
           timeout: Optional[float] = typer.Option(None, help="wall-clock seconds per run"),
           max_lines: Optional[int] = typer.Option(None, "--max-lines", help="longest accepted trace"),
           skip_bad: bool = typer.Option(False, "--skip-bad", help="write malformed rows to OUT.rejects.jsonl"),
@@ -66,16 +76,22 @@ def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, 
     from stepcode.dvcdata import ensure_present
     from stepcode.pipeline import stages
 
+    check_workers(workers, "--workers")   # before the params: a bad width names the option and the limit
     params = _params(params_path, **{"sandbox.timeout_s": timeout, "trace.max_lines": max_lines,
                                      "sandbox.workers": workers, "tracking.enabled": track})
-    ensure_present(inp)   # missing: pulled when DVC tracks it, else a one-line MissingInput
+    check_params_workers(params, params_path, len(params.trace.hash_seeds))
     rejects = out.with_suffix(".rejects.jsonl") if skip_bad else None
-    summary = stages.trace(params, inp, out, skip_bad=skip_bad, rejects_path=rejects)
+    for what, path in (("-o", out), ("--summary", summary_json), ("--skip-bad's rejects file", rejects)):
+        check_output(path, what)   # before the work: not a directory, a writable folder
+    ensure_present(inp)   # missing: pulled when DVC tracks it, else a one-line MissingInput
+    with writing("-o", out):
+        summary = stages.trace(params, inp, out, skip_bad=skip_bad, rejects_path=rejects)
     _print_summary(summary)
     if summary_json:
         from stepcode.data.traces import write_summary
 
-        write_summary(summary, summary_json)
+        with writing("--summary", summary_json), atomic_output(summary_json) as tmp:
+            write_summary(summary, tmp)
 
 
 @app.command()
@@ -87,7 +103,10 @@ def synth(n: Optional[int] = typer.Option(None, "-n", help="programs to emit (de
     from stepcode.data.synth import synthesize_file
 
     params = _params(params_path, **{"synth.n": n, "synth.seed": seed})
-    report = synthesize_file(out, params)
+    check_params_workers(params, params_path, len(params.trace.hash_seeds))
+    check_output(out, "-o")
+    with writing("-o", out):
+        report = synthesize_file(out, params)
     typer.echo(f"wrote {report['kept']} programs to {out} "
                f"({report['candidates']} candidates; rejected: {report['rejected']})")
     typer.echo("diversity: " + json.dumps(report["diversity"]))
@@ -99,8 +118,10 @@ def corpus_humaneval(out: Path = typer.Option(..., "-o", "--out")):
     from stepcode.data.corpus import import_humaneval
     from stepcode.jsonl import write_jsonl
 
+    check_output(out, "-o")
     rows = import_humaneval()
-    write_jsonl(out, rows)
+    with writing("-o", out):
+        write_jsonl(out, rows)
     typer.echo(f"wrote {len(rows)} program rows from {len({r['id'].split('#')[0] for r in rows})} problems to {out}")
 
 

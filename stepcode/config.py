@@ -371,10 +371,20 @@ def load_params(path: str | os.PathLike | None = None) -> Params:
         if path is None:
             return Params()
         raise ConfigError(f"{p}: no such file")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a params file (give the YAML file, e.g. {p / 'params.yaml'})")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a YAML text file (invalid UTF-8 at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not a params file: nested too deeply to read") from None
     return parse_params(raw, source=str(p))
 
 

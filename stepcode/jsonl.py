@@ -88,6 +88,8 @@ def atomic_file(path) -> Iterator[BinaryIO]:
     (a unique name, so concurrent writers never share one), fsync, then os.replace. If the block raises, the temp
     file is removed and an existing `path` is left untouched."""
     path = Path(path)
+    if path.exists() and not path.is_file():   # a device, a pipe (/dev/stdout): renaming over it would replace it
+        raise UserError(f"{path}: not a regular file (a directory, device, pipe or socket): give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same directory, so os.replace is a rename on one filesystem (atomic), never a copy.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

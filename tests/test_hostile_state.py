@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -348,6 +349,7 @@ from stepcode.sandbox.engine import Sandbox
 sb = Sandbox(SandboxParams(timeout_s=120), workers=2, fork_loop=sys.argv[1])
 print(' '.join(str(s.proc.pid) for slot in sb._slots for s in slot.servers.values()), flush=True)
 print(' '.join(map(str, sb._uids.uids)), flush=True)
+print(sb._base, flush=True)
 list(sb.map(lambda i: sb.run('trace', {'code': 'import time\\ndef f(x):\\n    time.sleep(1000)\\n', 'anchor_fn': '_a',
        'entry_point': 'f', 'input': '0', 'max_lines': 1, 'max_line_chars': 10, 'max_output_chars': 10}), range(2)))
 """
@@ -371,6 +373,7 @@ def test_servers_and_programs_die_with_their_engine(fork_loop):
     servers = [int(p) for p in engine.stdout.readline().split()]
     assert len(servers) == 2
     uids = {int(u) for u in engine.stdout.readline().split()}
+    base = engine.stdout.readline().strip()   # a killed engine cannot remove its temp dir: the test does
     assert len(uids) == 2 and all(SANDBOX_UID_BASE <= u < SANDBOX_UID_BASE + SANDBOX_UIDS for u in uids)
     deadline = time.monotonic() + 60
     while len(_uid_processes(uids)) < 2:  # both programs sleeping
@@ -380,7 +383,10 @@ def test_servers_and_programs_die_with_their_engine(fork_loop):
     engine.wait()
     # The servers noticed their engine is gone mid-job: the sleeping programs (timeout 120 s) die with them.
     deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-              for pid in servers) or _uid_processes(uids):
-        assert time.monotonic() < deadline, "a server or its program outlived the engine"
-        time.sleep(0.05)
+    try:
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+                  for pid in servers) or _uid_processes(uids):
+            assert time.monotonic() < deadline, "a server or its program outlived the engine"
+            time.sleep(0.05)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

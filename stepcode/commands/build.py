@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, fail, load_params, require_file
+from stepcode.commands.common import ParamsOpt, check_output, fail, load_params, require_file, writing
 
 
 def register(app: typer.Typer) -> None:
@@ -32,8 +32,10 @@ def register(app: typer.Typer) -> None:
         params = load_params(params_path, **{"build.heldout_fraction": heldout_fraction,
                                              "build.input_task": input_task})
         require_file(traces, "TRACES", "write it with `stepcode trace`")
+        check_output(out, "-o", directory=True)
         try:
-            stats = stages.build(params, traces, out)
+            with writing("-o", out):
+                stats = stages.build(params, traces, out)
         except ValueError as e:  # bad rows the library still reports as plain ValueErrors (duplicate ids, ...)
             fail(str(e))
         typer.echo(f"{stats['rows_in']} trace rows -> {stats['rows_kept']} kept; "

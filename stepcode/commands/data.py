@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, load_params, require_file
+from stepcode.commands.common import ParamsOpt, check_output, load_params, require_file, writing
 
 
 def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as written by `stepcode trace`"),
@@ -22,7 +22,9 @@ def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as wri
     from stepcode.pipeline import stages
     params = load_params(params_path)
     require_file(traces, "TRACES", "write it with `stepcode trace`")
-    result = stages.validate(params, traces, report)   # a malformed line: CorpusError, one line, exit 2
+    check_output(report, "--report", directory=True)
+    with writing("--report", report):
+        result = stages.validate(params, traces, report)   # a malformed line: CorpusError, one line, exit 2
     typer.echo(result.describe())
     if not result.success:
         raise typer.Exit(1)

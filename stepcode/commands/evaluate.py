@@ -16,7 +16,18 @@ from typing import Literal, Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, fail, load_params, require_exists, require_file, split_choices
+from stepcode.commands.common import (
+    ParamsOpt,
+    check_output,
+    check_params_workers,
+    fail,
+    load_json,
+    load_params,
+    require_exists,
+    require_file,
+    split_choices,
+    writing,
+)
 from stepcode.evals import EXTRACT_MODES
 from stepcode.evals.benchmark import GENERATE, SCORE
 from stepcode.evals.generate import PROMPTS
@@ -67,11 +78,14 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             fail(f"--task: {e}")
         params = load_params(params_path)
-        require_file(generations, "GENERATIONS")
+        check_params_workers(params, params_path, hash_seeds=1)
+        load_json(generations, "GENERATIONS")   # readable JSON, else one line naming file:line (read again below)
+        check_output(out, "-o")
         chosen = [s.strip() for s in samples.split(",") if s.strip()] if samples else None
         try:
-            result = score_file(benchmark, task, generations, out, params, skip_rule=skip_rule, samples=chosen,
-                                extract=extract, progress=True)
+            with writing("-o", out):
+                result = score_file(benchmark, task, generations, out, params, skip_rule=skip_rule,
+                                    samples=chosen, extract=extract, progress=True)
         except (ValueError, TypeError, FileNotFoundError) as e:
             fail(str(e))
         n = len(result["raw_scored_generations"])
@@ -114,15 +128,18 @@ def register(app: typer.Typer) -> None:
             able = " and ".join(get(n).title for n in STEPCODE_NAMES)
             fail(f"--prompt stepcode runs on {able} programs only; give --benchmarks {','.join(STEPCODE_NAMES)}")
         params = load_params(params_path)
+        check_params_workers(params, params_path, hash_seeds=1)
         require_exists(model, "--model")   # config.json: checked by the stage, after the benchmark files
         if heldout is not None:
             require_file(heldout, "--heldout", "write it with `stepcode build`")
+        check_output(out, "-o", directory=True)
         chosen = {k: v for k, v in {"greedy": greedy or None, "max_new_tokens": max_new_tokens}.items() if v}
         if chosen:
             params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update=chosen)})
         try:
-            metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=chosen_names, prompt=prompt,
-                                      limit=limit, heldout_limit=heldout_limit)
+            with writing("-o", out):
+                metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=chosen_names,
+                                          prompt=prompt, limit=limit, heldout_limit=heldout_limit)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
         if register_as:

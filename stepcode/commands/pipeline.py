@@ -9,7 +9,16 @@ from typing import List, Literal, Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, ProfileOpt, check_profile, fail, load_params
+from stepcode.commands.common import (
+    ParamsOpt,
+    ProfileOpt,
+    check_output,
+    check_params_workers,
+    check_profile,
+    fail,
+    load_params,
+    writing,
+)
 from stepcode.pipeline import termination
 from stepcode.pipeline.preflight import STOP_POINTS
 
@@ -91,7 +100,9 @@ def register(app: typer.Typer) -> None:
         from stepcode.pipeline.preflight import check_pipeline
 
         params = check_profile(profile, params_path)   # every option before any work (choices: checked while parsing)
+        check_params_workers(params, params_path)
         root = Path.cwd()
+        check_output(root, "the project folder", directory=True)   # data/, reports/, models/, mlflow.db go here
         check_pipeline(params, profile, stop_after, root)   # inputs too (the corpus pulled if missing), before Prefect
         prefect_env(root)
         termination.install()
@@ -119,8 +130,10 @@ def register(app: typer.Typer) -> None:
         """Run one retraining now: pipeline → candidate version → promote only if it beats the champion."""
         import json
 
-        check_profile(profile, params_path)   # every option before any work
+        params = check_profile(profile, params_path)   # every option before any work
+        check_params_workers(params, params_path)
         root = Path.cwd()
+        check_output(root, "the project folder", directory=True)
         prefect_env(root)
         termination.install()
         from flows.pipeline import local_api, quiet_user_errors
@@ -161,8 +174,10 @@ def register(app: typer.Typer) -> None:
         from stepcode.tracking.compare import compare as run_compare
         from stepcode.tracking.lineage import configure
 
+        check_output(out, "--out")
         mlflow = configure(params)
         _check_runs(mlflow, run_ids)
-        comparison = run_compare(run_ids, metric, out, log_artifact=log_artifact)
+        with writing("--out", out):
+            comparison = run_compare(run_ids, metric, out, log_artifact=log_artifact)
         typer.echo(comparison.table())
         typer.echo(f"\nplot: {out}" + (" (also logged to each run under comparisons/)" if log_artifact else ""))

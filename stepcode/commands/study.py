@@ -16,7 +16,15 @@ from typing import Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, fail, load_params, require_file
+from stepcode.commands.common import (
+    ParamsOpt,
+    check_output,
+    check_params_workers,
+    fail,
+    load_json,
+    load_params,
+    writing,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,9 +47,14 @@ def register(app: typer.Typer) -> None:
 
         params = load_params(params_path)
         variant = "micro" if micro else "full"
+        check_params_workers(params, params_path)
+        report_dir = out or default_report_dir(params, variant)
+        check_output(report_dir, "-o" if out else "the report folder", directory=True)
+        check_output(Path(params.study.work_dir), f"study.work_dir in {params_path}", directory=True)
         try:
-            results = run_study(params, variant, seeds=seeds, budget_minutes=budget_minutes, out_dir=out,
-                                echo=typer.echo)
+            with writing("-o" if out else "the report folder", report_dir):
+                results = run_study(params, variant, seeds=seeds, budget_minutes=budget_minutes, out_dir=out,
+                                    echo=typer.echo)
         except ValueError as e:  # checks of the study's settings (variant, budget, data) the library words itself
             fail(str(e))
         out_dir = out or default_report_dir(params, variant)
@@ -51,13 +64,14 @@ def register(app: typer.Typer) -> None:
     def report(results_json: Path = typer.Argument(..., help="results.json written by `stepcode study ablation`"),
                params_path: Path = ParamsOpt):
         """Re-render README.md and the plots beside results.json (no training, no evaluation)."""
-        import json
-
         from stepcode.pipeline.study import read_choices, write_report
 
         params = load_params(params_path)
-        require_file(results_json, "RESULTS_JSON", "written by `stepcode study ablation`")
-        results = json.loads(results_json.read_text())
+        results = load_json(results_json, "RESULTS_JSON", "written by `stepcode study ablation`")
+        if not isinstance(results, dict):
+            fail(f"RESULTS_JSON {results_json}: expected a JSON object (written by `stepcode study ablation`), got "
+                 f"{type(results).__name__}")
+        check_output(results_json.parent, "RESULTS_JSON's folder", directory=True)   # README.md, plots go there
         # The lab notebook (choices.yaml beside results.json, else in study.report_dir) records how the settings were
         # found; a re-render refreshes the report's choices from it (no entry for the variant: results.json's own).
         choices = read_choices(results.get("variant"), results_json.parent, params.study.report_dir)

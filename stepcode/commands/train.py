@@ -19,10 +19,14 @@ from stepcode.commands.common import (
     GRPO_MODES,
     ParamsOpt,
     ProfileOpt,
+    check_output,
+    check_params_workers,
     check_profile,
+    check_workers,
     fail,
     require_file,
     require_model_dir,
+    writing,
 )
 from stepcode.training.models import SIZES
 
@@ -72,8 +76,10 @@ def init_model(out: Path = typer.Option(..., "-o", "--out", help="model director
         fail(f"profile {profile or params.train.profile!r} builds no model (its model_size is null): give --size")
     for path in corpus:
         require_file(path, "--corpus")
+    check_output(out, "-o", directory=True)
     texts = corpus_texts(row for path in corpus for row in read_jsonl(path))   # a malformed line: CorpusError
-    out_dir = build_tiny_model(out, texts, size=size, seed=seed)
+    with writing("-o", out):
+        out_dir = build_tiny_model(out, texts, size=size, seed=seed)
     typer.echo(f"built a {size} Llama from {len(texts)} texts -> {out_dir}")
 
 
@@ -86,8 +92,10 @@ def sft(model: Optional[Path] = typer.Option(None, "--model", help="model direct
     params = check_profile(profile, params_path)
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")
+    check_output(out, "-o", directory=True)
     try:
-        summary = stages.sft(params, profile, model_path, data, out, run_name=run_name)
+        with writing("-o", out):
+            summary = stages.sft(params, profile, model_path, data, out, run_name=run_name)
     except ValueError as e:  # bad rows the library reports as plain ValueErrors
         fail(str(e))
     _report(summary)
@@ -104,8 +112,16 @@ def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model direc
     params = check_profile(profile, params_path)
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")
+    check_output(out, "-o", directory=True)
+    reward_workers = params.train.get(profile).grpo.reward_workers
+    if reward_workers:
+        check_workers(reward_workers, f"{params_path}: train.profiles.{profile or params.train.profile}.grpo."
+                      "reward_workers =", len(params.trace.hash_seeds))
+    else:
+        check_params_workers(params, params_path, len(params.trace.hash_seeds))
     try:
-        summary = stages.grpo(params, profile, model_path, data, out, mode, run_name=run_name)
+        with writing("-o", out):
+            summary = stages.grpo(params, profile, model_path, data, out, mode, run_name=run_name)
     except ValueError as e:  # bad rows the library reports as plain ValueErrors
         fail(str(e))
     _report(summary)

@@ -192,14 +192,16 @@ def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sand
             # a row without program text is not this loop's to fail on: it becomes its own engine_error
             preload = preload_for(r["code"] for r in rows if isinstance(r.get("code"), str))
         sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers, preload=preload)
+    batches = sandbox.map_batches(lambda batch: trace_batch(sandbox, batch, params), rows)
     try:
-        results = sandbox.map_batches(lambda batch: trace_batch(sandbox, batch, params), rows)
+        results = batches
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(results, total=total, desc="tracing", unit="prog", dynamic_ncols=True)
+            results = tqdm(batches, total=total, desc="tracing", unit="prog", dynamic_ncols=True)
         yield from results
     finally:
+        batches.close()   # first: its pool's threads stop (an interrupt lands here mid-run) before the servers go
         if own:
             sandbox.close()
 
@@ -230,6 +232,9 @@ def read_corpus(path) -> list[dict]:
 
     p = ensure_present(Path(path))
     files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    if not files:
+        raise CorpusError(f"{p}: a directory with no *.jsonl file in it (give a JSONL file of program rows, or a "
+                          "directory holding some)")
     rows, seen = [], {}
     for f in files:
         for row in read_programs(f):

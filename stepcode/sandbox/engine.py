@@ -172,6 +172,7 @@ class _ServerProcess:
         self.hash_seed = hash_seed
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
+        self.closing = False   # set by Sandbox.close: a server that goes away then is not replaced
 
     def start(self) -> None:
         pkg_root = str(Path(__file__).resolve().parents[2])   # the folder holding stepcode/
@@ -206,6 +207,8 @@ class _ServerProcess:
                 frame = read_frame(self.proc.stdout.fileno())
             except OSError:
                 frame = None
+        if frame is None and self.closing:   # closed under a running batch (an interrupt): nothing to replace
+            return [{"status": "sandbox_error", "reason": "the sandbox was closed"} for _ in range(n)]
         if frame is None:  # the server died (it never should): replace it and report these jobs as our failure
             code = self.restart()
             reason = f"the sandbox server died (exit code {code}) and restarted"
@@ -313,7 +316,7 @@ class Slot:
         sent = []
         for server in servers:
             ok = server.send(runner, payloads, timeout or self.timeout)
-            if not ok:
+            if not ok and not server.closing:
                 server.restart()
                 ok = server.send(runner, payloads, timeout or self.timeout)
             sent.append(ok)
@@ -349,8 +352,11 @@ class _UidClaims:
             self.fds.append(fd)
             self.uids.append(uid)
         self.release()
-        raise RuntimeError(f"all {SANDBOX_UIDS} sandbox uids from {SANDBOX_UID_BASE} are in use by other sandboxes "
-                           f"(lock files in {UID_LOCK_DIR})")
+        from stepcode.errors import UserError
+
+        raise UserError(f"{n} sandbox uids wanted, but of the {SANDBOX_UIDS} from {SANDBOX_UID_BASE} only "
+                        f"{len(self.uids)} are free (the others are held by running sandboxes: lock files in "
+                        f"{UID_LOCK_DIR}); use fewer workers or wait for them")
 
     def release(self) -> None:
         for fd in self.fds:
@@ -434,7 +440,8 @@ class Sandbox:
         """fn(item) for every item on a thread pool, results yielded in input order as they complete. `fn` takes a
         slot itself (`with sandbox.slot() as s: ...`) only for its sandboxed runs, so its own work (instrumenting,
         say) overlaps the runs of other items: twice as many threads as slots keep every slot busy."""
-        with ThreadPoolExecutor(2 * self.workers) as pool:
+        pool = ThreadPoolExecutor(2 * self.workers)
+        try:
             window: list = []   # a bounded window in flight, so a huge iterable is never materialised at once
             for item in items:
                 window.append(pool.submit(fn, item))
@@ -442,6 +449,8 @@ class Sandbox:
                     yield window.pop(0).result()
             for fut in window:
                 yield fut.result()
+        finally:   # also when the caller stops early (an interrupt): what has not started never will
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def map_batches(self, fn: Callable[[list[T]], list[R]], items: Iterable[T], size: int = BATCH_SIZE) -> Iterator[R]:
         """`map` over consecutive batches of `size` items (the last may be shorter), the batches' results flattened
@@ -453,7 +462,9 @@ class Sandbox:
 
     def close(self) -> None:
         servers = [server for slot in self._slots for server in slot.servers.values()]
-        for server in servers:  # all at once: each exits as soon as it reads the end of its input
+        for server in servers:
+            server.closing = True
+        for server in servers:  # all at once: each exits as soon as it reads the end of its input (mid-batch too)
             server.close_input()
         for server in servers:
             server.stop()

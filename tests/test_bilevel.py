@@ -246,3 +246,131 @@ def test_each_mode_is_one_function_named_in_the_one_list():
         assert torch.allclose(got, torch.tensor(want), atol=1e-5), (mode, got)
         _, step_adv = bilevel_group_advantages(r, torch.tensor([1.0, 0.0]), mode=mode, lam=0.3)
         assert torch.allclose(step_adv, torch.tensor(want), atol=1e-5), mode
+
+
+# --- per-rollout anchor masks (input task: each rollout is judged on the trace of its own committed input) --------
+
+def prefix_mask(widths, n):
+    """mask[g, i] = i < widths[g]: the anchor positions rollout g has (built here by hand, not by the code)."""
+    return torch.tensor([[i < w for i in range(n)] for w in widths])
+
+
+def test_intra_term_averages_over_the_rollouts_own_anchors_not_the_group_width():
+    # r = [1, 1] with n = 2, in a group whose widest trace has 4 anchors (columns 2, 3 are padding).
+    #   own anchors:  anchor 0: 1 * (1 + mean(r_1)) = 1 * (1 + 1) = 2;  anchor 1 (its last): 1 * (1 + 0) = 1
+    #   read as the padded [1, 1, 0, 0] (the old behaviour): anchor 0: 1 * (1 + mean(1, 0, 0)) = 4/3; anchor 1:
+    #   1 * (1 + mean(0, 0)) = 1. With lam = 0.3 and G = 1 (z-scores 0): A_step = [0.6, 0.3] vs [0.4, 0.3].
+    r = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    mask = prefix_mask([2], 4)
+    close(intra_step_advantages(r, mask), [[2.0, 1.0, 0.0, 0.0]])
+    close(intra_step_advantages(r), [[4 / 3, 1.0, 0.0, 0.0]])
+    _, step_adv = bilevel_group_advantages(r, torch.tensor([1.0]), lam=0.3, mask=mask)
+    close(step_adv, [[0.6, 0.3, 0.0, 0.0]])
+
+
+# Three rollouts with traces of 2, 3 and 4 anchors (their committed inputs took different paths); columns past a
+# rollout's width are padding, set to 99 so that any use of them shows.
+RW = torch.tensor([[1.0, 0.0, 99.0, 99.0],
+                   [1.0, 1.0, 0.0, 99.0],
+                   [0.0, 1.0, 1.0, 1.0]])
+MW = prefix_mask([2, 3, 4], 4)
+# Group term, each anchor over the rollouts that have it:
+#   anchor 0, all three [1, 1, 0]: mean 2/3, population std sqrt((1/9 + 1/9 + 4/9) / 3) = sqrt(2)/3
+#     -> (1/3)/(sqrt(2)/3) = 1/sqrt(2), 1/sqrt(2), (-2/3)/(sqrt(2)/3) = -sqrt(2)
+#   anchor 1, all three [0, 1, 1]: -sqrt(2), 1/sqrt(2), 1/sqrt(2)
+#   anchor 2, rollouts 1, 2 only [0, 1]: mean 1/2, std 1/2 -> -1, +1   (padded, [0, 0, 1] would give sqrt(2) to row 2)
+#   anchor 3, rollout 2 only [1]: nothing to compare -> 0
+RW_GROUP = [[1 / S2, -S2, 0.0, 0.0], [1 / S2, 1 / S2, -1.0, 0.0], [-S2, 1 / S2, 1.0, 0.0]]
+# Intra term over each rollout's own anchors:
+#   row 0 [1, 0]:       1 * (1 + 0) = 1;  0                                              -> [1, 0]
+#   row 1 [1, 1, 0]:    1 * (1 + mean(1, 0)) = 1.5;  1 * (1 + 0) = 1;  0                -> [1.5, 1, 0]
+#   row 2 [0, 1, 1, 1]: 0;  1 * (1 + mean(1, 1)) = 2;  1 * (1 + 1) = 2;  1 (last)      -> [0, 2, 2, 1]
+RW_INTRA = [[1.0, 0.0, 0.0, 0.0], [1.5, 1.0, 0.0, 0.0], [0.0, 2.0, 2.0, 1.0]]
+# Bilevel, lam = 0.3: group + 0.3 * intra
+RW_BILEVEL = [[1 / S2 + 0.3, -S2, 0.0, 0.0],
+              [1 / S2 + 0.45, 1 / S2 + 0.3, -1.0, 0.0],
+              [-S2, 1 / S2 + 0.6, 1.0 + 0.6, 0.3]]
+
+
+def test_group_of_widths_2_3_4_by_hand():
+    close(group_step_advantages(RW, mask=MW), RW_GROUP)
+    close(intra_step_advantages(RW, MW), RW_INTRA)
+    close(step_advantages(RW, lam=0.3, mask=MW), RW_BILEVEL)
+    # finals [1, 0, 0]: mean 1/3, std sqrt(2)/3 -> (2/3)/(sqrt(2)/3) = sqrt(2), (-1/3)/(sqrt(2)/3) = -1/sqrt(2)
+    expected_final = [S2, -1 / S2, -1 / S2]
+    expected = {"bilevel": RW_BILEVEL, "step": RW_GROUP, "terminal": [[0.0] * 4] * 3}
+    for mode, want in expected.items():
+        final_adv, step_adv = bilevel_group_advantages(RW, torch.tensor([1.0, 0.0, 0.0]), mode=mode, lam=0.3,
+                                                       mask=MW)
+        close(final_adv, expected_final)
+        close(step_adv, want)
+        assert (step_adv[~MW] == 0).all()                      # exactly 0 where a rollout has no anchor
+    # The padding's value never matters: 0 instead of 99 gives the same advantages.
+    padded_with_zeros = torch.where(MW, RW, torch.zeros_like(RW))
+    close(bilevel_group_advantages(padded_with_zeros, torch.tensor([1.0, 0.0, 0.0]), mask=MW)[1], RW_BILEVEL)
+
+
+def test_output_task_missing_print_is_a_zero_reward_and_numbers_are_unchanged():
+    # Output task: every rollout is judged on the same 3 gold anchors, so the mask is full. Rollout 1 wrote one
+    # print and stopped: its anchors 1 and 2 are missing prints, i.e. 0 rewards that count in the statistics.
+    r = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    # Group: anchor 0 [1, 1, 0] -> 1/sqrt(2), 1/sqrt(2), -sqrt(2); anchors 1 and 2 [1, 0, 1] -> 1/sqrt(2), -sqrt(2),
+    #   1/sqrt(2) (the missing prints are the -sqrt(2)s).
+    # Intra: row 0 [1, 1, 1] -> [2, 2, 1]; row 1 [1, 0, 0] -> [1 * (1 + mean(0, 0)), 0, 0] = [1, 0, 0];
+    #   row 2 [0, 1, 1] -> [0, 2, 1].  Bilevel lam = 0.3: group + 0.3 * intra.
+    expected = [[1 / S2 + 0.6, 1 / S2 + 0.6, 1 / S2 + 0.3],
+                [1 / S2 + 0.3, -S2, -S2],
+                [-S2, 1 / S2 + 0.6, 1 / S2 + 0.3]]
+    final = torch.tensor([1.0, 0.0, 1.0])
+    unmasked = bilevel_group_advantages(r, final, lam=0.3)
+    full = bilevel_group_advantages(r, final, lam=0.3, mask=torch.ones(3, 3, dtype=torch.bool))
+    close(unmasked[1], expected)
+    for a, b in zip(unmasked, full):
+        assert torch.equal(a, b)                    # a full mask is bit-for-bit the unmasked computation
+
+
+def test_a_single_anchor_rollout_gets_no_step_term_but_counts_at_anchor_0():
+    # Widths 1, 3, 3: row 0's only anchor is its return value (terminal reward only), but it has position 0.
+    r = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    mask = prefix_mask([1, 3, 3], 3)
+    # Group: anchor 0 [1, 0, 1] -> 1/sqrt(2), -sqrt(2), 1/sqrt(2); anchor 1 rows 1, 2 [1, 1] -> 0;
+    #   anchor 2 rows 1, 2 [1, 0] -> +1, -1.
+    # Intra: row 1 [0, 1, 1] -> [0, 2, 1]; row 2 [1, 1, 0] -> [1 * (1 + mean(1, 0)), 1 * (1 + 0), 0] = [1.5, 1, 0].
+    # Bilevel lam = 0.3; row 0 -> 0 everywhere.
+    _, step_adv = bilevel_group_advantages(r, torch.tensor([1.0, 0.0, 0.0]), lam=0.3, mask=mask)
+    close(step_adv, [[0.0, 0.0, 0.0], [-S2, 0.6, 1.0 + 0.3], [1 / S2 + 0.45, 0.3, -1.0]])
+
+
+def test_mode_functions_take_the_mask():
+    """r = [[1, 1], [0, -]] (row 1 has one anchor). Group: anchor 0 [1, 0] -> +1, -1; anchor 1 only row 0 -> 0.
+    Intra: row 0 [2, 1]; row 1 [0]. Mode functions: bilevel [[1.6, 0.3], [-1, 0]], step [[1, 0], [-1, 0]].
+    Through bilevel_group_advantages row 1 (one anchor) gets 0: [[1.6, 0.3], [0, 0]] and [[1, 0], [0, 0]]."""
+    from stepcode.training.advantages import STEP_ADVANTAGES
+
+    r = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    direct = {"terminal": [[0.0, 0.0], [0.0, 0.0]], "step": [[1.0, 0.0], [-1.0, 0.0]],
+              "bilevel": [[1.6, 0.3], [-1.0, 0.0]]}
+    grouped = {"terminal": [[0.0, 0.0], [0.0, 0.0]], "step": [[1.0, 0.0], [0.0, 0.0]],
+               "bilevel": [[1.6, 0.3], [0.0, 0.0]]}
+    for mode in STEP_ADVANTAGES:
+        close(STEP_ADVANTAGES[mode](r, 0.3, 1e-6, mask), direct[mode])
+        close(bilevel_group_advantages(r, torch.tensor([1.0, 0.0]), mode=mode, lam=0.3, mask=mask)[1], grouped[mode])
+
+
+def test_masked_zscore_edge_cases():
+    # A position nobody has, and one where the present values agree: exact zeros, no NaN.
+    r = torch.tensor([[0.7, 1.0, 0.0], [0.7, 0.0, 0.0], [0.7, 1.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
+    assert torch.equal(group_step_advantages(r, mask=mask), torch.zeros(3, 3))
+
+
+def test_mask_must_be_a_bool_tensor_of_the_rewards_shape():
+    with pytest.raises(TypeError, match="bool"):
+        bilevel_group_advantages(R3, torch.tensor([1.0, 0.0, 1.0]), mask=torch.ones(3, 3))
+    with pytest.raises(ValueError, match="mask has shape"):
+        bilevel_group_advantages(R3, torch.tensor([1.0, 0.0, 1.0]), mask=torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask has shape"):
+        intra_step_advantages(R3, torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        group_step_advantages(R3, mask=[[True] * 3] * 3)

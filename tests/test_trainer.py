@@ -99,6 +99,42 @@ def test_batch_advantages_groups_are_independent_and_use_their_own_width():
         batch_advantages(steps, finals, torch.tensor([1, 1, 2, 2]), group_size=3)
 
 
+def test_batch_advantages_masks_each_row_to_its_own_anchors():
+    """Two groups of 3 in one batch, W = 5 columns (zero-padded past each row's n, as the trainer fills them).
+    Group A, input task, widths 2, 3, 4 (each committed input has its own trace); group B, output task, all 3 wide
+    (the gold trace), with missing prints. Hand computation, lam = 0.3:
+
+    A: steps [1, 0], [1, 1, 0], [0, 1, 1, 1]; finals 1, 0, 0.
+       z-scores per anchor over the rows that have it: anchor 0 [1, 1, 0] -> 1/√2, 1/√2, -√2; anchor 1 [0, 1, 1]
+       -> -√2, 1/√2, 1/√2; anchor 2 (rows 1, 2) [0, 1] -> -1, 1; anchor 3 (row 2 only) -> 0.
+       intra over own anchors: [1, 0], [1.5, 1, 0], [0, 2, 2, 1].
+       finals [1, 0, 0]: mean 1/3, std √2/3 -> √2, -1/√2, -1/√2.
+       (Zero-padded to width 4, as before: row 0 [1, 0, 0, 0] would join anchor 2 as a wrong step, [0, 0, 1] ->
+       row 2 gets √2 there, and row 1's anchor 0 intra would be 1 * (1 + mean(1, 0, 0)) = 4/3, not 1.5.)
+    B: steps [1, 1, 1], [1, 0, 0] (wrote one print), [0, 1, 1]; finals 0, 0, 0 -> final_adv 0.
+       anchor 0 [1, 1, 0] -> 1/√2, 1/√2, -√2; anchors 1, 2 [1, 0, 1] -> 1/√2, -√2, 1/√2.
+       intra: [2, 2, 1], [1, 0, 0], [0, 2, 1] -- as before this change (a full mask).
+    """
+    s2 = 2 ** 0.5
+    steps = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 1, 0],
+                          [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 1, 1, 0, 0]], dtype=torch.float32)
+    finals = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    n = torch.tensor([2, 3, 4, 3, 3, 3])
+    final_adv, step_adv = batch_advantages(steps, finals, n, group_size=3, mode="bilevel", lam=0.3)
+    assert torch.allclose(final_adv, torch.tensor([s2, -1 / s2, -1 / s2, 0, 0, 0]), atol=1e-5)
+    expected = torch.tensor([[1 / s2 + 0.3, -s2, 0, 0, 0],
+                             [1 / s2 + 0.45, 1 / s2 + 0.3, -1, 0, 0],
+                             [-s2, 1 / s2 + 0.6, 1 + 0.6, 0.3, 0],
+                             [1 / s2 + 0.6, 1 / s2 + 0.6, 1 / s2 + 0.3, 0, 0],
+                             [1 / s2 + 0.3, -s2, -s2, 0, 0],
+                             [-s2, 1 / s2 + 0.6, 1 / s2 + 0.3, 0, 0]])
+    assert torch.allclose(step_adv, expected, atol=1e-5)
+    _, step_only = batch_advantages(steps, finals, n, group_size=3, mode="step")
+    assert torch.allclose(step_only[:3], torch.tensor([[1 / s2, -s2, 0, 0, 0], [1 / s2, 1 / s2, -1, 0, 0],
+                                                       [-s2, 1 / s2, 1, 0, 0]]), atol=1e-5)
+    assert torch.equal(batch_advantages(steps, finals, n, group_size=3, mode="terminal")[1], torch.zeros_like(steps))
+
+
 def test_decode_with_offsets_matches_tokenizer_decode(micro):
     from stepcode.training.models import load_tokenizer
 
@@ -290,7 +326,8 @@ def test_input_task_steps_are_judged_against_the_committed_input(micro, profile,
         crafted_completion(tok, "input", gold, "[1, 2], 3", commit="[1, 2], 3"),
         # committed f([4], 2) = 8 and traced it exactly: steps 1,1,1 (against the gold trace: 1,0,0); final 0
         crafted_completion(tok, "input", ["total: 0", "total: 8", "return_val: 8"], "[4], 2", commit="[4], 2"),
-        # committed f([4], 2) but printed the gold trace: steps 1,0,0 (against gold: 1,1,1); answer f([9], 1) = 9: 1
+        # committed f([4], 2) but printed the gold trace: steps 1,0,0 (against gold: 1,1,1); answer [9], 1 is right
+        # (f([9], 1) = 9) but is not the committed input: final 0 (it was 1 before answers had to be the commit)
         crafted_completion(tok, "input", gold, "[9], 1", commit="[4], 2"),
         # committed an input that raises when traced: every step 0 (against gold: 1,1,1); f([5], 3) = 15: final 0
         crafted_completion(tok, "input", gold, "[5], 3", commit="[1, 'a'], 3"),
@@ -299,7 +336,51 @@ def test_input_task_steps_are_judged_against_the_committed_input(micro, profile,
     # steps (1,1,1), (1,1,1), (1,0,0), (0,0,0); anchor 0 z-scores +-Z / -3Z, anchors 1, 2: +-1;
     # intra r_i * (1 + mean later r_j): (2, 2, 1), (2, 2, 1), (1, 0, 0), (0, 0, 0).
     step = [[Z + 1.0, 1 + 1.0, 1 + 0.5], [Z + 1.0, 1 + 1.0, 1 + 0.5], [Z + 0.5, -1, -1], [-3 * Z, -1, -1]]
-    assert_token_advantages(seen, group, [1.0, -1.0, 1.0, -1.0], step)
+    # finals 1, 0, 0, 0: mean 1/4, population std sqrt(3)/4 -> (3/4)/(sqrt(3)/4) = sqrt(3), (-1/4)/(sqrt(3)/4) = -Z
+    assert_token_advantages(seen, group, [3 * Z, -Z, -Z, -Z], step)
+
+
+# Three paths: x > 10 prints a, b, c, return_val (4 anchors); 0 < x <= 10 prints a, b, return_val (3); else a,
+# return_val (2). Only f(15) == 11.
+BRANCHY = ("def f(x):\n    if x > 10:\n        a = x - 10\n        b = a * 2\n        c = b + 1\n        return c\n"
+           "    if x > 0:\n        a = x + 1\n        b = a * 2\n        return b\n    a = x - 1\n    return a\n")
+
+
+@pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
+def test_input_task_rollouts_with_traces_of_different_lengths(micro, profile, tmp_path):
+    """Widths 4, 3, 2, 4 in one input-task group, through the real scorer, trainer and loss."""
+    from stepcode.anchors import instrument
+    from stepcode.training.models import load_model
+
+    model, tok = load_model(micro)
+    gold = ["a: 5", "b: 10", "c: 11", "return_val: 11"]
+    row = {"id": "branchy-input", "task": "input", "prompt": input_messages(instrument(BRANCHY).source, "11"),
+           "gold_trace": gold, "gold_output": "11", "code": BRANCHY, "instrumented_code": instrument(BRANCHY).source,
+           "input": "15", "entry_point": "f", "terminal_only": False}
+    group = [
+        # commits 15 (trace a: 5, b: 10, c: 11, return_val: 11), prints it exactly: steps 1,1,1,1; answer 15: final 1
+        crafted_completion(tok, "input", gold, "15", commit="15"),
+        # commits 5 (trace a: 6, b: 12, return_val: 12), last print wrong: steps 1,1,0; f(5) = 12: final 0
+        crafted_completion(tok, "input", ["a: 6", "b: 12", "return_val: 11"], "5", commit="5"),
+        # commits -1 (trace a: -2, return_val: -2), prints it exactly: steps 1,1 (n = 2, the [1, 1]-in-width-4
+        # case); answers 15, right but not the committed input: final 0
+        crafted_completion(tok, "input", ["a: -2", "return_val: -2"], "15", commit="-1"),
+        # commits 15, second print wrong: steps 1,0,1,1; answers `15,` (the same argument list): final 1
+        crafted_completion(tok, "input", ["a: 5", "b: 9", "c: 11", "return_val: 11"], "15,", commit="15"),
+    ]
+    _, seen = run_crafted(model, tok, profile, tmp_path / "out", [(row, group)], mode="bilevel", lam=0.5)
+    # finals 1, 0, 0, 1: mean 1/2, std 1/2 -> 1, -1, -1, 1.
+    # z per anchor over the rows that have it: anchor 0 [1, 1, 1, 1] -> 0; anchor 1 [1, 1, 1, 0] -> Z, Z, Z, -3Z;
+    #   anchor 2 (rows 0, 1, 3) [1, 0, 1]: mean 2/3, std sqrt(2)/3 -> 1/sqrt(2), -sqrt(2), 1/sqrt(2);
+    #   anchor 3 (rows 0, 3) [1, 1] -> 0.
+    # intra over own anchors: row 0 [2, 2, 2, 1]; row 1 [1 * (1 + mean(1, 0)), 1 * (1 + 0), 0] = [1.5, 1, 0];
+    #   row 2 [2, 1]; row 3 [1 * (1 + mean(0, 1, 1)), 0, 1 * (1 + 1), 1] = [5/3, 0, 2, 1].   lam = 0.5.
+    s2 = 2 ** 0.5
+    step = [[0 + 1.0, Z + 1.0, 1 / s2 + 1.0, 0 + 0.5],
+            [0 + 0.75, Z + 0.5, -s2 + 0],
+            [0 + 1.0, Z + 0.5],
+            [0 + 5 / 6, -3 * Z + 0, 1 / s2 + 1.0, 0 + 0.5]]
+    assert_token_advantages(seen, group, [1.0, -1.0, -1.0, 1.0], step)
 
 
 @pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")

@@ -6,7 +6,8 @@
 
 Greedy decoding (labelled as such), one completion per held-out RL row, scored by exactly the rewards RL optimises
 (`stepcode.training.rewards.RewardScorer`: sandboxed final check with the echo guard, per-anchor step rewards):
-- final_acc: share of rows whose final answer is correct (the paper's pass@1 rule: the answer alone);
+- final_acc: share of rows whose final answer is correct (the paper's pass@1 rule; for the input task the answer
+  must also be the input the completion committed to, as in the reward);
 - step_acc: share of gold anchors predicted exactly, position by position (the paper's Table 6);
 - gap: final_acc − step_acc ("right answer, wrong logic" shows as a positive gap);
 - completion_tokens: mean completion length in tokens.

@@ -16,8 +16,8 @@
    which TRL logs as `reward`.
 2. `_generate_and_score_completions` calls `super()` (generation, rewards, TRL's sequence advantages), takes the stash,
    gathers step rewards, final rewards and anchor counts from every process (TRL spreads a prompt's G completions
-   over processes), computes `stepcode.training.advantages.bilevel_group_advantages` per prompt group, keeps this
-   process's rows,
+   over processes), computes `stepcode.training.advantages.bilevel_group_advantages` per prompt group (each row
+   masked to its own anchor count: `batch_advantages`), keeps this process's rows,
    and replaces `advantages` with the [B, T] tensor of `token_advantages`, times the loss mask. TRL's `_compute_loss`
    accepts [B, T] advantages by design (shared/notes/stack.md 2.b).
 Modes: "bilevel" (default), "step" (lambda = 0), "terminal": the terminal term A_final alone, from the same z-score
@@ -79,9 +79,11 @@ def batch_advantages(step_rewards, final_rewards, n_anchors, group_size: int, mo
                      lam: float = 0.3):
     """(final_adv [B], step_adv [B, W]) for a batch of consecutive prompt groups of `group_size` rows.
 
-    step_rewards [B, W] is zero-padded past each row's n_anchors[b]. A group uses the columns up to its largest
-    n (the input task's committed references can differ in length; a shorter row's missing anchors count as wrong,
-    as a missing print does), so padding never enters the intra-trajectory future mean of a full-width group.
+    step_rewards [B, W] is zero-padded past each row's n_anchors[b]. A group uses the columns up to its largest n,
+    and each row only its own first n_anchors[b] of them (the mask of stepcode.training.advantages): padding never
+    enters a row's intra-trajectory term nor the z-scores of a position it lacks. The output task's rows all share
+    the gold trace's n, so there the mask is full and a missing print is a 0 reward; the input task's rows are judged
+    on the traces of their own committed inputs, which may differ in length.
     """
     import torch
 
@@ -92,10 +94,13 @@ def batch_advantages(step_rewards, final_rewards, n_anchors, group_size: int, mo
         raise ValueError(f"batch of {B} rows is not a whole number of groups of {group_size}")
     final_adv = torch.zeros(B, dtype=final_rewards.dtype, device=final_rewards.device)
     step_adv = torch.zeros_like(step_rewards)
+    positions = torch.arange(W, device=step_rewards.device)
+    mask = positions[None, :] < n_anchors.to(step_rewards.device)[:, None]      # [B, W]: the anchors each row has
     for start in range(0, B, group_size):
         rows = slice(start, start + group_size)
         width = int(n_anchors[rows].max())
-        f, s = bilevel_group_advantages(step_rewards[rows, :width], final_rewards[rows], mode=mode, lam=lam)
+        f, s = bilevel_group_advantages(step_rewards[rows, :width], final_rewards[rows], mode=mode, lam=lam,
+                                        mask=mask[rows, :width])
         final_adv[rows] = f
         step_adv[rows, :width] = s
     return final_adv, step_adv

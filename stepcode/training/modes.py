@@ -1,10 +1,11 @@
 """The GRPO advantage modes: the one list (a name, its label, whether it reads λ), light to import (the config,
 the CLI and the study read it without importing torch).
 
-Each name is one function in `stepcode.training.advantages`, `<name>_step_advantages(step_rewards, lam, eps)`,
-giving the step term A_step [G, n] of a group (the terminal term A_final is the same in every mode). Adding a mode
-is that function plus its line here (docs/adding-an-advantage-mode.md); the CLI, params validation, the trainer and
-the ablation study's arms all follow this list.
+Each name is one function in `stepcode.training.advantages`, `<name>_step_advantages(step_rewards, lam, eps,
+mask=None)`, giving the step term A_step [G, n] of a group, 0 where the [G, n] bool mask says a rollout lacks that
+anchor (the terminal term A_final is the same in every mode). Adding a mode is that function plus its line here
+(docs/adding-an-advantage-mode.md); the CLI, params validation, the trainer and the ablation study's arms all follow
+this list.
 """
 
 from typing import NamedTuple

@@ -8,17 +8,25 @@
 
 Rules (the paper's, plus what keeps RL from gaming them):
 - Step reward r_i = 1 if the i-th predicted <print> equals the i-th reference line after strip, else 0; a missing
-  print scores 0; extra prints are ignored. There is one r_i per *reference* line, so n never depends on the model.
+  print scores 0; extra prints are ignored. There is one r_i per *reference* line, so n never depends on how many
+  prints the model writes (in the input task it is the length of the committed input's trace, so rollouts of one
+  prompt can differ in n: stepcode.training.advantages masks each to its own anchors).
 - Final reward, output task: the check program is `code + "\\nassert GOLD == (\\nANSWER\\n)"`, run in the sandbox under
   the official harnesses' reliability guard (stepcode.sandbox.runners "check"); 1 only if it runs to the end.
-- Final reward, input task: `code + "\\nassert f(\\nARGS\\n) == GOLD"` (f = the row's entry point), same runner.
+- Final reward, input task: `code + "\\nassert f(\\nARGS\\n) == GOLD"` (f = the row's entry point), same runner,
+  and only if the <answer> ARGS is the input the completion committed to in <input>: the same argument list once
+  both are parsed as `f(\\n...\\n)` (`same_arguments`: whitespace, comments, redundant parentheses, a trailing comma
+  and the spelling of a literal do not matter; order, keywords and values do). The step rewards judge the trace of
+  the committed input, so this ties the two: no step credit for an easy committed input plus a final reward for
+  another answer. It holds whatever `input_reference` is.
 - Reference for the input task's step rewards (`input_reference`): "committed" (default) traces the <input> the
   completion committed to, with the same engine that made the ground truth (stepcode.data.traces.trace_one); if that
   input does not trace cleanly (missing, error, too long, nondeterministic ...) every r_i is 0 against the gold trace's
   length. "gold" compares with the trace of the row's original input instead.
 - Score 0 without running anything: no <answer>, a blank one, an answer longer than MAX_ANSWER_CHARS, an answer that
-  is not exactly one Python expression (output task) / one argument list (input task), and the echo guard: an
-  output-task answer that names the entry point (`f(3)`, `f`) copies the question instead of answering it.
+  is not exactly one Python expression (output task) / one argument list (input task), an input-task answer that is
+  not its committed <input> (or has none), and the echo guard: an output-task answer that names the entry point
+  (`f(3)`, `f`) copies the question instead of answering it.
 
 Two deliberate differences from the official harnesses (which splice the prediction in verbatim): the answer must
 parse as a single expression and is parenthesised, so `0 or True` and `x) or (True` cannot pass by precedence or
@@ -104,8 +112,8 @@ def input_check_program(code: str, gold_output: str, args: str | None, entry_poi
     return None if call is None else f"{code}\nassert {call} == (\n{gold_output}\n)\n"
 
 
-def entry_point_call(args: str | None, entry_point: str = "f") -> str | None:
-    """`f(\nARGS\n)` if ARGS is exactly one argument list, else None."""
+def _call(args: str | None, entry_point: str) -> tuple[str, ast.Call] | None:
+    """(`f(\nARGS\n)`, its AST) if ARGS is exactly one argument list, else None."""
     if args is None or not args.strip():
         return None
     call = f"{entry_point}(\n{args}\n)"
@@ -114,16 +122,40 @@ def entry_point_call(args: str | None, entry_point: str = "f") -> str | None:
     if tree is None or not (isinstance(tree.body, ast.Call) and isinstance(tree.body.func, ast.Name)
                             and tree.body.func.id == entry_point):
         return None
-    return call
+    return call, tree.body
 
 
-def check_program(row: dict, answer: str | None) -> str | None:
-    """The check program for `answer` to RL row `row` (either task), or None when it scores 0 statically."""
+def entry_point_call(args: str | None, entry_point: str = "f") -> str | None:
+    """`f(\nARGS\n)` if ARGS is exactly one argument list, else None."""
+    parsed = _call(args, entry_point)
+    return None if parsed is None else parsed[0]
+
+
+def same_arguments(answer: str | None, committed: str | None, entry_point: str = "f") -> bool:
+    """True if both are exactly one argument list and the same one once parsed (`1,2` == `1, 2  # x` == `(1), 2,`;
+    `1, 2` != `2, 1` != `x=1, y=2`; `f(1, 2)` is the single argument `f(1, 2)`, as in the check and the trace)."""
+    a, b = _call(answer, entry_point), _call(committed, entry_point)
+    if a is None or b is None:
+        return False
+    try:    # ast.dump leaves out positions, so only the parsed structure and the literal values are compared
+        return ast.dump(a[1]) == ast.dump(b[1])
+    except RecursionError:   # parsed, but too deep to walk here: scores 0, like an answer too deep to parse
+        return False
+
+
+def check_program(row: dict, answer: str | None, committed: str | None = None) -> str | None:
+    """The check program for `answer` to RL row `row` (either task), or None when it scores 0 statically.
+
+    committed: the completion's <input> (input task: `answer` must be the same argument list, see the module doc).
+    """
     task = row["task"]
+    entry_point = row.get("entry_point", "f")
     if task == "output":
-        return output_check_program(row["code"], row["gold_output"], answer, row.get("entry_point", "f"))
+        return output_check_program(row["code"], row["gold_output"], answer, entry_point)
     if task == "input":
-        return input_check_program(row["code"], row["gold_output"], answer, row.get("entry_point", "f"))
+        if not same_arguments(answer, committed, entry_point):
+            return None
+        return input_check_program(row["code"], row["gold_output"], answer, entry_point)
     raise ValueError(f"row {row.get('id')!r}: task must be one of {TASKS}, got {task!r}")
 
 
@@ -169,7 +201,7 @@ class RewardScorer:
 
     def _score_one(self, row: dict, text: str) -> Score:
         parsed = parse_completion(text, task=row["task"])
-        program = check_program(row, parsed.answer)
+        program = check_program(row, parsed.answer, parsed.input)
         final = 0.0
         if program is not None:
             verdict = self.sandbox.run("check", {"program": program})

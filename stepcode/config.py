@@ -148,10 +148,15 @@ class EvaluateParams(_Section):
 class BuildParams(_Section):
     """The build stage (stepcode/data/dataset.py): trace rows -> SFT, RL and held-out examples, decontaminated."""
     input_task: bool = Field(True, description="also emit an input-prediction example per row (besides output)")
-    reasoning: Literal["template", "none"] = Field("template", description="the <reasoning> before each anchor in "
-                                                   "SFT targets: a template sentence naming the variable, or empty")
+    reasoning: Literal["execution", "template", "none"] = Field(
+        "template", description="the <reasoning> before each anchor in SFT targets: execution (derived from the "
+                                "sandboxed run, stepcode/data/reasoning.py), a template sentence naming the "
+                                "variable, or empty")
     heldout_fraction: Float = Field(0.1, ge=0, le=1, description="share of programs (sha256 of the id before any "
                                                                  "'#') held out of sft/rl for evaluation")
+    rl_fraction: Float = Field(0.5, ge=0, le=1, description="share of the programs not held out that go to rl.jsonl "
+                               "(sha256 of the id before any '#', an independent coordinate); the rest go to "
+                               "sft.jsonl: no program is in two of sft, rl and held-out")
     benchmarks_dir: str = Field("data/benchmarks", description="holds cruxeval/cruxeval.jsonl and "
                                 "reval/DREval_data.jsonl; relative to the cwd (the project root)")
     lcb_path: str | None = Field(None, description="LiveCodeBench-Exec JSONL export (`code` field) to "
@@ -184,7 +189,9 @@ class GRPOSettings(_Section):
     num_generations: int = Field(8, ge=2, description="G, rollouts per prompt (paper: 5)")
     max_completion_length: int = Field(512, ge=1, description="generated tokens per rollout; longer are cut")
     temperature: Float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
-    beta: Float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+    beta: Float = Field(0.0, ge=0, description="KL coefficient (Eq. 15: beta * KL to the starting model, TRL's k3 "
+                        "estimator per token, logged as `kl`); > 0 loads a frozen reference copy of the model; 0 "
+                        "loads none")
     lam: Float = Field(0.3, ge=0, description="lambda, weight of the intra-trajectory term (paper: 0.3)")
     span: Literal["segment", "print"] = Field("segment", description="tokens that carry an anchor's step "
                                               "advantage: its reasoning+print segment, or the <print> block only")
@@ -229,14 +236,14 @@ def _default_profiles() -> dict[str, TrainProfile]:
         "tiny-cpu": TrainProfile(model="models/tiny", model_size="tiny",
                                  sft=SFTSettings(learning_rate=2e-3, max_steps=200, batch_size=8, max_length=768),
                                  grpo=GRPOSettings(learning_rate=2e-4, max_steps=16, batch_size=8, num_generations=4,
-                                                   max_completion_length=192)),
+                                                   max_completion_length=512, beta=0.001)),
         "qwen7b-gpu": TrainProfile(model="models/Qwen2.5-Coder-7B-Instruct", model_size=None, use_cpu=False,
                                    bf16=True, torch_threads=0, gradient_checkpointing=True, save_steps=500,
                                    report_to=["mlflow"],
                                    sft=SFTSettings(learning_rate=1e-5, epochs=2.0, batch_size=4, grad_accum=4,
                                                    max_length=4096),
                                    grpo=GRPOSettings(learning_rate=1e-6, epochs=2.0, batch_size=5, grad_accum=4,
-                                                     num_generations=5, max_completion_length=4096,
+                                                     num_generations=5, max_completion_length=4096, beta=0.001,
                                                      use_vllm=True)),
     }
 
@@ -274,8 +281,8 @@ class PipelineParams(_Section):
     eval_prompt: str = Field("stepcode", description="official | stepcode (our instrumented task)")
     eval_greedy: bool = Field(True, description="greedy decoding in the pipeline's evaluation (paper-style, "
                                                 "labelled 'greedy'); false: the official sampling of `evaluate:`")
-    eval_max_new_tokens: int = Field(256, ge=1, description="generation cap in the pipeline's evaluation (a "
-                                                          "6-anchor answer is ~200 tokens)")
+    eval_max_new_tokens: int = Field(512, ge=1, description="generation cap in the pipeline's evaluation "
+                                                          "(execution reasoning: ~240 tokens a completion, median)")
     eval_limit: int | None = Field(10, ge=1, description="benchmark problems evaluated (null: all)")
     heldout_limit: int | None = Field(30, ge=1, description="held-out rows evaluated (null: all)")
     model_name: str = Field("stepcode", description="registered model name in the MLflow registry")
@@ -308,7 +315,7 @@ class StudyVariant(_Section):
                                "on the fly")
     corpus_programs: int = Field(12000, ge=10, description="basic corpus: programs synthesized (before the split)")
     corpus_seed: int = Field(0, description="basic corpus: synthesizer seed")
-    reasoning: Literal["template", "none"] = Field(
+    reasoning: Literal["execution", "template", "none"] = Field(
         "template", description="basic corpus: the SFT <reasoning> before each anchor (build.reasoning's values)")
     tasks: tuple[str, ...] = Field(("output",), description="example tasks kept (output, input)")
     sources: tuple[str, ...] = Field(("synth",), description="program sources kept (synth, synth-basic, humaneval)")

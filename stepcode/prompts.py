@@ -89,6 +89,8 @@ INPUT_INSTRUCTION = (
 )
 
 # Sentences of the SFT targets. They never mention a value: the value is what the <print>/<answer> must predict.
+# (`build.reasoning: execution` replaces STEP_REASONING by a path derived from the run, stepcode/data/reasoning.py,
+# which does state each value, computed step by step: `path_reasoning`.)
 STEP_REASONING = "Step {step} of {n}: compute {name}."
 INPUT_COMMIT_REASONING = "Guess an input, then run the code on it."
 OUTPUT_FINAL_REASONING = "So the function returns this value."
@@ -153,6 +155,15 @@ def default_reasoning(step: int, line: str, n: int) -> str:
     if not sep or not _is_label(name):
         raise ValueError(f"trace line is not 'NAME: VALUE': {line!r}")
     return STEP_REASONING.format(step=step, n=n, name=name)
+
+
+def path_reasoning(steps: list[str | None]) -> Callable[[int, str, int], str]:
+    """A `reasoning` callable for the renderers from a per-anchor path (stepcode/data/reasoning.py): step k's text,
+    or the template sentence (`default_reasoning`) where the path has none."""
+    def reasoning(step: int, line: str, n: int) -> str:
+        text = steps[step - 1] if 1 <= step <= len(steps) else None
+        return text if text is not None else default_reasoning(step, line, n)
+    return reasoning
 
 
 def _checked(text: str, what: str) -> str:

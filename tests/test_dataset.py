@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from stepcode.cli import app
 from stepcode.config import parse_params
 from stepcode.data.corpus import CorpusError, static_filter
-from stepcode.data.dataset import build_dataset, program_key, split_of
+from stepcode.data.dataset import SPLITS, build_dataset, program_key, split_of, three_way_split
 from stepcode.data.decontam import code_tokens, decontaminate, ngrams
 from stepcode.data.synth import synth_candidates
 from stepcode.evals.registry import decontamination_sources
@@ -54,8 +54,9 @@ def cruxeval(sample_id):
 
 def test_two_anchor_row_end_to_end(tmp_path):
     write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1")])
-    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0))
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0, rl_fraction=0.0))
     sft = read(tmp_path / "out/sft.jsonl")
+    assert [(r["source"], r["gold_trace"]) for r in sft] == [("hand", ["y: 2", "return_val: 2"])] * 2
     assert [(r["id"], r["task"]) for r in sft] == [("p1", "output"), ("p1", "input")]
     user = sft[0]["messages"][1]
     assert sft[0]["messages"][0]["role"] == "system" and user["role"] == "user"
@@ -77,22 +78,28 @@ def test_two_anchor_row_end_to_end(tmp_path):
         "<print>return_val: 2</print>\n"
         "<reasoning>The run gives the expected output, so this input works.</reasoning>\n"
         "<answer>1</answer>")
-    rl = read(tmp_path / "out/rl.jsonl")
+    assert read(tmp_path / "out/rl.jsonl") == read(tmp_path / "out/heldout.jsonl") == []
+    assert stats["files"] == {"sft": 2, "rl": 0, "heldout": 0}
+    assert stats["split"] == {"heldout_fraction": 0.0, "rl_fraction": 0.0, "programs": {"sft": 1, "rl": 0, "heldout": 0},
+                              "rows": {"sft": 1, "rl": 0, "heldout": 0}}
+    assert stats["anchors"] == {"1": 0, "2": 1, **{str(n): 0 for n in range(3, 11)}}
+    assert json.loads((tmp_path / "out/stats.json").read_text()) == stats
+
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "rl", params(heldout_fraction=0.0, rl_fraction=1.0))
+    assert read(tmp_path / "rl/sft.jsonl") == []
+    rl = read(tmp_path / "rl/rl.jsonl")
     assert rl[0] == {"id": "p1", "task": "output", "prompt": sft[0]["messages"],
                      "gold_trace": ["y: 2", "return_val: 2"], "gold_output": "2", "code": CODE,
                      "instrumented_code": SHOWN, "input": "1", "entry_point": "f", "terminal_only": False,
                      "source": "hand"}
     assert rl[1]["task"] == "input" and rl[1]["prompt"] == sft[1]["messages"]
-    assert read(tmp_path / "out/heldout.jsonl") == []
-    assert stats["files"] == {"sft": 2, "rl": 2, "heldout": 0}
-    assert stats["anchors"] == {"1": 0, "2": 1, **{str(n): 0 for n in range(3, 11)}}
-    assert json.loads((tmp_path / "out/stats.json").read_text()) == stats
+    assert stats["files"] == {"sft": 0, "rl": 2, "heldout": 0}
 
 
 def test_reasoning_none_and_output_task_only(tmp_path):
     write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1")])
     build(tmp_path / "traces.jsonl", tmp_path / "out",
-                  params(heldout_fraction=0.0, reasoning="none", input_task=False))
+                  params(heldout_fraction=0.0, rl_fraction=0.0, reasoning="none", input_task=False))
     sft = read(tmp_path / "out/sft.jsonl")
     assert [r["task"] for r in sft] == ["output"]
     assert sft[0]["completion"][0]["content"] == (
@@ -117,7 +124,7 @@ def test_routing_counts_every_reason(tmp_path):
     ]
     rows[4]["instrumented_code"] = None  # failed rows carry nulls; only ok rows are checked field by field
     write_jsonl(tmp_path / "traces.jsonl", rows)
-    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0))
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.0, rl_fraction=1.0))
     assert stats["rows_in"] == 8
     assert stats["rows_out"] == {"all_tasks_refused": 1, "contaminated": 0, "no_anchors": 1,
                                  "status/runtime_error": 1, "too_long": 1}
@@ -125,12 +132,13 @@ def test_routing_counts_every_reason(tmp_path):
     assert stats["rows_kept"] == 4 and stats["terminal_only"] == 2
     # the build stage logs these counts as MLflow metrics, whose names allow only [/\w.\- ] (and ':' off Windows)
     assert all(re.fullmatch(r"[\w./-]+", key) for key in [*stats["rows_out"], *stats["examples_out"]])
-    assert stats["examples"] == {"output": {"train": 4, "heldout": 0}, "input": {"train": 3, "heldout": 0}}
+    assert stats["examples"] == {"output": {"sft": 0, "rl": 4, "heldout": 0}, "input": {"sft": 0, "rl": 3, "heldout": 0}}
     rl = read(tmp_path / "out/rl.jsonl")
     assert [(r["id"], r["task"], r["terminal_only"]) for r in rl] == [
         ("ok2", "output", False), ("ok2", "input", False), ("one", "output", True), ("one", "input", True),
         ("noargs", "output", True), ("dotted", "output", False), ("dotted", "input", False)]
-    dotted = read(tmp_path / "out/sft.jsonl")[-1]["completion"][0]["content"]
+    build(tmp_path / "traces.jsonl", tmp_path / "sft", params(heldout_fraction=0.0, rl_fraction=0.0))
+    dotted = read(tmp_path / "sft/sft.jsonl")[-1]["completion"][0]["content"]
     assert "<reasoning>Step 1 of 2: compute self.count.</reasoning>\n<print>self.count: 1</print>" in dotted
 
 
@@ -193,6 +201,76 @@ def test_inputs_of_one_program_share_the_split(tmp_path):
     assert train and heldout and not train & heldout
     assert {program_key(i) for i in train}.isdisjoint({program_key(i) for i in heldout})
     assert heldout == {r["id"] for r in rows if split_of(program_key(r["id"]), 0.5) == "heldout"}
+
+
+def _heldout_before_the_three_way_split(id, fraction):
+    """The held-out rule as it was before SFT and RL were split apart (a frozen copy, so a change to the code under
+    test cannot move both sides)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(id.encode("utf-8")).digest()[:8], "big") / 2 ** 64 < fraction
+
+
+def test_three_way_split_by_hand_and_rejects_bad_fractions():
+    # sha256(b"a") = ca978112ca1bbdca fac231b39a23dc4d ...: held out below 0.7914; bytes 8-16 give 0.9795...
+    assert three_way_split("a", 0.80, 0.0) == "heldout"
+    assert three_way_split("a", 0.79, 0.979) == "sft" and three_way_split("a", 0.79, 0.980) == "rl"
+    assert three_way_split("a", 0.0, 1.0) == "rl" and three_way_split("a", 0.0, 0.0) == "sft"
+    for bad in (-0.1, 1.5, "0.5", None, True):
+        with pytest.raises(ValueError, match="rl_fraction"):
+            three_way_split("a", 0.1, bad)
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        three_way_split("a", 2, 0.5)
+    assert params().build.rl_fraction == 0.5
+    for bad in (-0.1, 1.5, "0.5", True):
+        with pytest.raises(ValueError, match="build.rl_fraction"):
+            params(rl_fraction=bad)
+
+
+@pytest.mark.parametrize("heldout_fraction, rl_fraction", [(0.1, 0.5), (0.3, 0.25), (0.0, 0.8)])
+def test_three_way_split_honours_the_fractions(heldout_fraction, rl_fraction):
+    ids = [f"synth-1234-{k}" for k in range(5000)]
+    splits = [three_way_split(i, heldout_fraction, rl_fraction) for i in ids]
+    assert splits == [three_way_split(i, heldout_fraction, rl_fraction) for i in ids]     # deterministic
+    n = len(ids)
+    held = splits.count("heldout")
+    kept = n - held
+    # tolerance 5 binomial standard deviations, for each share
+    assert abs(held / n - heldout_fraction) <= 5 * (heldout_fraction * (1 - heldout_fraction) / n) ** 0.5
+    assert abs(splits.count("rl") / kept - rl_fraction) <= 5 * (rl_fraction * (1 - rl_fraction) / kept) ** 0.5
+    assert splits.count("sft") + splits.count("rl") == kept
+
+
+def test_heldout_membership_is_unchanged_by_the_three_way_split():
+    ids = [f"synth-1234-{k}" for k in range(3000)] + [f"HumanEval/{k}" for k in range(164)]
+    for heldout_fraction in (0.1, 0.25):
+        before = {i for i in ids if _heldout_before_the_three_way_split(i, heldout_fraction)}
+        assert before == {i for i in ids if split_of(i, heldout_fraction) == "heldout"}
+        for rl_fraction in (0.0, 0.5, 1.0):
+            assert before == {i for i in ids if three_way_split(i, heldout_fraction, rl_fraction) == "heldout"}
+    # and the SFT/RL side of a kept program does not depend on heldout_fraction (an independent coordinate)
+    side = {i: three_way_split(i, 0.0, 0.5) for i in ids}
+    assert all(three_way_split(i, 0.25, 0.5) in ("heldout", side[i]) for i in ids)
+
+
+def test_the_three_files_are_disjoint_by_program(tmp_path):
+    rows = [trace_row(f"prog{k}#{j}") for k in range(60) for j in range(3)]
+    write_jsonl(tmp_path / "traces.jsonl", rows)
+    stats = build(tmp_path / "traces.jsonl", tmp_path / "out", params(heldout_fraction=0.2, rl_fraction=0.5))
+    files = {name: read(tmp_path / f"out/{name}.jsonl") for name in SPLITS}
+    programs = {name: {program_key(r["id"]) for r in rows} for name, rows in files.items()}
+    assert all(programs.values())
+    assert not programs["sft"] & programs["rl"] and not programs["sft"] & programs["heldout"] \
+        and not programs["rl"] & programs["heldout"]
+    for name in SPLITS:      # every input of a program in its split, both tasks of every input
+        expected = {r["id"] for r in rows if three_way_split(program_key(r["id"]), 0.2, 0.5) == name}
+        assert {r["id"] for r in files[name]} == expected
+        assert sorted((r["id"], r["task"]) for r in files[name]) == sorted(
+            (i, task) for i in expected for task in ("output", "input"))
+    assert stats["split"]["programs"] == {name: len(programs[name]) for name in SPLITS}
+    assert stats["split"]["rows"] == {name: len(programs[name]) * 3 for name in SPLITS}
+    assert stats["files"] == {name: len(files[name]) for name in SPLITS}
+    assert sum(stats["split"]["programs"].values()) == 60
 
 
 # ------------------------------------------------------------------------------------------- decontamination
@@ -289,7 +367,7 @@ def test_build_drops_contaminated_rows_including_lcb(tmp_path):
             trace_row("lcb", code=lcb_code.replace("distinctDifferenceArray", "f").replace("ans", "res"))]
     write_jsonl(tmp_path / "traces.jsonl", rows)
     stats = build(tmp_path / "traces.jsonl", tmp_path / "out",
-                          params(heldout_fraction=0.0, lcb_path=str(lcb)))
+                          params(heldout_fraction=0.0, rl_fraction=0.0, lcb_path=str(lcb)))
     assert stats["rows_out"]["contaminated"] == 2 and stats["rows_kept"] == 1
     report = json.loads((tmp_path / "out/decontamination.json").read_text())
     assert {name: b["dropped"] for name, b in report["benchmarks"].items()} == \
@@ -309,17 +387,18 @@ def test_same_input_gives_byte_identical_files(tmp_path):
 
 
 def test_cli_exit_codes_and_files(tmp_path):
-    write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1"), trace_row("p2")])
+    write_jsonl(tmp_path / "traces.jsonl", [trace_row("p1"), trace_row("p2"), trace_row("p3")])
+    assert [three_way_split(i, 0.0, 0.5) for i in ("p1", "p2", "p3")] == ["sft", "sft", "rl"]
     runner = CliRunner()
     result = runner.invoke(app, ["build", str(tmp_path / "traces.jsonl"), "-o", str(tmp_path / "out"),
                                  "--heldout-fraction", "0"])
     assert result.exit_code == 0, result.output
-    assert "2 trace rows -> 2 kept; sft 4, rl 4, heldout 0" in result.output
+    assert "3 trace rows -> 3 kept; sft 4, rl 2, heldout 0" in result.output
     assert all((tmp_path / "out" / name).is_file() for name in FILES)
     result = runner.invoke(app, ["build", str(tmp_path / "traces.jsonl"), "-o", str(tmp_path / "all"),
                                  "--heldout-fraction", "1", "--no-input-task"])
     assert result.exit_code == 1 and "no training example" in result.output
-    assert len(read(tmp_path / "all/heldout.jsonl")) == 2
+    assert len(read(tmp_path / "all/heldout.jsonl")) == 3
     result = runner.invoke(app, ["build", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "missing.jsonl" in result.output
 
@@ -335,17 +414,17 @@ def test_real_synthesized_corpus(tmp_path):
     assert stats["rows_kept"] >= 90, stats["rows_out"]
     assert sum(stats["anchors"].values()) == stats["rows_kept"]
     assert stats["terminal_only"] == stats["anchors"]["1"]
-    assert stats["split"]["train_rows"] + stats["split"]["heldout_rows"] == stats["rows_kept"]
-    assert 0 < stats["split"]["heldout_rows"] < 25
+    split = stats["split"]
+    assert sum(split["rows"].values()) == stats["rows_kept"] and sum(split["programs"].values()) == stats["rows_kept"]
+    assert 0 < split["rows"]["heldout"] < 25 and split["rows"]["sft"] > 25 and split["rows"]["rl"] > 25
     assert stats["sources"] == {"synth": stats["rows_kept"]}
-    n_train = sum(t["train"] for t in stats["examples"].values())
-    assert stats["files"] == {"sft": n_train, "rl": n_train,
-                              "heldout": sum(t["heldout"] for t in stats["examples"].values())}
+    assert stats["files"] == {name: sum(t[name] for t in stats["examples"].values()) for name in SPLITS}
     # every SFT target parses back to its row's gold trace and answer, with no format flag
-    gold = {(r["id"], r["task"]): r for r in read(tmp_path / "out/rl.jsonl")}
+    traced = {r["id"]: r for r in read(tmp_path / "traces.jsonl")}
     for row in read(tmp_path / "out/sft.jsonl"):
         parsed = parse_completion(row["completion"][0]["content"], task=row["task"])
-        rl = gold[(row["id"], row["task"])]
+        gold = traced[row["id"]]
+        assert row["gold_trace"] == gold["trace"] and row["source"] == "synth"
         # the parser strips each print (the step reward compares stripped lines): "s: " for s == "" reads "s:"
-        assert parsed.flags == frozenset() and parsed.prints == [line.strip() for line in rl["gold_trace"]]
-        assert parsed.answer == (rl["gold_output"] if row["task"] == "output" else rl["input"])
+        assert parsed.flags == frozenset() and parsed.prints == [line.strip() for line in gold["trace"]]
+        assert parsed.answer == (gold["output"] if row["task"] == "output" else gold["input"])

@@ -99,7 +99,8 @@ def test_no_module_takes_a_private_name_from_another():
 
 
 SERVER_SIDE = ["stepcode.sandbox.server", "stepcode.sandbox.runners", "stepcode.sandbox.isolation",
-               "stepcode.sandbox.protocol", "stepcode.evals.reval_dynamics"]
+               "stepcode.sandbox.protocol", "stepcode.evals.reval_dynamics", "stepcode.data",
+               "stepcode.data.reasoning_runner"]
 
 
 @pytest.mark.parametrize("module", SERVER_SIDE)

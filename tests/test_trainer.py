@@ -5,6 +5,7 @@ the real thing: the sandboxed RewardScorer, the parser, the token offsets, the g
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -449,3 +450,61 @@ def test_run_grpo_rejects_bad_input(micro, profile, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "prompt": []}])
     with pytest.raises(ValueError, match="lacks"):
         run_grpo(micro, bad, tmp_path / "o", profile)
+
+
+# --- the KL term (Eq. 15): beta > 0 loads a frozen reference model -------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_beta_loads_a_reference_model_and_adds_the_logged_kl_to_the_loss(micro, profile, tmp_path, beta):
+    """beta = 0: no reference model, no `kl`. beta > 0: a frozen copy of the starting model; `kl` is logged every
+    step, 0 at the first (policy == reference), then > 0; the advantages are unchanged, and (one iteration, dapo)
+    each step's loss is exactly -(A * mask).sum() / tokens + beta * kl (TRL's per-token k3 estimator, masked mean)."""
+    from stepcode.training.models import load_model
+
+    model, tok = load_model(micro)
+    group = crafted_group(tok)
+    prof = profile.model_copy(update={"grpo": profile.grpo.model_copy(update={"beta": beta})})
+    trainer, seen = run_crafted(model, tok, prof, tmp_path / "out", [(rl_rows()[0], group)], steps=3,
+                                mode="bilevel", lam=0.5)
+    assert_token_advantages(seen, group, [1.0, 1.0, -1.0, -1.0], CRAFTED_STEP["bilevel"])   # KL leaves A alone
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 3
+    if beta == 0.0:
+        assert trainer.ref_model is None and not any("kl" in entry for entry in logs)
+        return
+    assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
+    start, _ = load_model(micro)
+    reference = dict(trainer.ref_model.named_parameters())
+    assert all(torch.equal(v, reference[k]) for k, v in start.named_parameters())          # frozen starting model
+    assert any(not torch.equal(v, reference[k]) for k, v in trainer.model.named_parameters())
+    kls = [entry["kl"] for entry in logs]
+    assert all(math.isfinite(k) for k in kls), kls
+    assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 1e-6, kls
+    tokens = sum(len(c) for c, _ in group)
+    for (_, adv, loss), kl in zip(seen, kls):
+        assert loss.item() == pytest.approx(-adv.sum().item() / tokens + beta * kl, rel=1e-4, abs=1e-6)
+
+
+def test_kl_reaches_mlflow_in_a_micro_grpo_stage(micro, profile, tmp_path, mlflow_store):
+    """The grpo stage with beta > 0 on the micro model (real generation): the stage's MLflow run has a finite `kl`
+    for every step, through the existing tracking (the stage adds the MLflow reporter)."""
+    import mlflow
+
+    from stepcode.pipeline import stages
+
+    params = Params()
+    micro_kl = profile.model_copy(update={"grpo": profile.grpo.model_copy(update={"beta": 0.05})})
+    params = params.model_copy(update={
+        "train": params.train.model_copy(update={"profiles": {**params.train.profiles, "micro": micro_kl}}),
+        "tracking": params.tracking.model_copy(update={"experiment": "kl-stage",
+                                                       "artifact_root": str(tmp_path / "artifacts")})})
+    rl = write_jsonl(tmp_path / "rl.jsonl", rl_rows())
+    summary = stages.grpo(params, "micro", micro, rl, tmp_path / "rl", run_name="grpo-kl")
+    assert summary["steps"] == 3 and math.isfinite(summary["last_log"]["kl"])
+    runs = mlflow.search_runs(experiment_names=["kl-stage"], output_format="list")
+    run = next(r for r in runs if r.info.run_name == "grpo-kl")
+    names = [k for k in run.data.metrics if k.split(".")[-1].split("/")[-1] == "kl"]
+    assert names, sorted(run.data.metrics)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, names[0])
+    assert len(history) == 3 and all(math.isfinite(m.value) for m in history)

@@ -5,15 +5,18 @@
                                                                             benchmarks={"cruxeval": "cruxeval.jsonl"})
 
 Writes, in OUT_DIR:
-- `sft.jsonl`: `{"id", "task", "messages": [system, user], "completion": [{"role": "assistant", "content": TARGET}]}`
-  with TARGET from `stepcode.prompts.render_output_completion` / `render_input_completion`. The trainer
-  (stepcode/training/sft.py `run_sft`) passes `messages` to TRL as "prompt": TRL's conversational prompt-completion
-  format, which SFTTrainer trains on the completion only. Fed to SFTTrainer as is, a "messages" column would take
-  TRL 1.16's language-modeling path, which never reads "completion".
-- `rl.jsonl`: `{"id", "task", "prompt", "gold_trace", "gold_output", "code", "instrumented_code", "input",
-  "entry_point", "terminal_only", "source"}`; GRPOTrainer reads "prompt", the other columns reach the reward
-  functions as keyword arguments. For the input task the prompt shows gold_output and the answer is an input.
-- `heldout.jsonl`: the held-out programs' examples (both tasks) in the RL format; they never reach sft/rl.
+- `sft.jsonl`: the SFT programs' examples, `{"id", "task", "messages": [system, user], "completion": [{"role":
+  "assistant", "content": TARGET}], "source", "gold_trace"}` with TARGET from
+  `stepcode.prompts.render_output_completion` / `render_input_completion`. The trainer (stepcode/training/sft.py
+  `run_sft`) passes `messages` to TRL as "prompt": TRL's conversational prompt-completion format, which SFTTrainer
+  trains on the completion only. Fed to SFTTrainer as is, a "messages" column would take TRL 1.16's
+  language-modeling path, which never reads "completion".
+- `rl.jsonl`: the RL programs' examples, `{"id", "task", "prompt", "gold_trace", "gold_output", "code",
+  "instrumented_code", "input", "entry_point", "terminal_only", "source"}`; GRPOTrainer reads "prompt", the other
+  columns reach the reward functions as keyword arguments. For the input task the prompt shows gold_output and the
+  answer is an input.
+- `heldout.jsonl`: the held-out programs' examples (both tasks) in the RL format. No program is in two of the three
+  files.
 - `stats.json`, `decontamination.json` (see `stepcode.data.decontam`).
 
 Routing, in this order (each row out is counted under its reason in stats["rows_out"]):
@@ -24,8 +27,15 @@ Routing, in this order (each row out is counted under its reason in stats["rows_
 3. Per task (output; input unless `build.input_task` is off) the renderers may refuse (ValueError); that example
    is counted in stats["examples_out"] ("input/no_arguments", "output/tag_in_text", ...), and a row with no
    example left -> "all_tasks_refused".
-Split: by sha256 of the program key (the id up to any "#": `HumanEval/3#0` and `HumanEval/3#1` are one program
-with two inputs, and must not straddle the split). Output is deterministic: same input, byte-identical files.
+Split: three disjoint sets of programs, SFT, RL and held-out (the paper trains SFT and RL on separate sets), by
+sha256 of the program key (the id up to any "#": `HumanEval/3#0` and `HumanEval/3#1` are one program with two
+inputs, and must not straddle a split): `split_of` holds out a program when the digest's first 8 bytes, as a fraction,
+fall below `build.heldout_fraction` (the same held-out programs as before the three-way split); `three_way_split`
+sends a kept program to RL when the digest's next 8 bytes fall below `build.rl_fraction` (an independent coordinate:
+changing heldout_fraction never moves a program between SFT and RL, only into or out of held-out), else to SFT.
+SFT rows carry their program's `source` and `gold_trace` too (ignored by the trainer), so a consumer can filter them
+like RL rows (stepcode/pipeline/study.py). stats["split"] counts programs and rows per split.
+Output is deterministic: same input, byte-identical files.
 """
 
 from __future__ import annotations
@@ -51,11 +61,29 @@ def split_of(id: str, heldout_fraction: float) -> str:
     """
     if not isinstance(id, str):
         raise ValueError(f"id must be a str, got {type(id).__name__}")
-    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
-            or not 0 <= heldout_fraction <= 1:
-        raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction!r}")
+    _check_fraction("heldout_fraction", heldout_fraction)
     position = int.from_bytes(hashlib.sha256(id.encode("utf-8")).digest()[:8], "big") / 2 ** 64
     return "heldout" if position < heldout_fraction else "train"
+
+
+SPLITS = ("sft", "rl", "heldout")
+
+
+def _check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def three_way_split(id: str, heldout_fraction: float, rl_fraction: float) -> str:
+    """"sft", "rl" or "heldout" for `id` (a program key): "heldout" exactly when `split_of` says so; otherwise "rl"
+    when bytes 8-16 of sha256(id), as a fraction of 2**64, fall below `rl_fraction` (the share of the kept programs
+    that go to RL), else "sft". The two coordinates of one digest are independent, so the RL share among kept
+    programs is rl_fraction whatever heldout_fraction is."""
+    _check_fraction("rl_fraction", rl_fraction)
+    if split_of(id, heldout_fraction) == "heldout":
+        return "heldout"
+    position = int.from_bytes(hashlib.sha256(id.encode("utf-8")).digest()[8:16], "big") / 2 ** 64
+    return "rl" if position < rl_fraction else "sft"
 
 
 def program_key(id: str) -> str:
@@ -111,11 +139,17 @@ def _refusal_kind(task: str, row: dict, error: ValueError) -> str:
     return f"{task}/other"
 
 
-def task_examples(row: dict, task: str, reasoning: str = "template") -> tuple[dict, dict]:
-    """The (SFT, RL) examples of one routed trace row for `task`; ValueError if the renderer refuses the row."""
+def task_examples(row: dict, task: str, reasoning: str = "template",
+                  path: list[str | None] | None = None) -> tuple[dict, dict]:
+    """The (SFT, RL) examples of one routed trace row for `task`; ValueError if the renderer refuses the row.
+    `reasoning`: "template", "none", or "execution" with `path` the row's per-anchor reasoning from
+    `stepcode.data.reasoning.execution_paths` (an anchor without one, or no path at all, gets the template)."""
     from stepcode import prompts
 
-    reason = prompts.default_reasoning if reasoning == "template" else _no_reasoning
+    if reasoning == "execution":
+        reason = prompts.path_reasoning(path or [])
+    else:
+        reason = prompts.default_reasoning if reasoning == "template" else _no_reasoning
     code, entry_point = row["instrumented_code"], row["entry_point"]
     if task == "output":
         messages = prompts.output_messages(code, row["input"], entry_point)
@@ -166,31 +200,37 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
                                            min_coverage=bp.decontam_min_coverage)
     rows_out["contaminated"] += decontam_report["dropped"]
 
+    paths, reasoning_stats = {}, None
+    if bp.reasoning == "execution":   # every row's path in one sandboxed, batched pass
+        from stepcode.data.reasoning import execution_paths
+
+        paths, reasoning_stats = execution_paths(clean, params)
+
     sft, rl, heldout = [], [], []
     examples_out: Counter = Counter()
     per_task = {task: Counter() for task in tasks}
     kept: list[dict] = []
-    splits: Counter = Counter()
+    splits: Counter = Counter()                                 # kept trace rows per split
+    programs: dict[str, set] = {name: set() for name in SPLITS}
     for row in clean:
-        split = split_of(program_key(row["id"]), bp.heldout_fraction)
+        split = three_way_split(program_key(row["id"]), bp.heldout_fraction, bp.rl_fraction)
         made = 0
         for task in tasks:
             try:
-                sft_row, rl_row = task_examples(row, task, bp.reasoning)
+                sft_row, rl_row = task_examples(row, task, bp.reasoning, paths.get(row["id"]))
             except ValueError as e:
                 examples_out[_refusal_kind(task, row, e)] += 1
                 continue
             made += 1
-            if split == "heldout":
-                heldout.append(rl_row)
-                per_task[task]["heldout"] += 1
+            per_task[task][split] += 1
+            if split == "sft":    # the RL row's metadata rides along, so the SFT rows can be filtered like RL rows
+                sft.append({**sft_row, "source": rl_row["source"], "gold_trace": rl_row["gold_trace"]})
             else:
-                sft.append(sft_row)
-                rl.append(rl_row)
-                per_task[task]["train"] += 1
+                (rl if split == "rl" else heldout).append(rl_row)
         if made:
             kept.append(row)
             splits[split] += 1
+            programs[split].add(program_key(row["id"]))
         else:
             rows_out["all_tasks_refused"] += 1
 
@@ -205,14 +245,17 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
         "rows_out": dict(sorted(rows_out.items())),
         "rows_kept": len(kept),
         "examples_out": dict(sorted(examples_out.items())),
-        "examples": {task: {"train": c["train"], "heldout": c["heldout"]} for task, c in per_task.items()},
+        "examples": {task: {name: c[name] for name in SPLITS} for task, c in per_task.items()},
         "anchors": {str(n): anchors[n] for n in range(1, max_lines + 1)},
         "terminal_only": anchors[1],
-        "split": {"heldout_fraction": bp.heldout_fraction, "train_rows": splits["train"],
-                  "heldout_rows": splits["heldout"]},
+        "split": {"heldout_fraction": bp.heldout_fraction, "rl_fraction": bp.rl_fraction,
+                  "programs": {name: len(programs[name]) for name in SPLITS},
+                  "rows": {name: splits[name] for name in SPLITS}},
         "files": {"sft": len(sft), "rl": len(rl), "heldout": len(heldout)},
         "sources": dict(sorted(Counter(row.get("source") or "unknown" for row in kept).items())),
     }
+    if reasoning_stats is not None:   # execution reasoning: anchors explained, fallbacks to the template by reason
+        stats["reasoning"] = reasoning_stats
     _write_json(out / "decontamination.json", decontam_report)
     _write_json(out / "stats.json", stats)
     return stats

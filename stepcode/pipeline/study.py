@@ -444,7 +444,11 @@ def prepare_data(params, variant, work_dir: Path) -> dict:
     rl = select_rows(list(read_jsonl(src / "rl.jsonl")), variant)
     heldout = select_rows(list(read_jsonl(src / "heldout.jsonl")), variant)
     keys = {(r["id"], r["task"]) for r in rl}
-    sft = [r for r in read_jsonl(src / "sft.jsonl") if (r.get("id"), r.get("task")) in keys]
+    # SFT and RL programs are disjoint (stepcode/data/dataset.py): an SFT row is kept by the same filter, through the
+    # source and gold_trace it carries; a dataset built before the split (no gold_trace) is matched to the RL rows.
+    sft = [r for r in read_jsonl(src / "sft.jsonl")
+           if (select_rows([{**r, "prompt": r.get("messages")}], variant) if "gold_trace" in r
+               else (r.get("id"), r.get("task")) in keys)]
     if not sft or not rl or not heldout:
         raise ValueError(f"the study's filter left {len(sft)} SFT, {len(rl)} RL and {len(heldout)} held-out rows "
                          f"of {src}: loosen study.variants (tasks, sources, max_anchors, max_prompt_chars)")

@@ -23,9 +23,18 @@
 Modes: "bilevel" (default), "step" (lambda = 0), "terminal": the terminal term A_final alone, from the same z-score
 as the other modes (population std, eps 1e-6), so the three ablations differ only in the step term. TRL's own
 advantages (sample std, eps 1e-4, on the logged scalar) are always replaced.
-Verified here: the single-process path (tests/test_trainer.py checks the advantages reaching the loss against
-hand-computed values). The multi-process path uses `self.accelerator.gather` and TRL's own process slice, but has
-not been run with several processes.
+Verified: the single-process path (tests/test_trainer.py checks the advantages reaching the loss against
+hand-computed values), and two processes (tests/test_multiprocess.py: `accelerate launch --multi_gpu
+--num_processes 2` on the CPU, gloo, gives every completion the same per-token advantages and the same logged metrics
+as one process on the same batch; TRL lays the global batch out rank by rank, so `self.accelerator.gather` restores
+the prompt groups and TRL's own process slice picks this process's rows). On a CPU-only machine `accelerate launch
+--cpu --num_processes 2` starts ONE process (accelerate 1.15 runs several CPU processes only under mpirun);
+`--multi_gpu` starts them, and `use_cpu` makes them gloo processes.
+
+Debugging: with the environment variable STEPCODE_DUMP_ADVANTAGES=DIR, every process appends one JSON line per
+generation batch to DIR/advantages-rank<R>.jsonl: its rank, the number of processes, the call number, its rows' ids
+and tasks, and per completion the token ids and the per-token advantages up to the completion's length
+(`dump_advantages`). Off (unset) it costs nothing.
 
 Logged every step (through TRL's metrics, so console/MLflow reporters get them): reward, frac_reward_zero_std,
 completions/mean_length (TRL's), and stepcode/final_accuracy, stepcode/step_accuracy, stepcode/frac_final_zero_std,
@@ -36,11 +45,15 @@ per second of generation + scoring).
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
+from pathlib import Path
 
 from stepcode.training.common import common_args, configure_torch, read_rows, run_summary, save_model
 
 SPANS = ("segment", "print")
+DUMP_ENV = "STEPCODE_DUMP_ADVANTAGES"   # a directory: each process appends its advantages there (see the docstring)
 
 
 # --- pure helpers -------------------------------------------------------------------------------------------------
@@ -104,6 +117,22 @@ def batch_advantages(step_rewards, final_rewards, n_anchors, group_size: int, mo
         final_adv[rows] = f
         step_adv[rows, :width] = s
     return final_adv, step_adv
+
+
+def dump_advantages(directory, rank: int, num_processes: int, call: int, inputs, completion_ids, completion_mask,
+                    advantages) -> None:
+    """Append this process's rows of one generation batch to DIRECTORY/advantages-rank<rank>.jsonl (one JSON line:
+    rank, num_processes, call, ids, tasks, completion_ids and advantages, each cut at the completion's length). For
+    debugging and tests/test_multiprocess.py; enabled by STEPCODE_DUMP_ADVANTAGES."""
+    lengths = [int(n) for n in completion_mask.sum(1).tolist()]
+    line = {"rank": rank, "num_processes": num_processes, "call": call,
+            "ids": [row.get("id") for row in inputs], "tasks": [row.get("task") for row in inputs],
+            "completion_ids": [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths)],
+            "advantages": [adv[:n] for adv, n in zip(advantages.tolist(), lengths)]}
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / f"advantages-rank{rank}.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 # --- the reward function and the trainer ----------------------------------------------------------------------------
@@ -199,6 +228,10 @@ def bilevel_trainer_class():
             advantages = token_advantages(final_adv[local], step_adv[local], n_anchors.tolist(),
                                           [item["token_spans"] for item in batch], loss_mask)
             out["advantages"] = advantages          # already exactly 0 where loss_mask is 0
+            if os.environ.get(DUMP_ENV):
+                self._stepcode_calls = getattr(self, "_stepcode_calls", 0) + 1
+                dump_advantages(os.environ[DUMP_ENV], rank, self.accelerator.num_processes, self._stepcode_calls,
+                                inputs, out["completion_ids"], out["completion_mask"], advantages)
             self._log_stepcode_metrics(all_steps, all_finals, all_n, group_size, advantages, loss_mask,
                                        out["num_items_in_batch"], elapsed)
             return out

@@ -27,18 +27,44 @@ Rules (anchors are inserted only inside `def` bodies; module and class bodies ar
    base is not a pure chain prints its root name (`x[0].attr = 1` -> `x`) or nothing (`g().a = 1`). A chain label
    is dropped when the same statement rebinds its root (`a.b = a = X()` would read the new `a`).
    Anchors only read names and attribute chains: never a call, never a subscript.
+   Updates (kind `update`): a simple statement outside loops that mutates a local through its name gets an anchor
+   for that name after it: a call of a known mutating method (`MUTATING_METHODS`) on the name or on a subscript of
+   it, in an expression statement, an assignment or a `return` (`lst.append(x)` -> `lst`; `x = d.pop(k)` -> `d`,
+   then `x`; `d[k].add(v)` -> `d`); a `del` of a subscript of it (`del x[i]`, `del d[k][0]` -> `x`, `d`). In
+   the order the updates run, after the statement's walrus anchors and before its target anchors; for `return`,
+   between `return_val = EXPR` and the `return_val` anchor. The type is never checked (`s.add(v)` on any object):
+   the anchor only reads the name. The name must be a local of the function: a parameter or a name its own scope
+   binds, declared `global`/`nonlocal` nowhere in the function (nested functions included) -- a call of unknown
+   code can delete a global or a nonlocal, never the caller's local, so if the call ran the name is still bound.
+   The call must run whenever the statement completes (not on the right of and/or, in a branch of `x if c else y`
+   or a later link of a chained comparison) unless the name is definitely bound before the statement (rule 2).
+   None for calls inside lambdas and comprehensions (they run any number of times, or never), for attribute
+   receivers (`self.items.append(x)`: reading an attribute can run code, and the call may delete it), or for a
+   name the statement itself rebinds, deletes or stores into (`lst[0] = lst.pop()`): its assignment anchor (or
+   none) says it. Subscript stores (`x[i] = v`, `x[i] += v`) were already assignments (above).
 2. No anchor inside a `for`/`while` body or its `else` (the else is part of the loop statement; bindings there count
    as loop changes). Right after a loop that is itself outside every loop, one `loop_exit` anchor per variable the
-   loop changed, in order of first occurrence: names (re)bound by assignment or walrus anywhere in the body, else or
-   while-test (not the iteration targets of this loop or of nested loops, whose last value is noise); the printed
-   base (rule 1) of subscript stores/deletes, augmented attribute/subscript assignments and known mutating method
-   calls (`MUTATING_METHODS`, e.g. `lst.append(x)` -> `lst`, `self.items.add(x)` -> `self.items`); the root name
-   of plain attribute stores (`obj.attr = v` -> `obj`: the attribute may not exist if the loop ran zero times).
-   A label is anchored only if its root name is definitely bound before the loop (a parameter, or bound on every
-   path by earlier statements of the function; conservative: loops, with-bodies, match cases and short-circuited
-   walruses bind nothing) and no `del` or `except ... as` inside the loop can unbind it, so an anchor never raises
-   a NameError the original would not. Chain labels whose root the loop rebinds are dropped. Loops that never
-   fall through (`while True` without `break`) get no loop_exit anchors (they would be dead code).
+   loop changed, in order of first occurrence: the loop's own targets; names (re)bound by assignment, walrus or a
+   nested loop's target anywhere in the body, else or while-test; the printed base (rule 1) of subscript
+   stores/deletes, augmented attribute/subscript assignments and known mutating method calls (`lst.append(x)` ->
+   `lst`, `self.items.add(x)` -> `self.items`); the root name of plain attribute stores (`obj.attr = v` -> `obj`:
+   the attribute may not exist if the loop ran zero times). A plain name is anchored only if it is definitely
+   bound after the loop; a chain label (`obj.items`) only if its root is definitely bound before the loop, no `del`
+   or `except ... as` in the loop can unbind it and the loop does not rebind it. Neither if the root is declared
+   `global`/`nonlocal` anywhere in the function (code the loop calls could delete it). So an anchor never raises a
+   NameError the original would not. Loops that never fall through (`while True` without `break`) get none.
+   Definitely bound (conservative, path by path; with-bodies, match cases, `except` handlers' names and
+   short-circuited walruses bind nothing): a parameter, or bound on every path by earlier statements. After a loop:
+   a name no `del` or `except ... as` in the loop can unbind, bound before the loop or on every way out of it --
+   at each `break` (what every path to it binds, the loop's targets included), and at exhaustion followed by the
+   loop's `else`. A `for` loop's exhaustion binds its targets and what every path through the body to its end or
+   to a `continue` binds only if its iterable cannot be empty: a display with an element (a list, tuple or set
+   display with an unstarred element, a dict display with a `k: v` pair, a non-empty string, bytes or f-string
+   literal). A `while` loop's exhaustion binds the sure walrus names of its test; `while True` never exhausts.
+   Anything else may run zero times: `for x in xs`, `for i in range(n)` -- and `range(3)` too, since `range` is a
+   name a program can rebind in ways no static check sees -- leaves its targets and body names possibly unbound,
+   and they get no post-loop anchor. No guard (`try: print(x) except NameError`) is ever inserted: the display
+   source would show the model code the program does not have, and must run as the program runs.
 3. `return EXPR` becomes `return_val = EXPR; print(f'return_val: {return_val}'); return return_val` (EXPR is
    evaluated once; `return_val` is renamed `return_val_1`, ... when the program already uses that identifier; the
    label stays `return_val`). Bare `return` and a reachable end of the body print `return_val: None`. Returns
@@ -58,12 +84,16 @@ Rules (anchors are inserted only inside `def` bodies; module and class bodies ar
    sources disagree; code nested too deeply for its walks or the compiler. A SyntaxError gives "syntax_error"
    with line and message, as does source the parser itself cannot take (too deeply nested, a lone surrogate).
 Known limits: frame inspection (`sys._getframe().f_locals`) and `eval`/`exec` strings can still observe the extra
-local; an attribute chain read after a loop (rule 2) assumes the attribute existed before the loop; formatting a
-value (`format(v, '')`) runs user `__format__`/`__str__` code, as the display print would.
+local; an attribute chain read after a loop (rule 2) assumes the attribute existed before the loop; an assignment
+anchor after a subscript or attribute store (rule 1: `G[k] = v` -> `G`, `obj.a = v` -> `obj.a`) assumes the store
+neither deletes a global `G` nor leaves `obj.a` unreadable; formatting a value (`format(v, '')`) runs user
+`__format__`/`__str__` code, as the display print would.
 Deterministic: the same input gives byte-identical output.
 Cost (it runs on every traced program): one parse, one unparse, one re-parse of exec_source; the display source is
 exec_source with its anchor lines rewritten, and analyses walk statements only, walking expressions just for loop
-changes and, when the text holds `yield` or `:=`, for generators and walruses.
+changes, for the updates of simple statements outside loops when the text spells a mutating method or `del`, for the
+names a function binds when an update's name is not yet known bound, and, when the text holds `yield` or `:=`, for
+generators and walruses.
 """
 
 from __future__ import annotations
@@ -82,6 +112,7 @@ MUTATING_METHODS = frozenset({
     "add", "discard", "difference_update", "intersection_update", "symmetric_difference_update",  # set
     "appendleft", "extendleft", "popleft", "rotate",                                # collections.deque
 })
+_MUTATOR_WORDS = re.compile(r"\b(?:del|%s)\b" % "|".join(sorted(MUTATING_METHODS)))   # rule 1's updates spell one
 RETURN_LABEL = "return_val"
 _ANCHOR_FN_BASE = "_stepcode_anchor"   # one leading underscore: `__x` would be name-mangled inside class bodies
 _NAMESPACE_PROBES = frozenset({"locals", "globals", "vars", "dir"})
@@ -96,7 +127,7 @@ _NO_WALK = (*_SCOPES, ast.Name, ast.Constant)   # scopes not to enter, and nodes
 class Anchor:
     line: int        # 1-based line of the anchor statement in Instrumented.source (and exec_source: same line)
     label: str       # text before ': ' in the printed line, e.g. "x", "obj.attr", "return_val"
-    kind: str        # "assign" | "loop_exit" | "return"
+    kind: str        # "assign" | "update" | "loop_exit" | "return"
     function: str    # qualified name of the enclosing function, e.g. "f", "Cls.method", "f.<locals>.g"
 
 
@@ -150,11 +181,14 @@ def _instrument(code: str) -> Instrumented:
     # Keywords and operators are spelled literally in the text (NFKC folding applies to names only), so a program
     # whose text lacks `yield` or `:=` has neither, and the expression walks that look for them can be skipped.
     has_yield, has_walrus = "yield" in code, ":=" in code
+    has_declarations = "global" in code or "nonlocal" in code
+    has_updates = not code.isascii() or _MUTATOR_WORDS.search(code) is not None   # NFKC folds only non-ASCII names
     planned: dict[int, _Plan] = {}   # id(anchor stmt) -> its plan
     try:
         for fn, qualname in _functions(tree.body):
             if not (has_yield and _is_generator(fn)):   # rule 4
-                _FunctionInstrumenter(qualname, anchor_fn, return_name, has_walrus, planned).run(fn)
+                _FunctionInstrumenter(qualname, anchor_fn, return_name, planned, has_walrus=has_walrus,
+                                      has_declarations=has_declarations, has_updates=has_updates).run(fn)
         ordered = [planned[id(stmt)] for stmt in _statements(tree.body) if id(stmt) in planned]
         try:
             exec_source = ast.unparse(tree)
@@ -364,8 +398,13 @@ def _sure_walrus_names(node: ast.AST) -> list[str]:
     return [name for child in ast.iter_child_nodes(node) for name in _sure_walrus_names(child)]
 
 
-def _statement_labels(stmt: ast.stmt, has_walrus: bool) -> list[str]:
-    """Anchors after a simple statement outside loops: its walrus names, then its targets."""
+def _statement_labels(stmt: ast.stmt, has_walrus: bool, updated: list[str]) -> list[tuple[str, str]]:
+    """(label, kind) of the anchors after a simple statement outside loops: its walrus names, the names it updates
+    (rule 1; `updated` in the order they run), then its targets. An updated name that the statement also rebinds,
+    deletes or stores into gets no update anchor: its assignment anchor (or none) says it."""
+    if isinstance(stmt, ast.Delete):
+        deleted = {name for target in stmt.targets for name in _target_names(target)}
+        return [(name, "update") for name in updated if name not in deleted]
     if not isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)):
         return []
     targets = _assignment_targets(stmt)
@@ -373,19 +412,70 @@ def _statement_labels(stmt: ast.stmt, has_walrus: bool) -> list[str]:
     if has_walrus:
         walrus = (_sure_walrus_names(stmt.value) if stmt.value is not None else []) + \
             [name for target in targets for name in _sure_walrus_names(target)]
-    labels = walrus + [label for target in targets for label in _target_labels(target)]
     rebound = set(walrus) | {name for target in targets for name in _target_names(target)}
-    return _dedupe(_without_rebound_chains(labels, rebound))
+    stored = [label for target in targets for label in _target_labels(target)]
+    assigned = _dedupe(_without_rebound_chains(walrus + stored, rebound))
+    taken = set(assigned) | rebound
+    updates = [name for name in updated if name not in taken]
+    walrus_first = [label for label in assigned if label in walrus]
+    return [(label, "assign") for label in walrus_first] + [(name, "update") for name in updates] + \
+        [(label, "assign") for label in assigned if label not in walrus_first]
+
+
+def _subscript_root(node: ast.AST) -> str | None:
+    """`x`, `x[i]`, `x[i][j]` -> "x"; anything else (an attribute on the way, a call) -> None."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _updated_names(stmt: ast.stmt) -> list[tuple[str, bool]]:
+    """(name, sure) for each update of rule 1 in a simple statement, in the order the updates run: the name a known
+    mutating method is called on (directly or through subscripts), or whose subscript is deleted. `sure`: the update
+    runs whenever the statement completes (then the name was read, so it is bound)."""
+    found: list[tuple[str, bool]] = []
+    if isinstance(stmt, ast.Delete):
+        found += [(name, True) for target in stmt.targets if isinstance(target, ast.Subscript)
+                  for name in [_subscript_root(target)] if name]
+    elif isinstance(stmt, (ast.Expr, ast.Return, ast.Assign, ast.AugAssign, ast.AnnAssign)):
+        for node in [stmt.value, *_assignment_targets(stmt)]:
+            if node is not None:
+                _mutating_calls(node, True, found)
+    return found
+
+
+def _mutating_calls(node: ast.AST, sure: bool, found: list[tuple[str, bool]]) -> None:
+    """Append (receiver name, sure) for the known mutating method calls in an expression, post-order (a call's
+    arguments run before it); not inside lambdas or comprehensions. The parts that may not run (as in
+    _sure_walrus_names) are not sure."""
+    if isinstance(node, _SCOPES):
+        return
+    if isinstance(node, ast.BoolOp):
+        parts = [(node.values[0], sure)] + [(value, False) for value in node.values[1:]]
+    elif isinstance(node, ast.IfExp):
+        parts = [(node.test, sure), (node.body, False), (node.orelse, False)]
+    elif isinstance(node, ast.Compare):
+        parts = [(node.left, sure), (node.comparators[0], sure)] + [(c, False) for c in node.comparators[1:]]
+    else:
+        parts = [(child, sure) for child in _children(node)]
+    for child, child_sure in parts:
+        _mutating_calls(child, child_sure, found)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATING_METHODS:
+        name = _subscript_root(node.func.value)
+        if name:
+            found.append((name, sure))
 
 
 def _loop_changes(loop: ast.For | ast.While) -> list[str]:
-    """Labels of what a loop statement changes, in order of first occurrence (see rule 2)."""
+    """Labels of what a loop statement changes, in order of first occurrence (see rule 2), before the filter on
+    which are bound after it."""
     parts = loop.body + loop.orelse + ([loop.test] if isinstance(loop, ast.While) else [])
-    iteration_targets = set(_target_names(loop.target)) if isinstance(loop, ast.For) else set()
-    labels, rebound = [], set()
+    labels = _target_names(loop.target) if isinstance(loop, ast.For) else []
+    rebound = set(labels)
     for node in _scope_nodes(parts):
         if isinstance(node, ast.For):
-            iteration_targets.update(_target_names(node.target))
+            labels += _target_names(node.target)
+            rebound.update(_target_names(node.target))
         elif isinstance(node, ast.NamedExpr):
             labels.append(node.target.id)
             rebound.add(node.target.id)
@@ -401,8 +491,7 @@ def _loop_changes(loop: ast.For | ast.While) -> list[str]:
                     labels.append(_printed_base(target))
                 else:
                     labels += _stored_labels(target)
-    labels = [label for label in labels if label and _root(label) not in iteration_targets]
-    return _dedupe(_without_rebound_chains(labels, rebound))
+    return _dedupe(_without_rebound_chains([label for label in labels if label], rebound))
 
 
 def _stored_labels(target: ast.AST) -> list[str]:
@@ -464,7 +553,93 @@ def _bound_after(stmt: ast.stmt, before: set[str], has_walrus: bool) -> set[str]
         # a context manager may swallow an exception mid-body, so only the `as` names are sure
         as_names = {n for item in stmt.items if item.optional_vars for n in _target_names(item.optional_vars)}
         return (before | as_names) - _may_unbind(stmt.body)
-    return before - _may_unbind([stmt])   # loops, match, and statements that bind nothing
+    if isinstance(stmt, (ast.For, ast.While)):
+        return _loop_bound_after(stmt, before, has_walrus)
+    return before - _may_unbind([stmt])   # match, and statements that bind nothing
+
+
+def _meet(a: set[str] | None, b: set[str] | None) -> set[str] | None:
+    """What two sets of paths have bound on all of them; None stands for no path at all."""
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
+def _flow(stmts: list[ast.stmt], before: set[str], has_walrus: bool):
+    """(names bound on every path that falls through `stmts`, on every path to a `break`, on every path to a
+    `continue` of the loop whose body holds `stmts`), each None where there is no such path."""
+    state, breaks, continues = set(before), None, None
+    for stmt in stmts:
+        if isinstance(stmt, ast.Break):
+            return None, _meet(breaks, state), continues
+        if isinstance(stmt, ast.Continue):
+            return None, breaks, _meet(continues, state)
+        if isinstance(stmt, (ast.Return, ast.Raise)):
+            return None, breaks, continues
+        fall, stmt_breaks, stmt_continues = _stmt_flow(stmt, state, has_walrus)
+        breaks, continues = _meet(breaks, stmt_breaks), _meet(continues, stmt_continues)
+        if fall is None:
+            return None, breaks, continues
+        state = fall
+    return state, breaks, continues
+
+
+def _stmt_flow(stmt: ast.stmt, before: set[str], has_walrus: bool):
+    """_flow of one statement other than break/continue/return/raise."""
+    if isinstance(stmt, ast.If):
+        body, orelse = _flow(stmt.body, before, has_walrus), _flow(stmt.orelse, before, has_walrus)
+        return tuple(_meet(a, b) for a, b in zip(body, orelse))
+    if isinstance(stmt, ast.With):
+        as_names = {n for item in stmt.items if item.optional_vars for n in _target_names(item.optional_vars)}
+        _, breaks, continues = _flow(stmt.body, before | as_names, has_walrus)
+        return _bound_after(stmt, before, has_walrus), breaks, continues
+    if isinstance(stmt, ast.Match):
+        flows = [_flow(case.body, before, has_walrus) for case in stmt.cases]
+        breaks = continues = None
+        for _, case_breaks, case_continues in flows:
+            breaks, continues = _meet(breaks, case_breaks), _meet(continues, case_continues)
+        return _bound_after(stmt, before, has_walrus), breaks, continues
+    if isinstance(stmt, (ast.Try, ast.TryStar, ast.For, ast.While)):
+        # jumps out of a try (its finally runs on the way), or out of a nested loop's else: what surely survives
+        at_jump = before - _may_unbind([stmt])
+        jumps = [stmt.orelse] if isinstance(stmt, (ast.For, ast.While)) else _child_blocks(stmt)
+        breaks = at_jump if any(_jumps_out(block, ast.Break) for block in jumps) else None
+        continues = at_jump if any(_jumps_out(block, ast.Continue) for block in jumps) else None
+        return _bound_after(stmt, before, has_walrus), breaks, continues
+    return _bound_after(stmt, before, has_walrus), None, None
+
+
+def _nonempty(iterable: ast.expr) -> bool:
+    """Whether iterating over this expression surely yields at least once (a display the language builds)."""
+    if isinstance(iterable, ast.Constant):
+        return isinstance(iterable.value, (str, bytes)) and len(iterable.value) > 0
+    if isinstance(iterable, (ast.List, ast.Tuple, ast.Set)):
+        return any(not isinstance(elt, ast.Starred) for elt in iterable.elts)
+    if isinstance(iterable, ast.Dict):
+        return any(key is not None for key in iterable.keys)   # `**d` has key None
+    if isinstance(iterable, ast.JoinedStr):
+        return any(isinstance(part, ast.Constant) and part.value for part in iterable.values)
+    return False
+
+
+def _loop_bound_after(loop: ast.For | ast.While, before: set[str], has_walrus: bool) -> set[str]:
+    """Names bound on every path that leaves the loop normally (rule 2's ways out)."""
+    unbindable = _may_unbind([loop])
+    if isinstance(loop, ast.For):
+        sure = set(_sure_walrus_names(loop.iter)) if has_walrus else set()
+        entry = (before | sure | set(_target_names(loop.target))) - unbindable   # at the start of every iteration
+        _, breaks, _ = body = _flow(loop.body, entry, has_walrus)
+        ended = _meet(body[0], body[2])   # at the end of an iteration that goes on to the next one
+        exhausted = ended if _nonempty(loop.iter) else _meet((before | sure) - unbindable, ended)
+    else:
+        sure = set(_sure_walrus_names(loop.test)) if has_walrus else set()
+        entry = (before | sure) - unbindable   # after each evaluation of the test
+        _, breaks, _ = _flow(loop.body, entry, has_walrus)
+        forever = isinstance(loop.test, ast.Constant) and bool(loop.test.value)
+        exhausted = None if forever else entry
+    after_else = None if exhausted is None else _flow(loop.orelse, exhausted, has_walrus)[0]
+    after = _meet(after_else, breaks)
+    return (before - unbindable) if after is None else after - unbindable   # None: nothing runs after it
 
 
 def _parameters(args: ast.arguments) -> set[str]:
@@ -497,16 +672,19 @@ def _stmt_terminates(stmt: ast.stmt) -> bool:
 
 def _breaks_out(body: list[ast.stmt]) -> bool:
     """Whether a `break` in `body` leaves the loop that owns `body` (not a nested loop)."""
+    return _jumps_out(body, ast.Break)
+
+
+def _jumps_out(body: list[ast.stmt], jump: type) -> bool:
+    """Whether a `jump` (Break or Continue) in `body` targets the loop that owns `body` (not a nested loop)."""
     for stmt in body:
-        if isinstance(stmt, ast.Break):
+        if isinstance(stmt, jump):
             return True
         if isinstance(stmt, (ast.For, ast.While)):
-            if _breaks_out(stmt.orelse):
+            if _jumps_out(stmt.orelse, jump):
                 return True
         elif not isinstance(stmt, _SCOPES):
-            blocks = [getattr(stmt, f, []) for f in ("body", "orelse", "finalbody")]
-            blocks += [h.body for h in getattr(stmt, "handlers", [])] + [c.body for c in getattr(stmt, "cases", [])]
-            if any(_breaks_out(block) for block in blocks):
+            if any(_jumps_out(block, jump) for block in _child_blocks(stmt)):
                 return True
     return False
 
@@ -524,11 +702,17 @@ class _Plan(NamedTuple):
 class _FunctionInstrumenter:
     """Rewrites one non-generator function in place, recording each anchor statement it adds in `planned`."""
 
-    def __init__(self, qualname: str, anchor_fn: str, return_name: str, has_walrus: bool, planned: dict):
-        self.qualname, self.anchor_fn, self.return_name = qualname, anchor_fn, return_name
-        self.has_walrus, self.planned = has_walrus, planned
+    def __init__(self, qualname: str, anchor_fn: str, return_name: str, planned: dict, *, has_walrus: bool,
+                 has_declarations: bool, has_updates: bool):
+        self.qualname, self.anchor_fn, self.return_name, self.planned = qualname, anchor_fn, return_name, planned
+        # what the program's text can hold: `:=`; `global`/`nonlocal`; a mutating method's name or `del`
+        self.has_walrus, self.has_declarations, self.has_updates = has_walrus, has_declarations, has_updates
+        self.fn: ast.FunctionDef | None = None
+        self.declared: set[str] | None = None     # names declared global/nonlocal in the function, nested ones too
+        self.bindings: set[str] | None = None     # names the function's own scope binds (walked on first need)
 
     def run(self, fn: ast.FunctionDef) -> None:
+        self.fn = fn
         fn.body = self._block(fn.body, _parameters(fn.args), in_loop=False)
         if not _terminates(fn.body):
             fn.body.append(self._anchor(RETURN_LABEL, ast.Constant(None), "None", "return"))
@@ -545,15 +729,18 @@ class _FunctionInstrumenter:
         out = []
         for stmt in stmts:
             if isinstance(stmt, ast.Return):
-                out += self._return(stmt)
+                out += self._return(stmt, bound, in_loop)
                 continue
             # analyse before rewriting nested blocks, so the inserted `return_val = ...` never counts as a binding
-            labels = [] if in_loop else [(label, "assign") for label in _statement_labels(stmt, self.has_walrus)]
-            if not in_loop and isinstance(stmt, (ast.For, ast.While)) and not _stmt_terminates(stmt):
-                unbindable = _may_unbind([stmt])
-                labels += [(label, "loop_exit") for label in _loop_changes(stmt)
-                           if _root(label) in bound and _root(label) not in unbindable]
             after = bound if in_loop else _bound_after(stmt, bound, self.has_walrus)   # read outside loops only
+            labels = [] if in_loop else _statement_labels(stmt, self.has_walrus, self._updates(stmt, bound))
+            if not in_loop and isinstance(stmt, (ast.For, ast.While)) and not _stmt_terminates(stmt):
+                # a plain name: bound after the loop; a chain: its root bound before it and not unbindable in it;
+                # neither declared global/nonlocal (code the loop calls could delete it)
+                sure_roots = bound - _may_unbind([stmt])
+                labels += [(label, "loop_exit") for label in _loop_changes(stmt)
+                           if (label in after if "." not in label else _root(label) in sure_roots)
+                           and _root(label) not in self._declared()]
             self._nested_blocks(stmt, bound, in_loop)
             out.append(stmt)
             out += [self._label_anchor(label, kind) for label, kind in labels]
@@ -582,11 +769,43 @@ class _FunctionInstrumenter:
             for case in stmt.cases:
                 case.body = self._block(case.body, bound, in_loop)
 
-    def _return(self, stmt: ast.Return) -> list[ast.stmt]:
+    def _updates(self, stmt: ast.stmt, bound: set[str]) -> list[str]:
+        """Names rule 1's updates anchor after `stmt`: locals surely bound once it completes."""
+        if not self.has_updates:
+            return []
+        return _dedupe(name for name, sure in _updated_names(stmt)
+                       if (sure or name in bound) and self._is_local(name, bound))
+
+    def _is_local(self, name: str, bound: set[str]) -> bool:
+        """Whether `name` is a local of the function that nothing but its own statements can unbind: bound in its
+        own scope (or a parameter: `bound` starts with them) and declared global/nonlocal nowhere in it."""
+        if name in self._declared():
+            return False
+        if name in bound:   # bound by the function's own statements, or a parameter
+            return True
+        if self.bindings is None:
+            self.bindings = _parameters(self.fn.args) | {
+                bound_name for node in _scope_nodes(self.fn.body)
+                if not isinstance(node, (ast.Global, ast.Nonlocal)) for bound_name in _names_bound_by(node)}
+        return name in self.bindings
+
+    def _declared(self) -> set[str]:
+        """Names declared global or nonlocal anywhere in the function, nested functions included: code elsewhere (a
+        function the statement calls) can delete such a name, or a nested function's nonlocal one."""
+        if self.declared is None:
+            self.declared = set()
+            if self.has_declarations:
+                self.declared = {name for stmt in _statements(self.fn.body)
+                                 if isinstance(stmt, (ast.Global, ast.Nonlocal)) for name in stmt.names}
+        return self.declared
+
+    def _return(self, stmt: ast.Return, bound: set[str], in_loop: bool) -> list[ast.stmt]:
         if stmt.value is None:
             return [self._anchor(RETURN_LABEL, ast.Constant(None), "None", "return"), stmt]
+        updates = [] if in_loop else [self._label_anchor(name, "update") for name in self._updates(stmt, bound)]
         bind = ast.Assign([ast.Name(self.return_name, ast.Store())], stmt.value, lineno=stmt.lineno)  # unparse reads it
-        return [bind, self._anchor(RETURN_LABEL, ast.Name(self.return_name, ast.Load()), self.return_name, "return"),
+        return [bind, *updates,
+                self._anchor(RETURN_LABEL, ast.Name(self.return_name, ast.Load()), self.return_name, "return"),
                 ast.Return(ast.Name(self.return_name, ast.Load()))]
 
 

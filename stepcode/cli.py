@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from stepcode.commands import reason as reason_command
 from stepcode.commands.common import (
     ParamsOpt,
     StepcodeGroup,
@@ -157,6 +158,7 @@ def _register_areas() -> None:
 
 
 _register_areas()
+reason_command.register(app)   # `stepcode reason`: teacher reasoning paths (issue 14)
 
 if __name__ == "__main__":
     app()

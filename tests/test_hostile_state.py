@@ -85,14 +85,18 @@ def test_sysv_ipc_message_queues_and_keyrings_are_refused(sandbox):
                        "key_errno": 1, "request_key": -1}
     assert value(run(sandbox, IPC_PROBE)) == {"shm": -1, "msg": -1, "sem": -1, "mq": -1, "keys": []}
     # Nothing of it on the host either (the server has its own IPC namespace besides).
-    host = subprocess.run(["ipcs"], capture_output=True, text=True).stdout
-    assert "5ec0de" not in host.lower()
+    if shutil.which("ipcs"):
+        host = subprocess.run(["ipcs"], capture_output=True, text=True).stdout
+        assert "5ec0de" not in host.lower()
     assert not Path("/dev/mqueue/stepcode-leak").exists()
 
 
 # --- 3: metadata of files outside the work dir ----------------------------------------------------------------------
 
 def test_metadata_of_files_outside_the_work_dir_cannot_change(sandbox, tmp_path):
+    # Read-only mounts (kernel >= 5.12) leave the program its own files' times; the fallback, seccomp, refuses
+    # time changes everywhere (stepcode doctor lists it as a gap).
+    own_times = sandbox.isolation["read_only_mounts"]
     shared = Path(tempfile.mkdtemp(prefix="stepcode-meta-", dir="/tmp"))
     try:
         shared.chmod(0o777)
@@ -113,10 +117,13 @@ def f(x):
         except OSError:
             pass
     open('mine', 'w').write('x')
-    os.utime('mine', (0, 0))            # its own work dir is its own
-    return done, os.stat('mine').st_mtime
+    try:
+        os.utime('mine', (0, 0))        # its own work dir is its own
+    except OSError:
+        pass
+    return done, os.stat('mine').st_mtime == 0
 """
-        assert value(run(sandbox, code)) == ([], 0.0)
+        assert value(run(sandbox, code)) == ([], own_times)
         after = canary.stat()
         assert (after.st_mtime_ns, after.st_atime_ns, after.st_ctime_ns) == \
             (before.st_mtime_ns, before.st_atime_ns, before.st_ctime_ns)
@@ -179,6 +186,8 @@ def test_no_namespace_through_clone_or_clone3(sandbox):
 # --- 5: other processes' command lines --------------------------------------------------------------------------------
 
 def test_other_processes_are_hidden(sandbox):
+    if not sandbox.isolation["private_proc"]:
+        pytest.skip("no private procfs here (kernel < 5.8?): stepcode doctor lists the gap")
     secret = "postgresql://user:pw@db/stepcode-secret"
     holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", secret], stdin=subprocess.PIPE)
     try:
@@ -330,7 +339,13 @@ def f(x):
 
 COUNT = """import os
 def f(x):
-    return sum(1 for p in os.listdir('/proc') if p.isdigit())
+    mine = 0
+    for p in os.listdir('/proc'):
+        try:
+            mine += p.isdigit() and os.stat('/proc/' + p).st_uid == os.getuid()
+        except OSError:
+            pass
+    return mine
 """
 
 

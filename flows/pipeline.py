@@ -168,14 +168,15 @@ def grpo(model_in: str, data_in: str, out: str, profile: str, mode: str, params_
 
 
 @task(name="evaluate", **CACHED)
-def evaluate(model_in: str, heldout_in: str, out: str, params_json: str) -> dict:
+def evaluate(model_in: str, baseline_in: str, heldout_in: str, out: str, profile: str, params_json: str) -> dict:
     from stepcode.pipeline import stages
     params = _params(params_json)
     p = params.pipeline
     params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
         update={"greedy": p.eval_greedy or params.evaluate.greedy, "max_new_tokens": p.eval_max_new_tokens})})
     metrics = stages.evaluate(params, model_in, out, heldout=heldout_in, benchmarks=p.eval_benchmarks,
-                              prompt=p.eval_prompt, limit=p.eval_limit, heldout_limit=p.heldout_limit)
+                              prompt=p.eval_prompt, limit=p.eval_limit, heldout_limit=p.heldout_limit,
+                              baseline=baseline_in, sources=params.train.get(profile).sources)
     return {"metrics": metrics, "outputs": {f"{out}/metrics.json": dvc_md5(f"{out}/metrics.json")}}
 
 
@@ -241,6 +242,7 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
 
     from stepcode.data.traces import write_summary
     from stepcode.dvcdata import record_outputs
+    from stepcode.pipeline.learning import learning_summary, log_learning
     from stepcode.pipeline.preflight import check_pipeline, local_base_model
     from stepcode.tracking.lineage import parent_run
 
@@ -326,11 +328,15 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         termination.checkpoint()
         if stop_after == "grpo":
             return outcome
-        metrics = _run_cached(evaluate, model_in=str(grpo_out), heldout_in=str(dataset / "heldout.jsonl"),
-                              out=str(root / "metrics" / f"eval-{profile}"), params_json=params_json)["metrics"]
+        metrics = _run_cached(evaluate, model_in=str(grpo_out), baseline_in=str(sft_out),
+                              heldout_in=str(dataset / "heldout.jsonl"), out=str(root / "metrics" / f"eval-{profile}"),
+                              profile=profile, params_json=params_json)["metrics"]
         versioned(root / "metrics" / f"eval-{profile}" / "metrics.json")
         termination.checkpoint()
         outcome["evaluate"] = metrics
+        outcome["learning"] = learning_summary(outcome["grpo"], metrics)
+        if mlflow:
+            log_learning(mlflow, outcome["learning"], outcome["sft"], outcome["grpo"], metrics)
         if mlflow:
             outcome["model"] = register(str(grpo_out), metrics, params_json)
             outcome["mlflow_run_id"] = mlflow.active_run().info.run_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -99,15 +99,19 @@ def trace(inp: Path = typer.Argument(..., help="program rows: a JSONL file (id, 
 def synth(n: Optional[int] = typer.Option(None, "-n", help="programs to emit (default: params synth.n)"),
           seed: Optional[int] = typer.Option(None, "--seed", help="synthesizer seed (default: params synth.seed)"),
           out: Path = typer.Option(..., "-o", "--out"),
+          kind: Literal["cruxeval", "basic", "logic"] = typer.Option(
+              "cruxeval", "--kind", help="cruxeval: CRUXEval-style programs (stepcode/data/synth.py); basic: short "
+                                         "straight-line ones (synth_basic.py); logic: basic steps and loops with a "
+                                         "verdict over them as the answer (synth_logic.py)"),
           params_path: Path = ParamsOpt):
-    """Synthesize CRUXEval-style programs offline, keeping only those that trace cleanly (ok status)."""
+    """Synthesize programs offline, keeping only those that trace cleanly (ok status)."""
     from stepcode.data.synth import synthesize_file
 
     params = _params(params_path, **{"synth.n": n, "synth.seed": seed})
     check_params_workers(params, params_path, len(params.trace.hash_seeds))
     check_output(out, "-o")
     with writing("-o", out):
-        report = synthesize_file(out, params)
+        report = synthesize_file(out, params, kind=kind)
     typer.echo(f"wrote {report['kept']} programs to {out} "
                f"({report['candidates']} candidates; rejected: {report['rejected']})")
     typer.echo("diversity: " + json.dumps(report["diversity"]))

@@ -152,6 +152,9 @@ class BuildParams(_Section):
         "template", description="the <reasoning> before each anchor in SFT targets: execution (derived from the "
                                 "sandboxed run, stepcode/data/reasoning.py), a template sentence naming the "
                                 "variable, or empty")
+    reasoning_by_source: dict[str, Literal["execution", "template", "none"]] = Field(
+        default_factory=dict, description="program source -> the reasoning style of its rows, overriding "
+                                          "`reasoning` (e.g. synth-logic: none, the tiny main job's corpus)")
     heldout_fraction: Float = Field(0.1, ge=0, le=1, description="share of programs (sha256 of the id before any "
                                                                  "'#') held out of sft/rl for evaluation")
     rl_fraction: Float = Field(0.5, ge=0, le=1, description="share of the programs not held out that go to rl.jsonl "
@@ -222,8 +225,13 @@ class TrainProfile(_Section):
     logging_steps: int = Field(1, ge=1, description="log metrics every this many optimizer steps")
     save_steps: int = Field(0, ge=0, description="checkpoint every this many steps; 0 = only the final model")
     report_to: list[str] = Field(["none"], description="transformers reporters: none, mlflow, tensorboard, ...")
+    sources: tuple[str, ...] | None = Field(
+        None, description="program sources (the rows' `source`: synth, synth-logic, humaneval, ...) this profile's "
+                          "tokenizer, SFT, GRPO and held-out evaluation use; null = every source")
     sft: SFTSettings = SFTSettings()
     grpo: GRPOSettings = GRPOSettings()
+
+    _list_is_a_tuple = field_validator("sources", mode="before")(_list_to_tuple)
 
 
 def _default_profiles() -> dict[str, TrainProfile]:
@@ -233,10 +241,10 @@ def _default_profiles() -> dict[str, TrainProfile]:
                               sft=SFTSettings(learning_rate=1e-3, max_steps=5, batch_size=4, max_length=512),
                               grpo=GRPOSettings(learning_rate=1e-3, max_steps=3, batch_size=8, num_generations=4,
                                                 max_completion_length=32)),
-        "tiny-cpu": TrainProfile(model="models/tiny", model_size="tiny",
-                                 sft=SFTSettings(learning_rate=2e-3, max_steps=200, batch_size=8, max_length=768),
-                                 grpo=GRPOSettings(learning_rate=2e-4, max_steps=16, batch_size=8, num_generations=4,
-                                                   max_completion_length=512, beta=0.001)),
+        "tiny-cpu": TrainProfile(model=None, model_size="mini", sources=("synth-logic",),
+                                 sft=SFTSettings(learning_rate=3e-3, max_steps=500, batch_size=16, max_length=512),
+                                 grpo=GRPOSettings(learning_rate=1e-4, max_steps=150, batch_size=16, num_generations=4,
+                                                   max_completion_length=160, beta=0.001)),
         "qwen7b-gpu": TrainProfile(model="models/Qwen2.5-Coder-7B-Instruct", model_size=None, use_cpu=False,
                                    bf16=True, torch_threads=0, gradient_checkpointing=True, save_steps=500,
                                    report_to=["mlflow"],
@@ -309,15 +317,19 @@ class StudyVariant(_Section):
     seeds: int = Field(3, ge=1, description="GRPO seeds per arm (data order and rollout sampling)")
     budget_minutes: Float = Field(60.0, gt=0, description="planned wall time; caps GRPO steps through the cost "
                                                          "model below, never by the clock, so arms stay equal")
-    corpus: Literal["dataset", "basic"] = Field(
-        "dataset", description="dataset: the built dataset (study.data_dir); basic: the variant's own corpus of "
-                               "short straight-line programs (stepcode/data/synth_basic.py), traced and built "
-                               "on the fly")
-    corpus_programs: int = Field(12000, ge=10, description="basic corpus: programs synthesized (before the split)")
-    corpus_seed: int = Field(0, description="basic corpus: synthesizer seed")
+    corpus: Literal["dataset", "basic", "logic"] = Field(
+        "dataset", description="dataset: the built dataset (study.data_dir); basic / logic: the variant's own corpus "
+                               "(stepcode/data/synth_basic.py: short straight-line programs returning their last "
+                               "step; synth_logic.py: the same steps, loops, and a verdict over them as the answer), "
+                               "traced and built on the fly")
+    corpus_programs: int = Field(12000, ge=10, description="basic / logic corpus: programs synthesized (before "
+                                                           "the split)")
+    corpus_seed: int = Field(0, description="basic / logic corpus: synthesizer seed")
     reasoning: Literal["execution", "template", "none"] = Field(
-        "template", description="basic corpus: the SFT <reasoning> before each anchor (build.reasoning's values)")
-    tasks: tuple[str, ...] = Field(("output",), description="example tasks kept (output, input)")
+        "template", description="basic / logic corpus: the SFT <reasoning> before each anchor (build.reasoning's "
+                                "values)")
+    tasks: tuple[str, ...] = Field(("output", "input"), description="example tasks kept (output, input); the "
+                                   "report has a table per task")
     sources: tuple[str, ...] = Field(("synth",), description="program sources kept (synth, synth-basic, humaneval)")
     max_anchors: int = Field(6, ge=1, description="keep programs with at most this many gold anchor lines")
     max_prompt_chars: int = Field(700, ge=1, description="keep programs whose user prompt is at most this long")
@@ -327,10 +339,30 @@ class StudyVariant(_Section):
     workers: int = Field(2, ge=1, description="arms trained in parallel processes (one torch thread each)")
     sft_step_s: Float = Field(2.2, gt=0, description="cost model: seconds per SFT step (measured on 2 cores)")
     grpo_step_s: Float = Field(8.0, gt=0, description="cost model: seconds per GRPO step of one arm")
-    eval_row_s: Float = Field(1.0, gt=0, description="cost model: seconds per greedily evaluated row")
+    eval_row_s: Float = Field(1.0, gt=0, description="cost model: seconds per evaluated completion (a greedy row, "
+                                                     "or one of a row's sampled completions)")
+    validation_programs: int = Field(0, ge=0, description="RL programs (both tasks of each) carved out as the "
+                                     "validation split that picks each arm's GRPO learning rate (sha256 of the "
+                                     "program id); the held-out split is never used for a choice; 0 = none (then "
+                                     "lr_sweep must be empty)")
+    validation_limit: int = Field(200, ge=1, description="validation rows evaluated (greedy) after each sweep run")
+    lr_sweep: tuple[Float, ...] = Field((), description="GRPO learning rates tried per arm (seed 0, sweep_steps "
+                                        "steps, validation step accuracy); empty: no sweep, every arm uses the "
+                                        "profile's grpo.learning_rate")
+    sweep_steps: int = Field(40, ge=1, description="GRPO steps of each sweep run")
+    samples: int = Field(0, ge=0, description="held-out completions per row sampled at the rollout temperature "
+                                              "(pass@k, sampled accuracies); 0 = greedy only")
 
+    _list_is_a_tuple = field_validator("tasks", "sources", "lr_sweep", mode="before")(_list_to_tuple)
 
-    _list_is_a_tuple = field_validator("tasks", "sources", mode="before")(_list_to_tuple)
+    @field_validator("lr_sweep")
+    @classmethod
+    def _sweepable(cls, v, info):
+        if any(lr <= 0 for lr in v):
+            raise ValueError("learning rates must be > 0")
+        if v and info.data.get("validation_programs", 1) < 1:
+            raise ValueError("lr_sweep needs validation_programs >= 1 (the sweep is judged on the validation split)")
+        return v
 
 
 class StudyParams(_Section):
@@ -343,7 +375,8 @@ class StudyParams(_Section):
         default_factory=lambda: {"full": StudyVariant(), "micro": StudyVariant(
             profile="micro", seeds=2, budget_minutes=5.0, max_anchors=10, max_prompt_chars=100000,
             heldout_limit=3, cruxeval_limit=2, max_new_tokens=32, sft_step_s=0.5, grpo_step_s=2.0,
-            eval_row_s=0.5)},
+            eval_row_s=0.5, validation_programs=3, validation_limit=4, lr_sweep=(1e-3, 3e-3), sweep_steps=1,
+            samples=2)},
         description="full (the committed report) and micro (CI: a few minutes)")
 
 

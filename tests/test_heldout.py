@@ -9,7 +9,7 @@ from stepcode.config import load_params
 from stepcode.evals.heldout import summarize
 from stepcode.training.rewards import Score
 
-FIELDS = ("rows", "final_acc", "step_acc", "gap", "completion_tokens")
+FIELDS = ("rows", "final_acc", "step_acc", "gap", "wrong_logic", "completion_tokens")
 
 # Tasks interleaved, so a group that indexes scores by its own position (not the row's) gets other rows' scores.
 ROWS = [{"id": "o1", "task": "output"}, {"id": "i1", "task": "input"}, {"id": "o2", "task": "output"},
@@ -33,6 +33,8 @@ def test_summarize_by_hand_on_both_tasks():
     expected = {
         "heldout.rows": 5.0, "heldout.final_acc": 3 / 5, "heldout.step_acc": 7 / 13,
         "heldout.gap": 3 / 5 - 7 / 13, "heldout.completion_tokens": 72 / 5,
+        # right answer, wrong logic: only o1 (right answer, its third anchor wrong); i2 and o3 have every step right
+        "heldout.wrong_logic": 1 / 5, "heldout.output.wrong_logic": 1 / 3, "heldout.input.wrong_logic": 0.0,
         "heldout.output.rows": 3.0, "heldout.output.final_acc": 2 / 3, "heldout.output.step_acc": 3 / 8,
         "heldout.output.gap": 2 / 3 - 3 / 8, "heldout.output.completion_tokens": 20.0,
         "heldout.input.rows": 2.0, "heldout.input.final_acc": 1 / 2, "heldout.input.step_acc": 4 / 5,
@@ -59,7 +61,7 @@ def test_a_task_without_rows_has_no_keys_and_leaves_the_overall_numbers_to_the_o
     overall = {f: metrics[f"cand.{f}"] for f in FIELDS}
     assert overall == {f: metrics[f"cand.output.{f}"] for f in FIELDS}
     assert overall == pytest.approx({"rows": 3.0, "final_acc": 2 / 3, "step_acc": 3 / 8, "gap": 2 / 3 - 3 / 8,
-                                     "completion_tokens": 20.0}, abs=1e-12)
+                                     "wrong_logic": 1 / 3, "completion_tokens": 20.0}, abs=1e-12)
 
     only_input = [i for i, r in enumerate(ROWS) if r["task"] == "input"]
     metrics = summarize([ROWS[i] for i in only_input], [SCORES[i] for i in only_input],
@@ -77,4 +79,33 @@ def test_no_rows_and_no_anchors_give_zeros_not_errors():
                                      **{f"heldout{g}.final_acc": 0.5 for g in ("", ".output")},
                                      **{f"heldout{g}.step_acc": 0.0 for g in ("", ".output")},
                                      **{f"heldout{g}.gap": 0.5 for g in ("", ".output")},
+                                     **{f"heldout{g}.wrong_logic": 0.0 for g in ("", ".output")},
                                      **{f"heldout{g}.completion_tokens": 3.5 for g in ("", ".output")}})
+
+
+def test_sampled_metrics_by_hand():
+    from stepcode.evals.heldout import summarize_sampled
+
+    rows = [{"id": "o1", "task": "output"}, {"id": "i1", "task": "input"}]
+    samples = [
+        # o1, 3 samples: right with a wrong step, right and clean, wrong
+        [Score(steps=(1.0, 0.0), final=1.0), Score(steps=(1.0, 1.0), final=1.0), Score(steps=(0.0, 0.0), final=0.0)],
+        # i1, 3 samples: never right (its trace is one anchor in two samples, none in the third: an input committed
+        # to nothing has no reference)
+        [Score(steps=(1.0,), final=0.0), Score(steps=(0.0,), final=0.0), Score(steps=(), final=0.0)],
+    ]
+    m = summarize_sampled(rows, samples)
+    assert m == pytest.approx({
+        "heldout.sampled.k": 3.0, "heldout.sampled.pass_at_k": 1 / 2,      # o1 has a right sample, i1 none
+        "heldout.sampled.final_acc": 2 / 6, "heldout.sampled.step_acc": 4 / 8,
+        "heldout.sampled.gap": 2 / 6 - 4 / 8, "heldout.sampled.wrong_logic": 1 / 6,
+        "heldout.output.sampled.k": 3.0, "heldout.output.sampled.pass_at_k": 1.0,
+        "heldout.output.sampled.final_acc": 2 / 3, "heldout.output.sampled.step_acc": 3 / 6,
+        "heldout.output.sampled.gap": 2 / 3 - 3 / 6, "heldout.output.sampled.wrong_logic": 1 / 3,
+        "heldout.input.sampled.k": 3.0, "heldout.input.sampled.pass_at_k": 0.0,
+        "heldout.input.sampled.final_acc": 0.0, "heldout.input.sampled.step_acc": 1 / 2,
+        "heldout.input.sampled.gap": -1 / 2, "heldout.input.sampled.wrong_logic": 0.0}, abs=1e-12)
+    with pytest.raises(ValueError, match="same number"):
+        summarize_sampled(rows, [samples[0], samples[1][:2]])
+    with pytest.raises(ValueError, match="2 rows but samples for 1"):
+        summarize_sampled(rows, samples[:1])

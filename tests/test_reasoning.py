@@ -255,3 +255,25 @@ def test_build_with_execution_reasoning(tmp_path):
         "<reasoning>return_val = y = 2.</reasoning>\n<print>return_val: 2</print>\n"
         "<reasoning>So the function returns this value.</reasoning>\n<answer>2</answer>")
     assert "<reasoning>y = x + 1 = 1 + 1 = 2.</reasoning>" in sft[1]["completion"][0]["content"]   # input task
+
+
+def test_reasoning_by_source_overrides_the_style_of_that_source_only(tmp_path):
+    from stepcode.data.dataset import build_dataset
+
+    code = "def f(x):\n    y = x + 1\n    return y"
+    shown = "def f(x):\n    y = x + 1\n    print(f'y: {y}')\n    return_val = y\n    print(f'return_val: {return_val}')\n" \
+            "    return return_val"
+    rows = [{"id": pid, "code": code, "input": "1", "entry_point": "f", "source": source, "instrumented_code": shown,
+             "trace": ["y: 2", "return_val: 2"], "output": "2", "status": "ok", "reason": None}
+            for pid, source in (("p1", "hand"), ("p2", "synth-logic"))]
+    write_jsonl(tmp_path / "traces.jsonl", rows)
+    params = parse_params({"build": {"reasoning": "execution", "reasoning_by_source": {"synth-logic": "none"},
+                                     "heldout_fraction": 0.0, "input_task": False}})
+    stats = build_dataset(tmp_path / "traces.jsonl", tmp_path / "out", params, benchmarks={})
+    assert stats["reasoning"]["rows"] == 1            # only the narrated source's row ran for a reasoning path
+    sft = {r["id"]: r["completion"][0]["content"]
+           for r in map(json.loads, (tmp_path / "out/sft.jsonl").read_text().splitlines())}
+    assert sft["p1"].startswith("<reasoning>y = x + 1 = 1 + 1 = 2.</reasoning>")
+    assert sft["p2"].startswith("<reasoning></reasoning>\n<print>y: 2</print>")
+    with pytest.raises(ValueError, match="reasoning_by_source"):
+        parse_params({"build": {"reasoning_by_source": {"synth-logic": "poetry"}}})

@@ -20,6 +20,7 @@ from stepcode.commands.common import (
     ParamsOpt,
     check_output,
     check_params_workers,
+    check_profile,
     fail,
     load_json,
     load_params,
@@ -109,6 +110,11 @@ def register(app: typer.Typer) -> None:
                                                         "(in-distribution, greedy): final/step accuracy, gap"),
                  heldout_limit: Optional[int] = typer.Option(None, "--heldout-limit", min=1,
                                                              help="first N held-out rows"),
+                 baseline: Optional[Path] = typer.Option(None, "--baseline", help="also this model (e.g. the "
+                                                         "SFT checkpoint) on the same held-out rows, same decoding: "
+                                                         "baseline.heldout.* metrics"),
+                 profile: Optional[str] = typer.Option(None, "--profile", help="held-out rows of this training "
+                                                       "profile's sources only (train.profiles.NAME.sources)"),
                  greedy: bool = typer.Option(False, "--greedy", help="greedy decoding (paper-style, labelled)"),
                  max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                               help="generation cap (default: evaluate.max_new_tokens)"),
@@ -132,6 +138,11 @@ def register(app: typer.Typer) -> None:
         require_exists(model, "--model")   # config.json: checked by the stage, after the benchmark files
         if heldout is not None:
             require_file(heldout, "--heldout", "write it with `stepcode build`")
+        elif baseline is not None:
+            fail("--baseline compares on the held-out rows: give --heldout too")
+        if baseline is not None:
+            require_exists(baseline, "--baseline")
+        sources = check_profile(profile, params_path).train.get(profile).sources if profile else None
         check_output(out, "-o", directory=True)
         chosen = {k: v for k, v in {"greedy": greedy or None, "max_new_tokens": max_new_tokens}.items() if v}
         if chosen:
@@ -139,7 +150,8 @@ def register(app: typer.Typer) -> None:
         try:
             with writing("-o", out):
                 metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=chosen_names,
-                                          prompt=prompt, limit=limit, heldout_limit=heldout_limit)
+                                          prompt=prompt, limit=limit, heldout_limit=heldout_limit,
+                                          baseline=baseline, sources=sources)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
         if register_as:

@@ -60,6 +60,10 @@ def summarize_outcome(outcome: dict) -> str:
         keys = [k for k in m if k.endswith(("final_acc", "step_acc", "pass_at_1", "step_accuracy"))
                 and k.count(".") <= 1]
         lines.append("evaluate  " + ", ".join(f"{k}={m[k]:.3g}" for k in keys))
+    if "learning" in outcome:
+        from stepcode.pipeline.learning import learning_lines
+
+        lines += learning_lines(outcome["learning"], outcome.get("evaluate", {}).get("heldout.rows"))
     if outcome.get("dvc_recorded"):
         lines.append(f"dvc       recorded {', '.join(outcome['dvc_recorded'])} "
                      "(cache + dvc.lock; `dvc status` to check)")

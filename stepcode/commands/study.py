@@ -1,12 +1,14 @@
-"""Study commands: `stepcode study ablation` — the paper's ablation (SFT only, Terminal-, Step-, Bi-Level GRPO) at
-toy scale on CPU, in one command (stepcode/pipeline/study.py).
+"""Study commands: `stepcode study ablation` — the paper's ablation (SFT only, Terminal-, Step-, Bi-Level GRPO, each
+GRPO arm at the learning rate a validation sweep chose) at toy scale, in one command (stepcode/pipeline/study.py).
 
-    stepcode study ablation [--seeds 3] [--budget-minutes 60]      # full: reports/ablation/README.md + plots + MLflow
-    stepcode study ablation --micro                                 # a few minutes: keeps the command working (CI)
+    stepcode study ablation [--seeds 3] [--budget-minutes 150]     # full: reports/ablation/README.md + plots + MLflow
+    stepcode study ablation --micro                                 # = --variant micro: a few minutes (CI)
+    stepcode study ablation --variant gpu --device cuda             # any study.variants entry; cuda: bf16 on the GPU
     stepcode study report reports/ablation/results.json             # re-render README.md and plots from results
                                                                     # (and the lab notebook choices.yaml beside it)
 
-Exit codes: 0 done; 2 bad input (unknown variant, missing dataset, a budget that leaves no GRPO step).
+Exit codes: 0 done; 2 bad input (unknown variant, missing dataset, a budget that leaves no GRPO step, --device cuda
+without a GPU).
 """
 
 from __future__ import annotations
@@ -37,16 +39,30 @@ def register(app: typer.Typer) -> None:
                  budget_minutes: Optional[float] = typer.Option(
                      None, "--budget-minutes", help="planned wall time; caps GRPO steps through the cost model, "
                                                     "never by the clock (arms stay equal)"),
-                 micro: bool = typer.Option(False, "--micro", help="the micro variant: a few minutes, for CI"),
+                 variant: str = typer.Option("full", "--variant", help="a study variant: any key of "
+                                             "study.variants in params.yaml (full, micro, gpu, ...)"),
+                 micro: bool = typer.Option(False, "--micro", help="shortcut for --variant micro: a few minutes, "
+                                                                   "for CI"),
+                 device: Optional[str] = typer.Option(
+                     None, "--device", help="cpu or cuda (cuda: bf16 on the GPU, torch's default threads); default: "
+                                            "what the variant's training profile says (use_cpu)"),
                  out: Optional[Path] = typer.Option(None, "-o", "--out", help="report folder (default: "
                                                     "study.report_dir for the full study)"),
                  params_path: Path = ParamsOpt):
-        """One SFT warm start, then SFT only / Terminal-GRPO / Step-GRPO / Bi-Level GRPO with equal compute;
-        held-out and CRUXEval-O (StepCode format) evaluation; means with 95% intervals; report + MLflow runs."""
+        """One SFT warm start; a learning-rate sweep per GRPO arm on a validation split; then SFT only /
+        Terminal-GRPO / Step-GRPO / Bi-Level GRPO with equal steps over seeds; held-out (greedy and sampled) and
+        CRUXEval-O (StepCode format) evaluation; means with 95% intervals; the paper's claims; report + MLflow runs."""
         from stepcode.pipeline.study import default_report_dir, run_study
 
         params = load_params(params_path)
-        variant = "micro" if micro else "full"
+        if micro and variant not in ("full", "micro"):
+            fail(f"--micro is --variant micro; it cannot be combined with --variant {variant}")
+        variant = "micro" if micro else variant
+        if variant not in params.study.variants:
+            fail(f"unknown study variant {variant!r} (--variant): choose one of "
+                 f"{', '.join(sorted(params.study.variants))} (study.variants in {params_path})")
+        if device not in (None, "cpu", "cuda"):
+            fail(f"--device must be cpu or cuda, got {device!r}")
         check_params_workers(params, params_path)
         report_dir = out or default_report_dir(params, variant)
         check_output(report_dir, "-o" if out else "the report folder", directory=True)
@@ -54,7 +70,7 @@ def register(app: typer.Typer) -> None:
         try:
             with writing("-o" if out else "the report folder", report_dir):
                 results = run_study(params, variant, seeds=seeds, budget_minutes=budget_minutes, out_dir=out,
-                                    echo=typer.echo)
+                                    device=device, echo=typer.echo)
         except ValueError as e:  # checks of the study's settings (variant, budget, data) the library words itself
             fail(str(e))
         out_dir = out or default_report_dir(params, variant)

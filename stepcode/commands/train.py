@@ -42,7 +42,8 @@ def _model_path(model: Optional[Path], profile_name: Optional[str], params) -> P
         return model
     name = profile_name or params.train.profile
     if not params.train.get(name).model:
-        fail(f"no --model given and profile {name!r} names no model")
+        fail(f"no --model given and profile {name!r} names no model (give --model DIR, e.g. models/{name}/base, "
+             "which `stepcode train init-model` or the pipeline builds)")
     path = Path(params.train.get(name).model)
     require_model_dir(path, f"profile {name!r} model")
     return path

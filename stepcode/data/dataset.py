@@ -200,11 +200,15 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
                                            min_coverage=bp.decontam_min_coverage)
     rows_out["contaminated"] += decontam_report["dropped"]
 
+    def style(row: dict) -> str:
+        return bp.reasoning_by_source.get(row.get("source", ""), bp.reasoning)
+
     paths, reasoning_stats = {}, None
-    if bp.reasoning == "execution":   # every row's path in one sandboxed, batched pass
+    narrated = [row for row in clean if style(row) == "execution"]
+    if narrated:   # every such row's path in one sandboxed, batched pass
         from stepcode.data.reasoning import execution_paths
 
-        paths, reasoning_stats = execution_paths(clean, params)
+        paths, reasoning_stats = execution_paths(narrated, params)
 
     sft, rl, heldout = [], [], []
     examples_out: Counter = Counter()
@@ -217,7 +221,7 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
         made = 0
         for task in tasks:
             try:
-                sft_row, rl_row = task_examples(row, task, bp.reasoning, paths.get(row["id"]))
+                sft_row, rl_row = task_examples(row, task, style(row), paths.get(row["id"]))
             except ValueError as e:
                 examples_out[_refusal_kind(task, row, e)] += 1
                 continue

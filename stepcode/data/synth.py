@@ -710,7 +710,23 @@ def synth_candidates(seed: int) -> Iterator[dict]:
     return numbered_candidates("synth", seed, _one_program, "synth")
 
 
-def synthesize(n: int, seed: int, params, *, progress: bool = False) -> tuple[list[dict], dict]:
+# `stepcode synth --kind`: the synthesizers, by name -> (module, generator of endless candidate rows).
+KINDS = {"cruxeval": ("stepcode.data.synth", "synth_candidates"),       # CRUXEval-style programs (this module)
+         "basic": ("stepcode.data.synth_basic", "basic_candidates"),    # short straight-line programs
+         "logic": ("stepcode.data.synth_logic", "logic_candidates")}    # basic steps + loops, a verdict as the answer
+
+
+def candidates_of(kind: str, seed: int) -> Iterator[dict]:
+    """Endless candidate rows of the synthesizer `kind` (KINDS) for `seed`."""
+    import importlib
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown synthesizer {kind!r}; one of {', '.join(KINDS)}")
+    module, generator = KINDS[kind]
+    return getattr(importlib.import_module(module), generator)(seed)
+
+
+def synthesize(n: int, seed: int, params, *, progress: bool = False, kind: str = "cruxeval") -> tuple[list[dict], dict]:
     """The first `n` candidates of `seed` that pass the static filter *and* trace cleanly in the sandbox (status
     ok: fast, deterministic across hash seeds, no memory addresses, 1..max_lines anchor lines) — CRUXEval's filter,
     applied by running. Returns the program rows and a report (candidates tried, rejections by reason, diversity)."""
@@ -723,7 +739,7 @@ def synthesize(n: int, seed: int, params, *, progress: bool = False) -> tuple[li
     kept: list[dict] = []
     rejected: Counter = Counter()
     tried = 0
-    candidates = synth_candidates(seed)
+    candidates = candidates_of(kind, seed)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -752,10 +768,11 @@ def synthesize(n: int, seed: int, params, *, progress: bool = False) -> tuple[li
                   "diversity": diversity(kept)}
 
 
-def synthesize_file(out_path, params, *, progress: bool = True) -> dict:
-    """The `synth` stage: n programs (params.synth) to a JSONL file, atomically. Returns the report."""
+def synthesize_file(out_path, params, *, progress: bool = True, kind: str = "cruxeval") -> dict:
+    """The `synth` stage: n programs (params.synth) of a synthesizer (KINDS) to a JSONL file, atomically. Returns
+    the report."""
     from stepcode.jsonl import write_jsonl
 
-    rows, report = synthesize(params.synth.n, params.synth.seed, params, progress=progress)
+    rows, report = synthesize(params.synth.n, params.synth.seed, params, progress=progress, kind=kind)
     write_jsonl(out_path, rows)
     return report

@@ -65,7 +65,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("init_model", "init-model",
           f"stepcode train init-model -o models/{PROFILE}/base --corpus data/traces.jsonl --profile {PROFILE}",
           runs=("stepcode.training.models",),
-          params=(f"train.profiles.{PROFILE}.model_size", f"train.profiles.{PROFILE}.seed"),
+          params=(f"train.profiles.{PROFILE}.model_size", f"train.profiles.{PROFILE}.seed",
+                  f"train.profiles.{PROFILE}.sources"),
           deps=("data/traces.jsonl",), outs=(f"models/{PROFILE}/base",)),
     Stage("sft", "sft",
           f"stepcode train sft --model models/{PROFILE}/base --data data/dataset/sft.jsonl -o models/{PROFILE}/sft"
@@ -82,11 +83,13 @@ STAGES: tuple[Stage, ...] = (
           f"stepcode evaluate --model models/{PROFILE}/grpo-{MODE} --benchmarks cruxeval"
           " --prompt ${pipeline.eval_prompt} --greedy --max-new-tokens ${pipeline.eval_max_new_tokens}"
           " --limit ${pipeline.eval_limit} --heldout data/dataset/heldout.jsonl"
-          f" --heldout-limit ${{pipeline.heldout_limit}} -o metrics/eval-{PROFILE} --register ${{pipeline.model_name}}",
+          f" --heldout-limit ${{pipeline.heldout_limit}} --baseline models/{PROFILE}/sft --profile {PROFILE}"
+          f" -o metrics/eval-{PROFILE} --register ${{pipeline.model_name}}",
           runs=("stepcode.evals.generate", "stepcode.evals.heldout"),
           params=("evaluate", "sandbox", "trace", "pipeline.eval_prompt", "pipeline.eval_max_new_tokens",
-                  "pipeline.eval_limit", "pipeline.heldout_limit", "pipeline.eval_greedy", "pipeline.eval_benchmarks"),
-          deps=(f"models/{PROFILE}/grpo-{MODE}", "data/dataset/heldout.jsonl"),
+                  "pipeline.eval_limit", "pipeline.heldout_limit", "pipeline.eval_greedy", "pipeline.eval_benchmarks",
+                  f"train.profiles.{PROFILE}.sources"),
+          deps=(f"models/{PROFILE}/grpo-{MODE}", f"models/{PROFILE}/sft", "data/dataset/heldout.jsonl"),
           metrics=(f"metrics/eval-{PROFILE}/metrics.json",)),
 )
 BY_NAME = {s.name: s for s in STAGES}

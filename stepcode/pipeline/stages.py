@@ -104,7 +104,8 @@ def init_model(params, profile_name: str | None, corpus: str | Path, out: str | 
     profile = params.train.get(profile_name)
     with stage_run("init-model", params, inputs={"corpus": str(corpus)},
                    stage_params={"size": profile.model_size, "seed": profile.seed}):
-        return build_tiny_model(out, corpus_texts(read_jsonl(corpus)), size=profile.model_size, seed=profile.seed)
+        rows = [r for r in read_jsonl(corpus) if profile.sources is None or r.get("source") in profile.sources]
+        return build_tiny_model(out, corpus_texts(rows), size=profile.model_size, seed=profile.seed)
 
 
 def sft(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path, *,
@@ -145,9 +146,11 @@ def grpo(params, profile_name: str | None, model: str | Path, data: str | Path, 
 
 def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | Path | None = None,
              benchmarks: tuple[str, ...] = (), prompt: str = "stepcode", limit: int | None = None,
-             heldout_limit: int | None = None) -> dict:
+             heldout_limit: int | None = None, baseline: str | Path | None = None, sources=None) -> dict:
     """Held-out (in-distribution, StepCode format, greedy) and benchmark scores; metrics JSON for `dvc metrics`,
-    per-row tables and generations in MLflow."""
+    per-row tables and generations in MLflow. `baseline` (e.g. the SFT checkpoint the model was trained from) is
+    evaluated on the same held-out rows with the same decoding, under `baseline.heldout.*`; `sources` keeps the
+    held-out rows of those program sources (a profile's `sources`; None: all)."""
     import json
 
     from stepcode.evals.generate import evaluate as evaluate_benchmarks
@@ -159,6 +162,8 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
     inputs = {"heldout": str(heldout)} if heldout else {}
     with stage_run("evaluate", params, inputs=inputs, stage_params={"model": str(model), "benchmarks":
                    ",".join(benchmarks), "prompt": prompt, "limit": limit, "heldout_limit": heldout_limit,
+                   "baseline": str(baseline) if baseline else "-",
+                   "heldout_sources": ",".join(sources) if sources else "all",
                    **_flat("evaluate", params.evaluate)}) as mlflow:
         from stepcode.evals import load_problems
 
@@ -168,8 +173,13 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
         metrics: dict[str, float] = {}
         records: list[dict] = []
         if heldout:
-            m, records = evaluate_heldout(str(model), heldout, params, limit=heldout_limit, backend=backend)
+            m, records = evaluate_heldout(str(model), heldout, params, limit=heldout_limit, backend=backend,
+                                          sources=sources)
             metrics.update(m)
+            if baseline:
+                m, _ = evaluate_heldout(str(baseline), heldout, params, limit=heldout_limit, sources=sources,
+                                        prefix="baseline.heldout")
+                metrics.update(m)
         if benchmarks:
             bench = evaluate_benchmarks(str(model), list(benchmarks), params, out_dir=out_dir, limit=limit,
                                         prompt=prompt, backend=backend)

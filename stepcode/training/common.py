@@ -24,10 +24,17 @@ def common_args(profile, out_dir, run_name) -> dict:
                 disable_tqdm=False)  # a progress bar on long work; tests capture it
 
 
-def read_rows(path, what: str) -> list[dict]:
+def read_rows(path, what: str, sources=None) -> list[dict]:
+    """The rows of `path` (those whose `source` is one of `sources`; None: all); an error when none are left."""
+    from stepcode.errors import UserError
     from stepcode.jsonl import read_jsonl
 
     rows = list(read_jsonl(path))
+    if sources is not None:
+        rows = [r for r in rows if r.get("source") in sources]
+        if not rows:
+            raise UserError(f"{path}: no {what} rows of sources {', '.join(sources)} (the profile's `sources` in "
+                            "params.yaml train.profiles; is that corpus in data/raw?)")
     if not rows:
         raise ValueError(f"{path}: no {what} rows")
     return rows
@@ -41,7 +48,21 @@ def save_model(trainer, tokenizer, out_dir) -> None:
     (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
 
 
+def log_means(logs: list[dict]) -> dict[str, float]:
+    """Pure: each numeric key's mean over the log entries that have it (NaNs skipped), e.g. GRPO's reward and
+    frac_reward_zero_std over the whole run rather than at its last step."""
+    import math
+
+    sums: dict[str, list[float]] = {}
+    for entry in logs:
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+                sums.setdefault(key, []).append(float(value))
+    return {key: sum(v) / len(v) for key, v in sums.items() if key not in ("step", "epoch")}
+
+
 def run_summary(trainer, started: float, out_dir) -> dict:
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     return {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - started, 2),
-            "out_dir": str(out_dir), "first_log": logs[0] if logs else {}, "last_log": logs[-1] if logs else {}}
+            "out_dir": str(out_dir), "first_log": logs[0] if logs else {}, "last_log": logs[-1] if logs else {},
+            "means": log_means(logs)}

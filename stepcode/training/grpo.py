@@ -306,7 +306,7 @@ def run_grpo(model_path, rl_jsonl, out_dir, profile, mode: str = "bilevel", *, p
     params = params if params is not None else Params()
     started = time.perf_counter()
     configure_torch(profile)
-    dataset = rl_dataset(read_rows(rl_jsonl, "RL"))
+    dataset = rl_dataset(read_rows(rl_jsonl, "RL", profile.sources))
     model, tokenizer = load_model(model_path, dtype="bfloat16" if profile.bf16 else "float32")
     g = profile.grpo
     with RewardScorer(params, input_reference=g.input_reference, workers=g.reward_workers or None) as scorer:

@@ -24,7 +24,7 @@ def run_sft(model_path, sft_jsonl, out_dir, profile, *, run_name: str | None = N
 
     started = time.perf_counter()
     configure_torch(profile)
-    rows = read_rows(sft_jsonl, "SFT")
+    rows = read_rows(sft_jsonl, "SFT", profile.sources)
     for i, row in enumerate(rows):
         if not isinstance(row.get("messages"), list) or not isinstance(row.get("completion"), list):
             raise ValueError(f"{sft_jsonl}: row {i + 1} ({row.get('id')!r}) needs 'messages' and 'completion' lists")

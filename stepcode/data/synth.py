@@ -738,6 +738,7 @@ def synthesize(n: int, seed: int, params, *, progress: bool = False, kind: str =
 
     kept: list[dict] = []
     rejected: Counter = Counter()
+    seen: set[tuple[str, str]] = set()
     tried = 0
     candidates = candidates_of(kind, seed)
     bar = None
@@ -751,10 +752,13 @@ def synthesize(n: int, seed: int, params, *, progress: bool = False, kind: str =
             for row in itertools.islice(candidates, max(64, (n - len(kept)) * 11 // 10)):
                 tried += 1
                 why = static_filter(row)
+                if why is None and (row["code"], row["input"]) in seen:
+                    why = "duplicate: the same code and input as an earlier program (the data gate refuses those)"
                 if why is None:
+                    seen.add((row["code"], row["input"]))
                     batch.append(row)
                 else:
-                    rejected["static: " + why.split(":")[0]] += 1
+                    rejected[why.split(":")[0] if why.startswith("duplicate") else "static: " + why.split(":")[0]] += 1
             for traced in trace_rows(batch, params, sandbox=sandbox):
                 if traced["status"] == "ok" and len(kept) < n:
                     kept.append({k: traced[k] for k in ("id", "code", "input", "entry_point", "source")})

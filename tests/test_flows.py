@@ -127,6 +127,18 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     assert children["sft"].data.tags["dvc.md5.sft_data"] == dvc_md5(d / "data" / "dataset" / "sft.jsonl")
     assert {i.dataset.name for i in children["grpo"].inputs.dataset_inputs} >= {"rl_data", "model"}
     assert "heldout.final_acc" in children["evaluate"].data.metrics
+    # SFT vs RL on the same held-out rows: the summary's learning lines, the report's `learning` object, the parent's
+    # learning.* metrics (the same six numbers)
+    assert "learning  held-out step accuracy: SFT " in first.stdout
+    assert "GRPO mean reward" in first.stdout or "RL had no signal" in first.stdout
+    learning = json.loads((d / "reports" / "pipeline-micro.json").read_text())["learning"]
+    assert set(learning) == {"grpo_reward_mean", "grpo_zero_std_fraction", "sft_heldout_step_acc",
+                             "sft_heldout_final_acc", "rl_heldout_step_acc", "rl_heldout_final_acc"}
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in learning.values())
+    evaluated = children["evaluate"].data.metrics
+    assert learning["sft_heldout_step_acc"] == evaluated["baseline.heldout.step_acc"]
+    assert learning["rl_heldout_step_acc"] == evaluated["heldout.step_acc"]
+    assert {f"learning.{k}": v for k, v in learning.items()}.items() <= parent.data.metrics.items()
     version = mlflow.MlflowClient().get_model_version("model-flow-e2e", "1")
     assert version.run_id == children["register"].info.run_id
     assert "metric.heldout.final_acc" in version.tags and version.source.endswith("/model")

@@ -53,7 +53,7 @@ OPS: dict[str, list[str]] = {
 }
 
 
-def _fill(rng: random.Random, template: str, scope: dict[str, list[str]]) -> str | None:
+def fill(rng: random.Random, template: str, scope: dict[str, list[str]]) -> str | None:
     """The template with each hole replaced by a variable of its type (None when the scope has none)."""
     out = template
     for hole in ("int", "str", "list"):
@@ -69,24 +69,38 @@ def _fill(rng: random.Random, template: str, scope: dict[str, list[str]]) -> str
     return out
 
 
-def _expression(rng: random.Random, scope: dict[str, list[str]]) -> tuple[str, str]:
+def expression(rng: random.Random, scope: dict[str, list[str]]) -> tuple[str, str]:
     """(type, expression) of one operation the scope can feed, or (one time in five) a literal."""
     if rng.random() < 0.2:
         t = rng.choice(("int", "int", "str", "list"))
-        return t, _value(rng, t)
+        return t, literal(rng, t)
     while True:
         t = rng.choice(("int", "int", "str", "list"))
-        expr = _fill(rng, rng.choice(OPS[t]), scope)
+        expr = fill(rng, rng.choice(OPS[t]), scope)
         if expr is not None:
             return t, expr
 
 
-def _value(rng: random.Random, t: str) -> str:
+def literal(rng: random.Random, t: str) -> str:
     if t == "int":
         return str(rng.randint(0, 9))
     if t == "str":
         return repr("".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 3))))
     return repr([rng.randint(0, 9) for _ in range(rng.randint(2, 3))])
+
+
+def if_else(rng: random.Random, name: str, cond_on: list[str], scope: dict[str, list[str]]) -> tuple[str, list[str]]:
+    """(type, lines) of `if <one of cond_on> > k: name = A else: name = B`; both branches bind the same type, so
+    later steps can use the name."""
+    cond = f"{rng.choice(cond_on)} > {rng.randint(1, 6)}"
+    t, then = expression(rng, scope)
+    for _ in range(10):
+        t2, other = expression(rng, scope)
+        if t2 == t and other != then:
+            break
+    else:
+        other = then
+    return t, [f"    if {cond}:", f"        {name} = {then}", "    else:", f"        {name} = {other}"]
 
 
 def one_program(rng: random.Random) -> tuple[str, str]:
@@ -102,22 +116,15 @@ def one_program(rng: random.Random) -> tuple[str, str]:
     last = None
     for i, name in enumerate(NAMES[:steps]):
         if i == branch_at and scope["int"]:
-            cond = f"{rng.choice(scope['int'])} > {rng.randint(1, 6)}"
-            t, then = _expression(rng, scope)
-            for _ in range(10):   # the else branch binds the same type, so later steps can use the name
-                t2, other = _expression(rng, scope)
-                if t2 == t and other != then:
-                    break
-            else:
-                other = then
-            lines += [f"    if {cond}:", f"        {name} = {then}", "    else:", f"        {name} = {other}"]
+            t, branch = if_else(rng, name, scope["int"], scope)
+            lines += branch
         else:
-            t, expr = _expression(rng, scope)
+            t, expr = expression(rng, scope)
             lines.append(f"    {name} = {expr}")
         scope[t].append(name)
         last = name
     lines.append(f"    return {last}")
-    return "\n".join(lines), ", ".join(_value(rng, t) for t in kinds)
+    return "\n".join(lines), ", ".join(literal(rng, t) for t in kinds)
 
 
 def basic_candidates(seed: int) -> Iterator[dict]:

@@ -34,7 +34,7 @@ import random
 from collections.abc import Iterator
 
 from stepcode.data.synth import numbered_candidates
-from stepcode.data.synth_basic import PARAM_NAMES, _expression, _fill, _value
+from stepcode.data.synth_basic import PARAM_NAMES, expression, fill, if_else, literal
 
 NAMES = ("a", "b", "c", "d", "e")
 
@@ -61,7 +61,7 @@ LOOP_BODIES = (
 def _loop(rng: random.Random, name: str, scope: dict[str, list[str]]) -> list[str]:
     """Lines of `name = start; for x in LIST: <update name>` (the list from the scope, which has one)."""
     start = rng.choice(["0", "0", rng.choice(scope["int"])]) if scope["int"] else "0"
-    body = [_fill(rng, line.replace("{acc}", name), scope) for line in rng.choice(LOOP_BODIES)]
+    body = [fill(rng, line.replace("{acc}", name), scope) for line in rng.choice(LOOP_BODIES)]
     return [f"    {name} = {start}", f"    for x in {rng.choice(scope['list'])}:"] + [f"        {b}" for b in body]
 
 
@@ -72,7 +72,7 @@ def _verdict(rng: random.Random, scope: dict[str, list[str]], computed: set[str]
         template = rng.choice(VERDICTS)
         if any(template.count("{" + t + "}") > len(scope[t]) for t in scope):
             continue
-        expr = _fill(rng, template, scope)
+        expr = fill(rng, template, scope)
         if expr is not None and _names(expr) & computed:
             return expr
     last = next(name for name in reversed(NAMES) if name in computed)   # unreachable in practice: a plain fallback
@@ -105,25 +105,17 @@ def one_program(rng: random.Random) -> tuple[str, str]:
             t = "int"
         elif i == branch_at and scope["int"]:
             # the condition reads an earlier step when there is one: the path depends on the steps
-            cond_on = sorted(computed & set(scope["int"])) or scope["int"]
-            cond = f"{rng.choice(cond_on)} > {rng.randint(1, 6)}"
-            t, then = _expression(rng, scope)
-            for _ in range(10):
-                t2, other = _expression(rng, scope)
-                if t2 == t and other != then:
-                    break
-            else:
-                other = then
-            lines += [f"    if {cond}:", f"        {name} = {then}", "    else:", f"        {name} = {other}"]
+            t, branch = if_else(rng, name, sorted(computed & set(scope["int"])) or scope["int"], scope)
+            lines += branch
         else:
-            t, expr = _expression(rng, scope)
+            t, expr = expression(rng, scope)
             lines.append(f"    {name} = {expr}")
         scope[t].append(name)
         computed.add(name)
     # the verdict prefers computed variables: put them first in each type's scope
     ordered = {k: sorted(v, key=lambda n: n not in computed) for k, v in scope.items()}
     lines.append(f"    return {_verdict(rng, ordered, computed)}")
-    return "\n".join(lines), ", ".join(_value(rng, t) for t in kinds)
+    return "\n".join(lines), ", ".join(literal(rng, t) for t in kinds)
 
 
 def logic_candidates(seed: int) -> Iterator[dict]:

@@ -349,7 +349,9 @@ class StudyVariant(_Section):
     lr_sweep: tuple[Float, ...] = Field((), description="GRPO learning rates tried per arm (seed 0, sweep_steps "
                                         "steps, validation step accuracy); empty: no sweep, every arm uses the "
                                         "profile's grpo.learning_rate")
-    sweep_steps: int = Field(40, ge=1, description="GRPO steps of each sweep run")
+    sweep_steps: int = Field(0, ge=0, description="GRPO steps of each sweep run; 0 = the main runs' steps, and then "
+                             "each arm's seed-0 run at its chosen rate is its sweep run (reused, not retrained): the "
+                             "rate is chosen at the horizon it is used for")
     samples: int = Field(0, ge=0, description="held-out completions per row sampled at the rollout temperature "
                                               "(pass@k, sampled accuracies); 0 = greedy only")
 

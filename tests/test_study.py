@@ -81,6 +81,32 @@ def test_plan_steps_fits_the_budget_and_respects_the_cap():
         plan_steps(v, profile, seeds=2, budget_minutes=11)
 
 
+def test_a_sweep_at_the_main_horizon_reuses_each_arms_seed_0_run():
+    from pathlib import Path
+
+    from stepcode.config import GRPOSettings, SFTSettings, TrainProfile
+    from stepcode.pipeline.study import _final_jobs
+
+    v = StudyVariant(heldout_limit=10, cruxeval_limit=10, workers=2, sft_step_s=1.0, grpo_step_s=10.0,
+                     eval_row_s=1.0, samples=2, lr_sweep=(1e-4, 3e-4), sweep_steps=0, validation_programs=4,
+                     validation_limit=6, tasks=("output", "input"))
+    profile = TrainProfile(sft=SFTSettings(max_steps=600), grpo=GRPOSettings(max_steps=1000))
+    # SFT 600 s; evaluation 7 models -> 4 rounds x 40 completions x 1 s = 160 s; the sweep's 6 validation
+    # evaluations -> 3 rounds x 6 rows x 1 s = 18 s. Trained runs: 6 sweep runs + 3 arms x (2 - 1) seeds = 9 runs,
+    # 5 rounds: (3600 - 600 - 160 - 18) / (5 x 10 s) = 56.44 -> 56 steps, the sweep's too.
+    plan = plan_steps(v, profile, seeds=2, budget_minutes=60)
+    assert (plan["grpo_steps"], plan["sweep_steps"], plan["grpo_runs"], plan["sweep_reused"]) == (56, 56, 3, True)
+    assert plan["minutes"] == {"sft": 10.0, "sweep": round(3 * (56 * 10 + 6) / 60, 1), "evaluation": 2.7,
+                               "grpo": round((5 - 3) * 56 * 10 / 60, 1)}
+    jobs = _final_jobs([0, 1], {"terminal": 1e-4, "step": 3e-4, "bilevel": 1e-4}, 56, 0.3, "sft", Path("w"),
+                       {"terminal": "w/sweep/terminal-lr0.0001/model", "step": "w/sweep/step-lr0.0003/model",
+                        "bilevel": "w/sweep/bilevel-lr0.0001/model"})
+    assert [(j.arm, j.seed, j.lr, j.reuse) for j in jobs] == [
+        ("terminal", 0, 1e-4, "w/sweep/terminal-lr0.0001/model"), ("step", 0, 3e-4, "w/sweep/step-lr0.0003/model"),
+        ("bilevel", 0, 1e-4, "w/sweep/bilevel-lr0.0001/model"),
+        ("terminal", 1, 1e-4, None), ("step", 1, 3e-4, None), ("bilevel", 1, 1e-4, None)]
+
+
 def test_plan_steps_counts_the_sweep_and_the_sampled_evaluation():
     from stepcode.config import GRPOSettings, SFTSettings, TrainProfile
 

@@ -17,7 +17,8 @@ and that is made the same way for each arm, on data no result is reported on):
 2. one tiny model (tokenizer trained on the filtered SFT rows) and ONE SFT warm start (the profile's sft settings),
    reused by a rerun when its settings and data are unchanged;
 3. learning-rate sweep (`lr_sweep`, empty = none): per GRPO arm (terminal, step with lambda = 0, bilevel with lambda =
-   study.lam) and per rate, GRPO from the SFT checkpoint with seed 0 for `sweep_steps` steps, then greedy evaluation
+   study.lam) and per rate, GRPO from the SFT checkpoint with seed 0 for `sweep_steps` steps (0: the main runs'
+   steps, and then each arm's sweep run at its chosen rate is also its seed-0 main run), then greedy evaluation
    on the validation rows; `choose_lr` keeps per arm the rate with the best validation step accuracy (ties: final
    accuracy, then the smaller rate);
 4. main runs: per arm x seed, GRPO from the SFT checkpoint at the arm's chosen rate, the same steps, G, batch and
@@ -98,6 +99,7 @@ class Job:
     phase: str = "final"      # "sweep" or "final" (the MLflow tag)
     lr: float | None = None   # GRPO learning rate; None for SFT only
     steps: int = 0            # GRPO steps
+    reuse: str | None = None  # a final run whose model is its sweep run's (same arm, seed 0, rate and steps)
 
     @property
     def name(self) -> str:
@@ -157,25 +159,35 @@ def plan_steps(variant, profile, seeds: int, budget_minutes: float) -> dict:
     w = variant.workers
     sft_s = max(profile.sft.max_steps, 0) * variant.sft_step_s
     sweep_runs = len(GRPO_ARMS) * len(variant.lr_sweep)
+    reuse = bool(sweep_runs) and variant.sweep_steps == 0   # sweep runs at the main horizon: seed 0 is reused
     validation_rows = min(variant.validation_limit, variant.validation_programs * len(variant.tasks))
-    sweep_s = math.ceil(sweep_runs / w) * (variant.sweep_steps * variant.grpo_step_s
-                                           + validation_rows * variant.eval_row_s)
-    runs = len(GRPO_ARMS) * seeds                  # one main GRPO run per arm and seed
-    evals = runs + 1                               # + SFT only
+    runs = len(GRPO_ARMS) * (seeds - 1 if reuse else seeds)   # main GRPO runs to train
+    evals = len(GRPO_ARMS) * seeds + 1                        # every arm x seed and SFT only
     completions = variant.heldout_limit * (1 + variant.samples) + variant.cruxeval_limit   # per evaluated model
     eval_s = math.ceil(evals / w) * completions * variant.eval_row_s
-    rounds = math.ceil(runs / w)                   # main GRPO runs one after another in each worker
-    left = budget_minutes * 60 - sft_s - sweep_s - eval_s
-    affordable = math.floor(left / (rounds * variant.grpo_step_s)) if left > 0 else 0
+    if reuse:   # every trained run has the same steps: solve the steps for all of them together
+        fixed_sweep_s = math.ceil(sweep_runs / w) * validation_rows * variant.eval_row_s   # its evaluations
+        rounds = math.ceil((sweep_runs + runs) / w)
+    else:
+        fixed_sweep_s = math.ceil(sweep_runs / w) * (variant.sweep_steps * variant.grpo_step_s
+                                                     + validation_rows * variant.eval_row_s)
+        rounds = math.ceil(runs / w)               # main GRPO runs one after another in each worker
+    left = budget_minutes * 60 - sft_s - fixed_sweep_s - eval_s
+    affordable = math.floor(left / (rounds * variant.grpo_step_s)) if left > 0 and rounds else 0
     cap = profile.grpo.max_steps if profile.grpo.max_steps > 0 else affordable
     steps = min(cap, affordable)
+    sweep_steps = steps if reuse else variant.sweep_steps
+    sweep_s = math.ceil(sweep_runs / w) * (sweep_steps * variant.grpo_step_s + validation_rows * variant.eval_row_s)
     if steps < 1:
         raise ValueError(f"a budget of {budget_minutes:g} min leaves no GRPO step: SFT takes ~{sft_s / 60:.1f} min, "
-                         f"the learning-rate sweep ~{sweep_s / 60:.1f} min and evaluation ~{eval_s / 60:.1f} min "
-                         "under the cost model; raise --budget-minutes")
-    grpo_s = rounds * steps * variant.grpo_step_s
+                         f"the learning-rate sweep ~{fixed_sweep_s / 60:.1f} min"
+                         + (" (its evaluations)" if reuse else "")
+                         + f" and evaluation ~{eval_s / 60:.1f} min under the cost model; raise --budget-minutes")
+    grpo_s = (rounds * steps * variant.grpo_step_s - (math.ceil(sweep_runs / w) * steps * variant.grpo_step_s
+                                                      if reuse else 0))
     return {"grpo_steps": steps, "grpo_runs": runs, "evaluations": evals, "sweep_runs": sweep_runs,
-            "sweep_steps": variant.sweep_steps if sweep_runs else 0, "completions_per_evaluation": completions,
+            "sweep_steps": sweep_steps if sweep_runs else 0, "sweep_reused": reuse,
+            "completions_per_evaluation": completions,
             "estimated_minutes": round((sft_s + sweep_s + eval_s + grpo_s) / 60, 1),
             "minutes": {"sft": round(sft_s / 60, 1), "sweep": round(sweep_s / 60, 1),
                         "evaluation": round(eval_s / 60, 1), "grpo": round(grpo_s / 60, 1)},
@@ -622,7 +634,9 @@ def run_job(job: Job, paths: dict, profile, params, variant) -> dict:
     started = time.perf_counter()
     configure_torch(profile)      # the evaluation too: one thread per process on a shared CPU
     trained = None
-    if job.mode is not None:
+    if job.reuse is not None:   # trained already, as a sweep run: only the held-out evaluation is new
+        trained = {"model": job.reuse, "history": {}, "steps": 0, "seconds": 0.0, "tokens": 0.0}
+    elif job.mode is not None:
         run_profile = profile.model_copy(update={"seed": job.seed, "grpo": profile.grpo.model_copy(
             update={"learning_rate": job.lr, "max_steps": job.steps})})
         trained = _train_grpo(job, paths["rl"], run_profile, params)
@@ -717,10 +731,14 @@ def _sweep_jobs(rates, steps: int, lam: float, sft_model: str, work_dir: Path) -
 
 
 def _final_jobs(seeds: list[int], chosen_lr: dict[str, float], steps: int, lam: float, sft_model: str,
-                work_dir: Path) -> list[Job]:
-    """Every GRPO arm x seed at the arm's chosen rate (SFT only is its own job)."""
+                work_dir: Path, reused: dict[str, str] | None = None) -> list[Job]:
+    """Every GRPO arm x seed at the arm's chosen rate (SFT only is its own job). `reused`: arm -> the model of its
+    sweep run at the chosen rate, which is that arm's seed-0 run (same seed, rate and steps): evaluated, not
+    retrained."""
+    reused = reused or {}
     return [Job(arm, seed, arm, _arm_lam(arm, lam), sft_model, str(work_dir / f"{arm}-seed{seed}"),
-                lr=chosen_lr[arm], steps=steps) for seed in seeds for arm in GRPO_ARMS]
+                lr=chosen_lr[arm], steps=steps, reuse=reused.get(arm) if seed == 0 else None)
+            for seed in seeds for arm in GRPO_ARMS]
 
 
 def _machine() -> str:
@@ -874,6 +892,10 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
             mlflow.log_metrics({"sft.seconds": sft_summary["seconds"], "sft.tokens": sft_tokens})
 
         def record(run: dict) -> None:
+            if run.get("reuse"):   # its training is the sweep run's: curves, steps, time and tokens from there
+                source = next(r for r in sweep_runs if str(Path(r["out_dir"]) / "model") == run["reuse"])
+                run.update({k: source[k] for k in ("history", "grpo_steps", "grpo_seconds", "grpo_tokens")},
+                           sweep_run_id=source.get("run_id"))
             run_id = _log_run(params, run, v.profile, profile)
             if run_id:
                 run["run_id"] = run_id
@@ -896,7 +918,8 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
                                      *args)
             sweep_started = time.perf_counter()
             _collect(pool, [pool.submit(run_job, job, *args)
-                            for job in _sweep_jobs(v.lr_sweep, v.sweep_steps, lam, sft_model, work_dir)], record)
+                            for job in _sweep_jobs(v.lr_sweep, plan["sweep_steps"], lam, sft_model, work_dir)],
+                     record)
             sweep = sorted((sweep_entry(r) for r in sweep_runs), key=lambda e: (ARMS.index(e["arm"]), e["lr"]))
             chosen_lr = choose_lr(sweep) if sweep else {arm: profile.grpo.learning_rate for arm in GRPO_ARMS}
             sweep_minutes = (time.perf_counter() - sweep_started) / 60
@@ -905,8 +928,13 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
                 if mlflow:
                     mlflow.log_params({f"chosen_lr.{a}": lr for a, lr in chosen_lr.items()})
             arms_started = time.perf_counter()
+            reused = {}
+            if plan["sweep_reused"]:   # each arm's seed 0 at its chosen rate is its sweep run
+                reused = {arm: str(Path(r["out_dir"]) / "model") for arm in GRPO_ARMS for r in sweep_runs
+                          if r["arm"] == arm and r["lr"] == chosen_lr[arm]}
             finals = [pool.submit(run_job, job, *args)
-                      for job in _final_jobs(seed_list, chosen_lr, plan["grpo_steps"], lam, sft_model, work_dir)]
+                      for job in _final_jobs(seed_list, chosen_lr, plan["grpo_steps"], lam, sft_model, work_dir,
+                                             reused)]
             _collect(pool, [sft_future, *finals], record)
         runs.sort(key=lambda r: (ARMS.index(r["arm"]), -1 if r["seed"] is None else r["seed"]))
         grpo_runs = [r for r in runs if r["mode"]]

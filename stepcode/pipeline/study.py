@@ -840,8 +840,8 @@ def run_study(params, variant: str = "full", *, seeds: int | None = None, budget
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     echo(f"study {variant} on {device}: {seeds} seed(s), sweep of {len(v.lr_sweep)} rate(s) x "
-         f"{plan['sweep_steps']} steps, {plan['grpo_steps']} GRPO steps per main run, plan ~{plan['estimated_minutes']} "
-         "min")
+         f"{plan['sweep_steps']} steps, {plan['grpo_steps']} GRPO steps per main run, "
+         f"plan ~{plan['estimated_minutes']} min")
 
     data = prepare_data(params, v, work_dir)
     paths = data.pop("paths")

@@ -337,7 +337,6 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         outcome["learning"] = learning_summary(outcome["grpo"], metrics)
         if mlflow:
             log_learning(mlflow, outcome["learning"], outcome["sft"], outcome["grpo"], metrics)
-        if mlflow:
             outcome["model"] = register(str(grpo_out), metrics, params_json)
             outcome["mlflow_run_id"] = mlflow.active_run().info.run_id
         return outcome

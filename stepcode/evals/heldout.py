@@ -86,17 +86,12 @@ def summarize_sampled(rows: list[dict], samples: list[list], prefix: str = "held
     return metrics
 
 
-def _cut(text: str) -> str:
-    end = text.find(STOP)
-    return text if end < 0 else text[:end + len(STOP)]
-
-
 def generate(backend, rows: list[dict], max_new_tokens: int, *, temperature: float = 0.0, n: int = 1,
              seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[list[str]]:
     """`n` completions per row (greedy when temperature is 0), cut after </answer>; batched when the backend can
     (`complete_many`), else one row at a time."""
     from stepcode.evals.benchmark import Prompt
-    from stepcode.evals.generate import Decoding
+    from stepcode.evals.generate import Decoding, cut_at_stop
 
     decoding = Decoding("greedy" if temperature == 0 else f"t{temperature:g}", temperature, n)
     prompts = [Prompt(row["prompt"], "\n\n".join(m["content"] for m in row["prompt"])) for row in rows]
@@ -115,7 +110,7 @@ def generate(backend, rows: list[dict], max_new_tokens: int, *, temperature: flo
         else:
             texts = [backend.complete(chunk[0], decoding, top_p=1.0, max_new_tokens=max_new_tokens, stops=[STOP],
                                       seed=seed + k)]
-        out += [[_cut(t) for t in row_texts] for row_texts in texts]
+        out += [[cut_at_stop(t, [STOP], keep=True) for t in row_texts] for row_texts in texts]
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:

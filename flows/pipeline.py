@@ -14,8 +14,12 @@ Wiring only: every task calls a stage function of `stepcode.pipeline.stages` (th
   Transient failures are retried with backoff; a user error (`stepcode.errors.UserError`: a missing input, a bad
   parameter, a failed validation gate) is not transient and stops the flow at once, said once on the console.
 - What each stage wrote is recorded in DVC as it finishes (`stepcode.dvcdata.record_outputs`: the dvc.yaml stages
-  whose outputs this run produced are committed to the cache and dvc.lock), so `dvc status` is clean after a run.
-- One parent MLflow run per pipeline run; each stage logs a nested run under it (`STEPCODE_PARENT_RUN_ID`).
+  whose outputs this run produced are committed to the cache and dvc.lock), so `dvc status` is clean after a run,
+  and pushed to the DVC remote (`stepcode.tracking.versions.Pusher`; params tracking.dvc_push; a failed push is one
+  warning line in the summary, never a lost run).
+- One parent MLflow run per pipeline run; each stage logs a nested run under it (`STEPCODE_PARENT_RUN_ID`). When the
+  stages end the parent records what the run points at: dvc.lock entries, params file, which logged digests the
+  remote holds (`stepcode.tracking.versions.record_run`), so `stepcode lineage fetch` / `stepcode reproduce` work.
 """
 
 from __future__ import annotations
@@ -140,10 +144,12 @@ def validate(traces_in: str, report: str, params_json: str) -> dict:
 
 
 @task(name="build", **CACHED)
-def build(traces_in: str, out_dir: str, params_json: str) -> dict:
+def build(traces_in: str, out_dir: str, metrics: str, params_json: str) -> dict:
+    from stepcode.data.dataset import write_metrics
     from stepcode.pipeline import stages
     stats = stages.build(_params(params_json), traces_in, out_dir)
-    return {"stats": stats, "outputs": {out_dir: dvc_md5(out_dir)}}
+    write_metrics(stats, metrics)
+    return {"stats": stats, "outputs": {out_dir: dvc_md5(out_dir), metrics: dvc_md5(metrics)}}
 
 
 @task(name="init-model", **CACHED)
@@ -154,17 +160,17 @@ def init_model(corpus_in: str, out: str, profile: str, params_json: str) -> dict
 
 
 @task(name="sft", **CACHED)
-def sft(model_in: str, data_in: str, out: str, profile: str, params_json: str) -> dict:
+def sft(model_in: str, data_in: str, out: str, curves: str, profile: str, params_json: str) -> dict:
     from stepcode.pipeline import stages
-    summary = stages.sft(_params(params_json), profile, model_in, data_in, out)
-    return {"summary": summary, "outputs": {out: dvc_md5(out)}}
+    summary = stages.sft(_params(params_json), profile, model_in, data_in, out, curves=curves)
+    return {"summary": summary, "outputs": {out: dvc_md5(out), curves: dvc_md5(curves)}}
 
 
 @task(name="grpo", **CACHED)
-def grpo(model_in: str, data_in: str, out: str, profile: str, mode: str, params_json: str) -> dict:
+def grpo(model_in: str, data_in: str, out: str, curves: str, profile: str, mode: str, params_json: str) -> dict:
     from stepcode.pipeline import stages
-    summary = stages.grpo(_params(params_json), profile, model_in, data_in, out, mode)
-    return {"summary": summary, "outputs": {out: dvc_md5(out)}}
+    summary = stages.grpo(_params(params_json), profile, model_in, data_in, out, mode, curves=curves)
+    return {"summary": summary, "outputs": {out: dvc_md5(out), curves: dvc_md5(curves)}}
 
 
 @task(name="evaluate", **CACHED)
@@ -177,7 +183,8 @@ def evaluate(model_in: str, baseline_in: str, heldout_in: str, out: str, profile
     metrics = stages.evaluate(params, model_in, out, heldout=heldout_in, benchmarks=p.eval_benchmarks,
                               prompt=p.eval_prompt, limit=p.eval_limit, heldout_limit=p.heldout_limit,
                               baseline=baseline_in, sources=params.train.get(profile).sources)
-    return {"metrics": metrics, "outputs": {f"{out}/metrics.json": dvc_md5(f"{out}/metrics.json")}}
+    written = [f"{out}/metrics.json", f"{out}/heldout.json"]    # dvc.yaml's metric and plot
+    return {"metrics": metrics, "outputs": {path: dvc_md5(path) for path in written}}
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
@@ -245,6 +252,7 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     from stepcode.pipeline.learning import learning_summary, log_learning
     from stepcode.pipeline.preflight import check_pipeline, local_base_model
     from stepcode.tracking.lineage import parent_run
+    from stepcode.tracking.versions import Pusher
 
     termination.install()
     root = Path(root).resolve()
@@ -258,14 +266,18 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     written: set[Path] = set()
     outcome["dvc_recorded"] = []
 
-    def versioned(*paths: Path) -> None:
-        """Record in DVC (cache + dvc.lock) each dvc.yaml stage whose outputs this run has now all written."""
-        written.update(paths)
-        outcome["dvc_recorded"] += record_outputs(root, written, skip=outcome["dvc_recorded"])
+    push = Pusher(root, enabled=params.tracking.dvc_push)
 
-    # The pipeline's MLflow run: every stage run nests under it; FAILED if a stage raises, KILLED on a signal.
-    with parent_run("pipeline", params, tags={"prefect.flow_run_id": str(flow_run.id), "profile": str(profile)},
-                    killed=termination.requested, on_killed=termination.kill_runs) as mlflow:
+    def versioned(*paths: Path) -> None:
+        """Record in DVC (cache + dvc.lock) each dvc.yaml stage whose outputs this run has now all written, and push
+        them to the DVC remote (params tracking.dvc_push; a failed push is a warning in the summary)."""
+        written.update(paths)
+        recorded = record_outputs(root, written, skip=outcome["dvc_recorded"])
+        outcome["dvc_recorded"] += recorded
+        push(recorded)
+
+    def run_stages(mlflow) -> None:
+        nonlocal profile
         # trace: fan out over batches, merge in order
         parts_dir = root / "data" / "work" / "trace-parts"
         batches = _batches(root / "data" / "raw", root / "data" / "work" / "trace-batches", batch_size)
@@ -287,21 +299,21 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         versioned(traces, root / "metrics" / "trace.json")
         termination.checkpoint()
         if stop_after == "trace":
-            return outcome
+            return
 
         report = root / "reports" / "validation"
         outcome["validate"] = validate(str(traces), str(report), params_json)
         versioned(report / "summary.json", report / "quarantine.jsonl")
         termination.checkpoint()
         if stop_after == "validate":
-            return outcome
+            return
 
         outcome["build"] = _run_cached(build, traces_in=str(traces), out_dir=str(root / "data" / "dataset"),
-                                       params_json=params_json)["stats"]
-        versioned(root / "data" / "dataset")
+                                       metrics=str(root / "metrics" / "build.json"), params_json=params_json)["stats"]
+        versioned(root / "data" / "dataset", root / "metrics" / "build.json")
         termination.checkpoint()
         if stop_after == "build":
-            return outcome
+            return
 
         profile = profile or params.train.profile
         prof = params.train.get(profile)
@@ -313,25 +325,27 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
             _run_cached(init_model, corpus_in=str(traces), out=str(base), profile=profile, params_json=params_json)
             versioned(base)
         sft_out = models / "sft"
+        curves = root / "metrics" / f"train-{profile}"     # the training curves dvc.yaml declares as plots
         outcome["sft"] = _run_cached(sft, model_in=str(base), data_in=str(dataset / "sft.jsonl"), out=str(sft_out),
-                                     profile=profile, params_json=params_json)["summary"]
-        versioned(sft_out)
+                                     curves=str(curves / "sft.json"), profile=profile,
+                                     params_json=params_json)["summary"]
+        versioned(sft_out, curves / "sft.json")
         termination.checkpoint()
         if stop_after == "sft":
-            return outcome
+            return
         mode = params.pipeline.grpo_mode
         grpo_out = models / f"grpo-{mode}"
         outcome["grpo"] = _run_cached(grpo, model_in=str(sft_out), data_in=str(dataset / "rl.jsonl"),
-                                      out=str(grpo_out), profile=profile, mode=mode,
-                                      params_json=params_json)["summary"]
-        versioned(grpo_out)
+                                      out=str(grpo_out), curves=str(curves / f"grpo-{mode}.json"), profile=profile,
+                                      mode=mode, params_json=params_json)["summary"]
+        versioned(grpo_out, curves / f"grpo-{mode}.json")
         termination.checkpoint()
         if stop_after == "grpo":
-            return outcome
+            return
         metrics = _run_cached(evaluate, model_in=str(grpo_out), baseline_in=str(sft_out),
                               heldout_in=str(dataset / "heldout.jsonl"), out=str(root / "metrics" / f"eval-{profile}"),
                               profile=profile, params_json=params_json)["metrics"]
-        versioned(root / "metrics" / f"eval-{profile}" / "metrics.json")
+        versioned(*(root / "metrics" / f"eval-{profile}" / name for name in ("metrics.json", "heldout.json")))
         termination.checkpoint()
         outcome["evaluate"] = metrics
         outcome["learning"] = learning_summary(outcome["grpo"], metrics)
@@ -339,7 +353,29 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
             log_learning(mlflow, outcome["learning"], outcome["sft"], outcome["grpo"], metrics)
             outcome["model"] = register(str(grpo_out), metrics, params_json)
             outcome["mlflow_run_id"] = mlflow.active_run().info.run_id
+
+    # The pipeline's MLflow run: every stage run nests under it; FAILED if a stage raises, KILLED on a signal. When
+    # the stages end, however they end, the run records what it points at (stepcode.tracking.versions).
+    with parent_run("pipeline", params, tags={"prefect.flow_run_id": str(flow_run.id), "profile": str(profile)},
+                    killed=termination.requested, on_killed=termination.kill_runs) as mlflow:
+        try:
+            run_stages(mlflow)
+        finally:
+            outcome["dvc_push"] = push.outcome()
+            if mlflow is not None:
+                outcome["lineage"] = _record_lineage(mlflow, root, params_path, params, outcome)
         return outcome
+
+
+def _record_lineage(mlflow, root: Path, params_path: str, params, outcome: dict) -> dict | None:
+    """The parent run's lineage (dvc.lock entries, params file, datasets on the remote). A failure here is a warning
+    in the summary: the run and its data are already recorded."""
+    from stepcode.tracking.versions import one_line, record_run
+
+    try:
+        return record_run(mlflow, root, params_path, params, outcome["dvc_recorded"], outcome["dvc_push"])
+    except Exception as e:  # noqa: BLE001
+        return {"warning": f"recording the run's lineage failed ({one_line(e)})"}
 
 
 @contextlib.contextmanager

@@ -83,6 +83,8 @@ class TrackingParams(_Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow store; env MLFLOW_TRACKING_URI overrides it")
     experiment: str = Field("stepcode", description="MLflow experiment of every run")
     artifact_root: str = Field("mlruns", description="artifact folder for a new experiment (relative: to the cwd)")
+    dvc_push: bool = Field(True, description="the pipeline pushes what it records in DVC to the default remote, so "
+                           "`stepcode lineage fetch` gets any run's data back; off: cache + dvc.lock only")
 
 
 class ValidateParams(_Section):

@@ -36,9 +36,9 @@ def params(**sections):
 # --- every registered benchmark -------------------------------------------------------------------------------------
 
 def test_the_builtin_benchmarks_are_registered_in_order():
-    assert dict(BENCHMARKS) == {"cruxeval": ("output", "input"), "lcb": ("output",),
+    assert dict(BENCHMARKS) == {"cruxeval": ("output", "input"), "lcb": ("output", "input"),
                                 "reval": ("coverage", "state", "path", "output")}
-    assert names(GENERATE) == names(SCORE) == ("cruxeval", "lcb")
+    assert names(SCORE) == ("cruxeval", "lcb") and names(GENERATE) == ("cruxeval", "lcb", "reval")
     from stepcode import evals
 
     assert evals.BENCHMARKS is BENCHMARKS                   # the package's name -> tasks is the registry's
@@ -98,8 +98,10 @@ def test_prompts_and_extraction_go_through_to_the_benchmark_modules():
             assert get("cruxeval").extract("assert f(1) == 2\n[/ANSWER]", task, cot) == \
                 cruxeval.extract("assert f(1) == 2\n[/ANSWER]", task, cot)
     problems = get("lcb").load_problems(p)
-    [(task, ids, prompts)] = list(official_jobs(get("lcb"), problems, False))
+    [(task, ids, prompts), (task_i, _, prompts_i)] = list(official_jobs(get("lcb"), problems, False))
     assert task == "output" and prompts == [Prompt(lcb.make_messages(x), lcb.make_prompt(x)) for x in problems]
+    assert task_i == "input" and prompts_i == [Prompt(lcb.make_messages(x, False, "input"),
+                                                      lcb.make_prompt(x, False, "input")) for x in problems]
     assert get("lcb").extract("assert g(a = 1) == 9\nmore", "output") == "9"
 
 
@@ -132,27 +134,27 @@ def test_reval_prompts_through_the_registry_are_the_official_ones():
         bench.scoring_adapter("coverage")
 
 
-def test_commands_refuse_reval_naming_what_to_run_instead(tmp_path):
-    with pytest.raises(Unsupported, match="stepcode evaluate.*reval_truth"):
-        check_request(["cruxeval", "reval"], "official")
-    with pytest.raises(Unsupported, match="stepcode score.*score_reval"):
+def test_score_refuses_reval_naming_what_to_run_instead(tmp_path):
+    assert [b.name for b in check_request(["cruxeval", "reval"], "official")] == ["cruxeval", "reval"]
+    with pytest.raises(Unsupported, match="stepcode score.*stepcode evaluate --benchmarks reval"):
         score_file("reval", "output", tmp_path / "absent.json", None, params())     # before reading anything
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    for args in (["evaluate", "--model", "m", "--benchmarks", "cruxeval,reval"],
-                 ["score", "--benchmark", "reval", "--task", "output", "g.json"]):
+    for args in (["score", "--benchmark", "reval", "--task", "output", "g.json"],
+                 ["evaluate", "--model", "m", "--benchmarks", "reval", "--prompt", "stepcode"]):
         r = subprocess.run([sys.executable, "-m", "stepcode.cli", *args], cwd=tmp_path, capture_output=True,
                            text=True, env=env, timeout=120)
         lines = r.stderr.splitlines()
         assert r.returncode == 2 and r.stdout == "" and len(lines) == 1, (r.returncode, r.stdout, r.stderr)
-        assert lines[0].startswith("error: ") and "REval" in lines[0] and "reval_truth" in lines[0], lines[0]
+        assert lines[0].startswith("error: ") and ("REval" in lines[0] or "reval" in lines[0]), lines[0]
     assert list(tmp_path.iterdir()) == []                                          # no work began
 
 
 def test_the_request_check_follows_the_registry():
     assert [b.name for b in check_request(["cruxeval", "lcb"], "official")] == ["cruxeval", "lcb"]
-    assert [b.name for b in check_request(["cruxeval"], "stepcode")] == ["cruxeval"]
-    with pytest.raises(ValueError, match="--prompt stepcode runs on CRUXEval programs only; drop lcb"):
-        check_request(["cruxeval", "lcb"], "stepcode")
+    assert [b.name for b in check_request(["cruxeval", "lcb"], "stepcode")] == ["cruxeval", "lcb"]
+    with pytest.raises(ValueError, match="--prompt stepcode runs on CRUXEval and LiveCodeBench programs only; "
+                                         "drop reval"):
+        check_request(["cruxeval", "reval"], "stepcode")
     with pytest.raises(ValueError, match="unknown benchmark 'mbpp'"):
         check_request(["mbpp"], "official")
 

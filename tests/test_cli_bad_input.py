@@ -300,9 +300,14 @@ def _every_output_command(work: Path) -> dict[str, list[str]]:
         "corpus humaneval": ["corpus", "humaneval", "-o", f"{b}/h.jsonl"],
         "validate": ["validate", "progs.jsonl", "--report", f"{b}/report"],
         "build": ["build", "progs.jsonl", "-o", f"{b}/dataset"],
+        "build --metrics": ["build", "progs.jsonl", "-o", "dataset", "--metrics", f"{b}/build.json"],
         "init-model": ["train", "init-model", "--corpus", "progs.jsonl", "--size", "micro", "-o", f"{b}/m"],
         "sft": ["train", "sft", "--model", "model", "--data", "progs.jsonl", "-o", f"{b}/m"],
         "grpo": ["train", "grpo", "--model", "model", "--data", "progs.jsonl", "-o", f"{b}/m"],
+        "sft --curves": ["train", "sft", "--model", "model", "--data", "progs.jsonl", "-o", "m", "--curves",
+                         f"{b}/sft.json"],
+        "grpo --curves": ["train", "grpo", "--model", "model", "--data", "progs.jsonl", "-o", "m", "--curves",
+                          f"{b}/grpo.json"],
         "score": ["score", "--benchmark", "cruxeval", "--task", "output", "g.json", "-o", f"{b}/s.json"],
         "evaluate": ["evaluate", "--model", "model", "--benchmarks", "cruxeval", "-o", f"{b}/eval"],
         "compare": ["compare", "run1", "run2", "--out", f"{b}/c.png"],
@@ -310,8 +315,9 @@ def _every_output_command(work: Path) -> dict[str, list[str]]:
     }
 
 
-OUTPUT_COMMANDS = ("trace", "trace --summary", "synth", "corpus humaneval", "validate", "build", "init-model", "sft",
-                   "grpo", "score", "evaluate", "compare", "study ablation")
+OUTPUT_COMMANDS = ("trace", "trace --summary", "synth", "corpus humaneval", "validate", "build", "build --metrics",
+                   "init-model", "sft", "sft --curves", "grpo", "grpo --curves", "score", "evaluate", "compare",
+                   "study ablation")
 
 
 @pytest.mark.parametrize("command", OUTPUT_COMMANDS)

@@ -31,7 +31,7 @@ def _run(args, cwd, env, check=True):
 DATA_STAGES = ("trace", "validate", "build")
 OUTPUTS = ("data/traces.jsonl", "metrics/trace.json", "reports/validation/summary.json",
            "reports/validation/quarantine.jsonl", "data/dataset/sft.jsonl", "data/dataset/rl.jsonl",
-           "data/dataset/heldout.jsonl", "data/dataset/stats.json", "dvc.lock")
+           "data/dataset/heldout.jsonl", "data/dataset/stats.json", "metrics/build.json", "dvc.lock")
 
 
 @pytest.fixture(scope="module")

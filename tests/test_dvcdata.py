@@ -104,7 +104,7 @@ def test_preflight_fetches_the_corpus_and_checks_what_later_stages_read(project)
     with pytest.raises(MissingInput, match="benchmark 'cruxeval': no such file nowhere/cruxeval/cruxeval.jsonl"):
         check_pipeline(nowhere, "micro", "build", project)
     lcb_stepcode = params.model_copy(update={"pipeline": params.pipeline.model_copy(update={
-        "eval_benchmarks": ("lcb",), "eval_prompt": "stepcode"})})
+        "eval_benchmarks": ("reval",), "eval_prompt": "stepcode"})})
     with pytest.raises(UserError, match="pipeline.eval_benchmarks / eval_prompt: --prompt stepcode runs on CRUXEval"):
         check_pipeline(lcb_stepcode, "micro", None, project)         # refused before a model loads
     no_lcb = params.model_copy(update={"pipeline": params.pipeline.model_copy(update={

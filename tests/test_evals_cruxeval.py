@@ -265,19 +265,30 @@ def test_official_keeps_only_the_official_keys():
 
 # --- StepCode's own task (pure judging) ---------------------------------------------------------------------------
 
-def test_stepcode_judge_scores_the_answer_and_the_steps_separately():
-    from stepcode.evals.stepcode_task import judge, step_accuracy
+def test_stepcode_task_scores_answers_and_steps_as_the_training_reward_does():
+    from stepcode.config import Params
+    from stepcode.evals import stepcode_task as st
 
-    item = {"id": "sample_0", "code": "def f(x):\n    return x + 1", "input": "1", "gold_output": "2",
-            "trace": ["y: 2", "return_val: 2"]}
-    text = ("<reasoning>a</reasoning><print> y: 2 </print><reasoning>b</reasoning><print>return_val: 3</print>"
-            "<reasoning>c</reasoning><answer>2</answer>")
-    assert judge(item, text) == ("def f(x):\n    return x + 1\nassert 2 == (\n2\n)\n", 0.5)
-    assert judge(item, "<reasoning>c</reasoning><answer>f(1)</answer>") == (None, 0.0)     # echo guard
-    assert judge(item, "<reasoning>c</reasoning><answer>2) or (True</answer>") == (None, 0.0)   # not one expression
-    assert judge(item, "<print>y: 2</print> no answer") == (None, 0.5)
-    assert step_accuracy(["a", "b"], ["a"]) == 0.5                  # a missing print counts 0
-    assert step_accuracy(["a"], ["a", "b", "c"]) == 1.0             # extra prints are ignored
-    assert step_accuracy(["a", "b"], ["b", "a"]) == 0.0             # position by position
+    params = Params()
+    row = {"id": "sample_0", "code": "def f(x):\n    y = x + 1\n    return y * 2", "input": "1", "entry_point": "f",
+           "gold_output": "4"}
+    (item,), excluded = st.build_items([row], params)
+    assert excluded == 0 and item["trace"] == ["y: 2", "return_val: 4"]
+    assert "print(f'y: {y}')" in st.messages(item, "output")[1]["content"]
+    assert "assert f(??) == 4" in st.messages(item, "input")[1]["content"]
+    out = ["<print>y: 2</print><print>return_val: 5</print><answer>4</answer>",      # right answer, one wrong step
+           "<print>y: 2</print><answer>f(1)</answer>",                                # echo guard: 0, 1 of 2 steps
+           "<answer>2) or (True</answer>"]                                             # not one expression
+    inp = ["<input>1</input><print>y: 2</print><print>return_val: 4</print><answer>1</answer>",  # all right
+           "<input>0</input><print>y: 1</print><print>return_val: 2</print><answer>0</answer>",  # steps of ITS input
+           "<input>1</input><print>y: 2</print><answer>2</answer>"]                    # answer != committed input
+    (o,), (i,) = st.score([item], [out], "output", params), st.score([item], [inp], "input", params)
+    assert [(s.final, s.steps) for s in o] == [(1.0, (1.0, 0.0)), (0.0, (1.0, 0.0)), (0.0, (0.0, 0.0))]
+    assert [(s.final, s.steps) for s in i] == [(1.0, (1.0, 1.0)), (0.0, (1.0, 1.0)), (0.0, (1.0, 0.0))]
+    assert st.step_accuracy(["a", "b"], ["a"]) == 0.5                  # a missing print counts 0
+    assert st.step_accuracy(["a"], ["a", "b", "c"]) == 1.0             # extra prints are ignored
+    assert st.step_accuracy(["a", "b"], ["b", "a"]) == 0.0             # position by position
     with pytest.raises(ValueError):
-        step_accuracy([], ["a"])
+        st.step_accuracy([], ["a"])
+    with pytest.raises(ValueError, match="output or input"):
+        st.messages(item, "sideways")

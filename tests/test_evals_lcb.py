@@ -1,5 +1,6 @@
-"""LiveCodeBench code execution: extraction, skip rule, loader, scoring on a fixture in the upstream schema; and the
-`evaluate` stage end to end on a tiny random model (official and stepcode prompts)."""
+"""LiveCodeBench code execution: extraction, skip rule, loader, scoring on a fixture in the upstream schema; input
+prediction (our prompt, CRUXEval-I's scoring) and the stepcode program rows; and the `evaluate` stage end to end on a
+tiny random model (official and stepcode prompts)."""
 
 from __future__ import annotations
 
@@ -74,9 +75,199 @@ def test_fixture_scoring_with_the_lcb_skip_rule():
     assert result["pass_at_1"] == pytest.approx(100 * (0.5 + 0 + 2 / 3 + 0 + 1 + 1) / 6)
 
 
-def test_lcb_has_only_the_output_task():
-    with pytest.raises(ValueError, match="only the output task"):
-        lcb.adapter("input")
+def test_lcb_tasks_and_an_unknown_task():
+    assert lcb.LIVECODEBENCH.tasks == lcb.LIVECODEBENCH.stepcode_tasks == ("output", "input")
+    assert (lcb.adapter().name, lcb.adapter().default_skip_rule) == ("lcb-output", "lcb")
+    assert (lcb.adapter("input").name, lcb.adapter("input").default_skip_rule) == ("lcb-input", "drop")
+    for call in (lambda: lcb.adapter("reverse"), lambda: lcb.make_prompt(P0, task="reverse"),
+                 lambda: lcb.extract("x", task="reverse"), lambda: lcb.check_program(P0, "1", "reverse")):
+        with pytest.raises(ValueError, match="'reverse'"):
+            call()
+
+
+# --- input prediction: our prompt, CRUXEval-I's extraction, check and skip rule --------------------------------------
+
+P0 = {"id": "sample_9", "function_name": "g", "code": "def g(x: int) -> int:\n    return x + 1",
+      "input": "g(x = 1)", "output": "2"}
+
+
+@pytest.mark.parametrize("cot", [False, True])
+def test_input_prompt_fills_the_slots_after_the_code(cot):
+    p = lcb.load_problems(FIXTURE)[2]
+    text = lcb.make_prompt(p, cot, "input")
+    end = "[/PYTHON]\n[THOUGHT]\n" if cot else "[/PYTHON]\n[ANSWER]\n"
+    assert text.endswith(f"[PYTHON]\n{p['code']}\nassert minimumString(??) == \"abca\"\n{end}")
+    assert text.startswith("You will be given a Python function and an output in the form function(??) == output. ")
+    assert "ind any input such that executing the function on the input leads to the given output" in text
+    assert ("assert addOne(x = 16) == 17" if cot else 'concatenateStrings(s1 = "ba", s2 = "nana") == "banana"') \
+        in text
+    assert "{" not in text.replace(p["code"], "")                       # no slot left unfilled
+    if cot:
+        assert "Express your answer as a passing assertion containing the input and the given output" in text
+    assert lcb.make_messages(p, cot, "input") == [{"role": "system", "content": lcb.SYSTEM_MESSAGE},
+                                                  {"role": "user", "content": text}]
+    [(sid, prompt)] = lcb.LIVECODEBENCH.prompts(p, "input", cot=cot)
+    assert (sid, prompt.raw, prompt.messages) == ("sample_2", text, lcb.make_messages(p, cot, "input"))
+    # the output prompts are unchanged by the task argument
+    assert lcb.make_prompt(p, cot) == lcb.make_prompt(p, cot, "output")
+
+
+def test_input_prompt_with_slot_text_in_the_code_and_output():
+    p = dict(P0, code='def g(x: int) -> str:\n    return "{output} {function_name} {code} {input}" + str(x)',
+             output='"{output} {code} 2"')
+    text = lcb.make_prompt(p, False, "input")
+    assert text.endswith(f"[PYTHON]\n{p['code']}\nassert g(??) == \"{{output}} {{code}} 2\"\n[/PYTHON]\n[ANSWER]\n")
+    assert text.count("{output}") == 2 and text.count("{function_name}") == 1
+
+
+@pytest.mark.parametrize("text, cot, expected", [
+    ("assert g(x = 1) == 2\n[/ANSWER]", False, "g(x = 1)"),
+    ("assert g(x = 1) == 2", False, "g(x = 1)"),
+    ("g(x = 1)\n[/ANSWER]\nassert g(x = 5) == 6", False, "g(x = 1)"),              # cut at [/ANSWER] first
+    ("Sure:\nassert g(nums = [1,\n 2]) == 2\n[/ANSWER]", False, "g(nums = [1,\n 2])"),   # multi-line call kept
+    ("[THOUGHT]\nif a == 1 ...\n[/THOUGHT]\n[ANSWER]\nassert g(a = 1) == 2\n[/ANSWER]", True, "g(a = 1)"),
+    ("[THOUGHT]\nif a == 1 ...", True, "[THOUGHT]\nif a"),                           # no [ANSWER]: left of ==
+    ('assert g(s = "assert x") == 1', False, 'g(s = "assert x")'),                    # after the FIRST assert only
+    ("17", False, "17"),
+])
+def test_input_extraction(text, cot, expected):
+    assert lcb.extract(text, cot, "input") == expected
+    assert lcb.LIVECODEBENCH.extract(text, "input", cot) == expected
+
+
+def test_input_check_program_and_skip_rule():
+    assert lcb.check_program(P0, "g(x = 1)", "input") == f"{lcb.BASE_IMPORTS}\n{P0['code']}\nassert 2 == g(x = 1)"
+    assert lcb.check_program(P0, "g (x = 1)", "input") is None                     # not a call of g(
+    assert lcb.check_program(P0, "1", "input") is None
+    assert lcb.is_skipped(P0, "f(1)", "input") and not lcb.is_skipped(P0, "g(1)", "input")
+    # the output side keeps its rule: the whole gold call copied is skipped, a bare value is not
+    assert lcb.check_program(P0, "g(x = 1)") is None and lcb.check_program(P0, "g(x = 1)", "output") is None
+    assert lcb.check_program(P0, "2") == f"{lcb.BASE_IMPORTS}\n{P0['code']}\nassert 2 == 2"
+    assert lcb.adapter("input").check_program(P0, "g(x=0)") == lcb.check_program(P0, "g(x=0)", "input")
+
+
+INPUT_GENS = {
+    "sample_0": ["distinctDifferenceArray(nums = [1, 2, 3, 4, 5])", "distinctDifferenceArray([1, 2, 3, 4, 5])",
+                 "distinctDifferenceArray(nums = [1, 1])"],                         # gold, positional, wrong
+    "sample_1": ["distinctDifferenceArray(nums = [3, 2, 3, 4, 2])", "[3, 2, 3, 4, 2]"],   # gold; not a call
+    "sample_2": ['minimumString(a = "bca", b = "abc")', 'minimumString(a = "abca", b = "a")'],  # both right
+    "sample_3": ["maximumSumOfHeights(maxHeights = [1, 1])", "[5, 3, 4, 1, 1]"],   # wrong; not a call
+    "sample_4": ["minOperations(nums = [3, 1, 5, 4, 2], k = 2)"],                  # needs the List preamble
+    "sample_5": ["findKOr(nums = [9], k = 1)", "findKOr(nums = [7, 12, 9, 8, 9, 15], k = 5)"],   # right; wrong
+}
+
+
+def test_fixture_scoring_of_the_input_task_with_the_drop_rule():
+    problems = lcb.load_problems(FIXTURE)
+    result = score(lcb.adapter("input"), problems, INPUT_GENS)
+    assert result["skip_rule"] == "drop"
+    assert result["verdicts"] == {
+        "sample_0": [True, True, False], "sample_1": [True, None], "sample_2": [True, True],
+        "sample_3": [False, None], "sample_4": [True], "sample_5": [True, False]}
+    assert result["raw_scored_generations"] == {
+        "sample_0": [True, True, False], "sample_1": [True], "sample_2": [True, True],
+        "sample_3": [False, False], "sample_4": [True], "sample_5": [True, False]}
+    assert result["pass_at_1"] == pytest.approx(100 * (2 / 3 + 1 + 1 + 0 + 1 + 1 / 2) / 6)
+    # every fixture row's gold call passes its own check
+    gold = score(lcb.adapter("input"), problems, {p["id"]: [p["input"]] for p in problems})
+    assert gold["raw_scored_generations"] == {p["id"]: [True] for p in problems}
+
+
+def test_cli_scores_the_input_task(tmp_path):
+    from typer.testing import CliRunner
+
+    from stepcode.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"evaluate:\n  lcb_path: {FIXTURE}\n")
+    gens = tmp_path / "gens.json"
+    raw = {k: [f"assert {g} == 0\n[/ANSWER]" for g in v] for k, v in INPUT_GENS.items()}
+    gens.write_text(json.dumps(raw))
+    out = tmp_path / "scored.json"
+    r = CliRunner().invoke(app, ["score", "--benchmark", "lcb", "--task", "input", str(gens), "--extract", "direct",
+                                 "-o", str(out), "--params", str(params)])
+    assert r.exit_code == 0, r.output
+    scored = json.loads(out.read_text())
+    assert list(scored) == ["raw_generations", "raw_scored_generations", "pass_at_1", "pass_at_5"]
+    assert scored["raw_generations"] == INPUT_GENS                  # the official extraction of the raw text
+    assert scored["raw_scored_generations"]["sample_1"] == [True]
+    assert scored["raw_scored_generations"]["sample_3"] == [False, False]
+    assert scored["pass_at_1"] == pytest.approx(100 * (2 / 3 + 1 + 1 + 0 + 1 + 1 / 2) / 6)
+
+
+# --- the stepcode program rows -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, expected", [
+    ("def g(nums: List[int]) -> int:\n    return len(nums)", "from typing import List\n"),
+    ("def g(x):\n    return x", ""),
+    # the binding the whole preamble leaves: Counter from the later collections line, `bisect` the module
+    ("def g(a: List[int]) -> Optional[int]:\n    c = Counter(a)\n    return bisect.bisect(sorted(c), 2)",
+     "from typing import List, Optional\nimport bisect\nfrom collections import Counter\n"),
+    ("def g(s):\n    return re_search('a', s), math.inf, accumulate(s)",
+     "from re import search as re_search\nimport math\nfrom itertools import accumulate\n"),
+    # locals are not imports: a parameter `count`, a nested `def merge`, a comprehension variable `comb`
+    ("def g(count: int):\n    def merge(a, b):\n        return a + b\n    return merge(count, [comb for comb in []])", ""),
+    # a name free in one function, local in another, is needed
+    ("def h(count):\n    return count\ndef g(xs):\n    return list(zip(count(), xs))",
+     "from itertools import count\n"),
+    # a module-level binding the code reads only from functions is its own; one read at module level keeps the import
+    ("def inf():\n    return 1\ndef g():\n    return inf()", ""),
+    ("x = gcd(4, 6)\ndef gcd(a, b):\n    return 1", "from math import gcd\n"),
+    ("class S:\n    k = inf\n    def g(self) -> list:\n        return deque([self.k])", "from math import inf\n"
+     "from collections import deque\n"),
+])
+def test_needed_imports(code, expected):
+    assert lcb.needed_imports(code) == expected
+    exec(expected + code, {})                                        # the imports it names all exist
+
+
+def test_needed_imports_of_unparsable_code():
+    with pytest.raises(SyntaxError):
+        lcb.needed_imports("def g(:\n")
+
+
+@pytest.mark.parametrize("row", [json.loads(line) for line in FIXTURE.read_text().splitlines()],
+                         ids=lambda r: r["id"])
+@pytest.mark.parametrize("task", ["output", "input"])
+def test_stepcode_program_of_each_fixture_row_runs_standalone(row, task):
+    prog = lcb.LIVECODEBENCH.stepcode_program(row, task)
+    assert set(prog) == {"id", "code", "input", "entry_point", "gold_output"}
+    assert (prog["id"], prog["entry_point"], prog["gold_output"]) == (row["id"], row["function_name"], row["output"])
+    assert f"{prog['entry_point']}({prog['input']})" == row["input"]          # the argument list of the gold call
+    imports = lcb.needed_imports(row["code"])
+    assert prog["code"] == (f"{imports}\n{row['code']}" if imports else row["code"])
+    assert "from typing import List" in imports or "List" not in row["code"]
+    assert len(imports.splitlines()) <= 2                                        # not the 40-line preamble
+    exec(prog["code"] + f"\nassert {prog['entry_point']}({prog['input']}) == {prog['gold_output']}", {})
+
+
+def test_stepcode_programs_of_the_fixture_trace_cleanly():
+    """The rows the stepcode task instruments and traces (sandbox): none is left out, and the traced program's
+    return value is the gold output."""
+    import ast
+
+    from stepcode.config import Params
+    from stepcode.evals.stepcode_task import build_items
+
+    problems = lcb.load_problems(FIXTURE)
+    items, excluded = build_items([lcb.LIVECODEBENCH.stepcode_program(p, "input") for p in problems], Params())
+    assert (excluded, [it["id"] for it in items]) == (0, [p["id"] for p in problems])
+    assert [ast.literal_eval(it["output"]) for it in items] == [ast.literal_eval(p["output"]) for p in problems]
+
+
+def test_stepcode_program_argument_lists():
+    prog = lcb.LIVECODEBENCH.stepcode_program
+    assert prog(dict(P0, input=' g(s = "(x)", t = [1, (2, 3)]) '), "input")["input"] == 's = "(x)", t = [1, (2, 3)]'
+    assert prog(dict(P0, input="g ( x = 1 )"), "output")["input"] == "x = 1"
+    assert prog(dict(P0, input="g(\n    x = [1,\n 2],\n)"), "output")["input"] == "x = [1,\n 2],"
+    assert prog(dict(P0, input="g()"), "output")["input"] == ""
+    for bad in ("h(x = 1)", "g(x = 1) + 1", "g(1)(2)", "g(x = ", "g.h(1)", "g", "g(1); g(2)"):
+        with pytest.raises(ValueError, match=r"sample_9: input must be a single call of g\(\.\.\.\)"):
+            prog(dict(P0, input=bad), "input")
+    with pytest.raises(ValueError, match="sample_9: the code does not parse"):
+        prog(dict(P0, code="def g(:"), "output")
+    with pytest.raises(ValueError, match="'reverse'"):
+        prog(P0, "reverse")
 
 
 # --- evaluate end to end on a tiny random model --------------------------------------------------------------------
@@ -129,9 +320,12 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
                                  "--limit", "3", "-o", str(out), "--params", str(params)])
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "metrics.json").read_text())
-    keys = ("cruxeval_output", "cruxeval_input", "lcb_output")
-    assert set(metrics) == {f"{key}_{m}" for key in keys for m in (
+    keys = ("cruxeval_output", "cruxeval_input", "lcb_output", "lcb_input")
+    # (a "<key>_problems" count beside them is being added to generate.py concurrently: accepted, not required)
+    counts = {k: v for k, v in metrics.items() if k.endswith("_problems")}
+    assert set(metrics) - set(counts) == {f"{key}_{m}" for key in keys for m in (
         "pass_at_1", "pass_at_5", "t0.2_pass_at_1", "t0.2_pass_at_5", "t0.8_pass_at_1", "t0.8_pass_at_5")}
+    assert set(counts.values()) <= {3}
     ids = ["sample_0", "sample_1", "sample_2"]
     gens_files = {}
     for key in keys:
@@ -156,7 +350,7 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
         assert metrics[f"{key}_pass_at_5"] == metrics[f"{key}_t0.8_pass_at_5"]
     run = json.loads((out / "run.json").read_text())
     assert (run["decoding"], run["limit"], run["backend"], run["benchmarks"], run["prompt"]) == (
-        "sampled", 3, "transformers", ["cruxeval", "lcb"], "official")
+        "cruxeval", 3, "transformers", ["cruxeval", "lcb"], "official")
     assert [(d["label"], d["temperature"], d["n"]) for d in run["runs"]] == [("t0.2", 0.2, 5), ("t0.8", 0.8, 5)]
 
     # Known predictions through the same files. `stepcode score` on evaluate's own generations file reproduces its
@@ -180,8 +374,9 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
         bench, task = key.split("_")
         same = rescore(key, gens_files[key, "t0.2"])
         assert same == json.loads((out / "scored" / f"{key}_t0.2.json").read_text())
-        # CRUXEval-I answers are calls f(<input>); the others are the output value
-        gold = {k: f"f({p['input']})" if task == "input" else p["output"] for k, p in problems[bench].items()}
+        # CRUXEval-I answers are calls f(<input>), LCB input ones the gold call itself; the others the output value
+        gold = {k: p["output"] if task == "output" else p["input"] if bench == "lcb" else f"f({p['input']})"
+                for k, p in problems[bench].items()}
         gens = {k: [gold[k] if i in gold_at[k] else g for i, g in enumerate(v)]
                 for k, v in gens_files[key, "t0.2"].items()}
         known = rescore(key, gens, "--skip-rule", "false")
@@ -211,14 +406,14 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     # 12 tokens of an untrained model: no <print> and no <answer> block, so step accuracy and pass@1 are exactly 0
     parsed = [parse_completion(v[0], task="output") for v in raw.values()]
     assert [(p.prints, p.answer) for p in parsed] == [([], None), ([], None)], raw
-    assert metrics == {"stepcode_cruxeval_output_problems": 2.0, "stepcode_cruxeval_output_excluded": 0.0,
-                       "stepcode_cruxeval_output_greedy_pass_at_1": 0.0,
-                       "stepcode_cruxeval_output_greedy_step_accuracy": 0.0}
+    assert metrics == {f"stepcode_cruxeval_{task}_{key}": value for task in ("output", "input") for key, value in (
+        ("problems", 2.0), ("excluded", 0.0), ("greedy_pass_at_1", 0.0), ("greedy_step_accuracy", 0.0),
+        ("pass_at_1", 0.0), ("step_accuracy", 0.0))}
     scored = json.loads((out2 / "scored" / "stepcode_cruxeval_output_greedy.json").read_text())
     assert scored["raw_generations"] == raw
     assert scored["raw_scored_generations"] == {"sample_0": [False], "sample_1": [False]}
     run = json.loads((out2 / "run.json").read_text())
-    assert (run["decoding"], run["prompt"], run["limit"]) == ("greedy", "stepcode", 2)
+    assert (run["decoding"], run["prompt"], run["limit"]) == ("paper", "stepcode", 2)
     assert [(d["label"], d["temperature"], d["n"]) for d in run["runs"]] == [("greedy", 0.0, 1)]
 
 

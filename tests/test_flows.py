@@ -139,9 +139,11 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     assert learning["sft_heldout_step_acc"] == evaluated["baseline.heldout.step_acc"]
     assert learning["rl_heldout_step_acc"] == evaluated["heldout.step_acc"]
     assert {f"learning.{k}": v for k, v in learning.items()}.items() <= parent.data.metrics.items()
+    from stepcode.tracking.registry import version_metrics
+
     version = mlflow.MlflowClient().get_model_version("model-flow-e2e", "1")
-    assert version.run_id == children["register"].info.run_id
-    assert "metric.heldout.final_acc" in version.tags and version.source.endswith("/model")
+    assert version.run_id == children["grpo"].info.run_id and version.aliases == ["candidate"]   # the training run
+    assert "heldout.final_acc" in version_metrics(version) and version.source.startswith("models:/m-")
 
     # the cached re-run: every cached stage is skipped (no new stage run), only the gate and registration run again
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "stepcode"
 CORE = {"stepcode.config", "stepcode.errors", "stepcode.anchors", "stepcode.prompts", "stepcode.jsonl",
-        "stepcode.dvcdata"}
+        "stepcode.dvcdata", "stepcode.plots"}
 
 # layer -> the layers it may import (besides itself)
 ALLOWED = {

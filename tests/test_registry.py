@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepcode.tracking.registry import decide, promote_if_better, register_model, version_metrics
+from stepcode.tracking.registry import decide, log_model, promote_if_better, register_model, version_metrics
 
 M = ["final_acc", "step_acc"]
 
@@ -34,16 +34,21 @@ def test_min_improvement():
 def test_aliases_in_a_real_registry(tmp_path, mlflow_store):
     import mlflow
 
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    from stepcode.training.models import build_tiny_model, corpus_texts
+
+    model = build_tiny_model(tmp_path / "model", corpus_texts([{"messages": [{"role": "user", "content": "f(1)"}]}]),
+                             size="micro")
     mlflow.set_experiment("registry-test")
-    versions = []
+    versions, trained = [], []
     for acc in (0.3, 0.2, 0.5):   # champion, a worse candidate, a better one (each a different model file)
-        (model / "weights.bin").write_text(str(acc))
-        with mlflow.start_run() as run:
+        (model / "README.md").write_text(f"model {acc}")
+        with mlflow.start_run(run_name="grpo") as run:          # the training run logs the model it made
             mlflow.set_tag("dvc.md5.dataset", "abc.dir")
-        mv = register_model(str(model), "reg-test", run.info.run_id, {"final_acc": acc})
+            log_model(str(model))
+        trained.append(run.info.run_id)
+        with mlflow.start_run(run_name="register") as run:
+            mv = register_model(str(model), "reg-test", run.info.run_id, {"final_acc": acc})
+        assert mv.aliases == ["candidate"]
         versions.append((mv.version, promote_if_better("reg-test", mv.version, ["final_acc"])))
     client = mlflow.MlflowClient()
     assert [d.promote for _, d in versions] == [True, False, True]
@@ -51,10 +56,19 @@ def test_aliases_in_a_real_registry(tmp_path, mlflow_store):
     assert client.get_model_version_by_alias("reg-test", "candidate").version == versions[2][0]
     worse = client.get_model_version("reg-test", versions[1][0])
     assert worse.tags["promotion"] == "rejected" and version_metrics(worse) == {"final_acc": 0.2}
-    assert worse.tags["dvc.md5.dataset"] == "abc.dir" and worse.run_id
-    assert sorted(a.path for a in client.list_artifacts(worse.run_id, "model")) == ["model/config.json",
-                                                                                  "model/weights.bin"]
+    assert worse.tags["dvc.md5.dataset"] == "abc.dir" and worse.run_id == trained[1]     # source: the training run
+    assert "| final_acc | 0.2 |" in worse.description and "`abc.dir`" in worse.description   # the model card
+    assert "final_acc" not in {k.split(".", 1)[-1] for k in worse.tags}                     # metrics, not tags
+    # loadable as what it is: a text-generation pipeline with its tokenizer, by alias
+    generate = mlflow.transformers.load_model("models:/reg-test@candidate")
+    out = generate("def f(x):", max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"].startswith("def f(x):")
     # the same files again (a cached pipeline re-run): no new version
     with mlflow.start_run() as run:
         pass
     assert register_model(str(model), "reg-test", run.info.run_id, {"final_acc": 0.5}).version == versions[2][0]
+    # a model no run logged (trained with tracking off) is logged by the registering run
+    (model / "README.md").write_text("untracked")
+    with mlflow.start_run(run_name="register") as run:
+        mv = register_model(str(model), "reg-test", run.info.run_id, {"final_acc": 0.1})
+    assert mv.run_id == run.info.run_id and version_metrics(mv) == {"final_acc": 0.1}

@@ -506,5 +506,17 @@ def test_kl_reaches_mlflow_in_a_micro_grpo_stage(micro, profile, tmp_path, mlflo
     run = next(r for r in runs if r.info.run_name == "grpo-kl")
     names = [k for k in run.data.metrics if k.split(".")[-1].split("/")[-1] == "kl"]
     assert names, sorted(run.data.metrics)
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, names[0])
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, names[0])
     assert len(history) == 3 and all(math.isfinite(m.value) for m in history)
+    # the TrainingArguments that matter as params, all of them as an artifact (not ~400 params)
+    assert run.data.params["args.beta"] == "0.05" and run.data.params["args.max_steps"] == "3"
+    assert len(run.data.params) < 60, sorted(run.data.params)
+    client.download_artifacts(run.info.run_id, "training_args.json", str(tmp_path))
+    assert json.loads((tmp_path / "training_args.json").read_text())["beta"] == 0.05
+    # the model it made, as an MLflow transformers model of this run, tagged with its DVC md5
+    from stepcode.tracking.lineage import dvc_md5
+
+    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                           filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert logged.tags["model.md5"] == dvc_md5(tmp_path / "rl")

@@ -5,4 +5,4 @@ call one stage function in the library, print a summary and choose the exit code
 command functions so `stepcode --help` stays fast.
 """
 
-AREAS = ("data", "build", "train", "evaluate", "pipeline", "study")
+AREAS = ("data", "build", "train", "evaluate", "pipeline", "study", "lineage")

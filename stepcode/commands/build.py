@@ -2,6 +2,7 @@
 
     stepcode build data/traces.jsonl -o data/build
     stepcode build data/traces.jsonl -o data/build --heldout-fraction 0.2 --no-input-task
+    stepcode build data/traces.jsonl -o data/dataset --metrics metrics/build.json   # as dvc.yaml runs it
 
 Exit codes: 0 built; 1 built, but no training example came out (sft.jsonl is empty); 2 bad input (a missing or
 malformed file, an invalid row).
@@ -26,6 +27,8 @@ def register(app: typer.Typer) -> None:
                                                                help="share of programs held out (default: params)"),
               input_task: Optional[bool] = typer.Option(None, "--input-task/--no-input-task",
                                                         help="also emit input-prediction examples (default: params)"),
+              metrics: Optional[Path] = typer.Option(None, "--metrics", help="also write the counts (rows kept and "
+                                                     "dropped, examples per split and task) as a DVC metric"),
               params_path: Path = ParamsOpt):
         """Build SFT/RL/held-out examples from trace rows, decontaminated against CRUXEval, REval (and LCB)."""
         from stepcode.pipeline import stages
@@ -33,11 +36,17 @@ def register(app: typer.Typer) -> None:
                                              "build.input_task": input_task})
         require_file(traces, "TRACES", "write it with `stepcode trace`")
         check_output(out, "-o", directory=True)
+        check_output(metrics, "--metrics")
         try:
             with writing("-o", out):
                 stats = stages.build(params, traces, out)
         except ValueError as e:  # bad rows the library still reports as plain ValueErrors (duplicate ids, ...)
             fail(str(e))
+        if metrics:
+            from stepcode.data.dataset import write_metrics
+
+            with writing("--metrics", metrics):
+                write_metrics(stats, metrics)
         typer.echo(f"{stats['rows_in']} trace rows -> {stats['rows_kept']} kept; "
                    f"sft {stats['files']['sft']}, rl {stats['files']['rl']}, heldout {stats['files']['heldout']}")
         typer.echo("rows out: " + json.dumps(stats["rows_out"]))

@@ -4,9 +4,12 @@
     stepcode score --benchmark cruxeval --task input gens.json --skip-rule false --samples sample_1,sample_7
     stepcode score --benchmark lcb --task output raw_completions.json --extract direct
     stepcode evaluate --model models/run --benchmarks cruxeval,lcb --limit 3 --prompt official -o eval/
+    stepcode evaluate --suite paper --model models/run --limit 20 -o eval/suite        # the paper's Table 2 + 6
+    stepcode evaluate --suite paper --endpoint http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-Coder-7B-Instruct
 
 The choices come from the benchmark registry (stepcode/evals/registry.py). A registered benchmark a command cannot
-run yet (REval: neither) is refused in one line that names what to run instead.
+run (`stepcode score --benchmark reval`: REval is scored by its own protocol in `stepcode evaluate`) is refused in
+one line that names what to run instead.
 """
 
 from __future__ import annotations
@@ -31,20 +34,23 @@ from stepcode.commands.common import (
 )
 from stepcode.evals import EXTRACT_MODES
 from stepcode.evals.benchmark import GENERATE, SCORE
-from stepcode.evals.generate import PROMPTS
+from stepcode.evals.generate import DECODING_PRESETS, PROMPTS, endpoint_label, open_backend, with_decoding
 from stepcode.evals.registry import BENCHMARKS, REGISTRY, get, names
 from stepcode.evals.scoring import SKIP_RULES
+from stepcode.evals.suite import SUITES
 
 BENCHMARK_NAMES = tuple(BENCHMARKS)
 TASKS = tuple(dict.fromkeys(t for n in names(SCORE) for t in BENCHMARKS[n]))   # output, input: the scorable ones
-STEPCODE_NAMES = tuple(n for n, b in REGISTRY.items() if b.stepcode_tasks)       # cruxeval
+STEPCODE_NAMES = tuple(n for n, b in REGISTRY.items() if b.stepcode_tasks)       # cruxeval, lcb
+SUITE_NAMES = tuple(SUITES)
 _TASK_HELP = "; ".join(f"{n}: {'|'.join(BENCHMARKS[n])}" for n in names(SCORE))
 _NOT_GENERATED = ", ".join(n for n in BENCHMARK_NAMES if n not in names(GENERATE))
 _NOT_SCORED = ", ".join(n for n in BENCHMARK_NAMES if n not in names(SCORE))
 
 
-def _benchmark_list(value: str) -> str:
-    split_choices(value, BENCHMARK_NAMES, "--benchmarks")
+def _benchmark_list(value: str | None) -> str | None:
+    if value is not None:
+        split_choices(value, BENCHMARK_NAMES, "--benchmarks")
     return value
 
 
@@ -96,15 +102,28 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"wrote {out}")
 
     @app.command()
-    def evaluate(model: Path = typer.Option(..., "--model", help="local Hugging Face model folder"),
-                 benchmarks: str = typer.Option("cruxeval,lcb", "--benchmarks", callback=_benchmark_list,
-                                                help=f"comma-separated, some of: {', '.join(BENCHMARK_NAMES)}"
-                                                     + (f" (not runnable here yet: {_NOT_GENERATED})"
-                                                        if _NOT_GENERATED else "")),
+    def evaluate(model: str = typer.Option(..., "--model", help="local Hugging Face model folder; with --endpoint, "
+                                           "the served model's name"),
+                 endpoint: Optional[str] = typer.Option(None, "--endpoint", help="an OpenAI-compatible server's "
+                                                        "base URL (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)"),
+                 concurrency: int = typer.Option(8, "--concurrency", min=1, help="requests in flight (--endpoint)"),
+                 suite: Optional[Literal[SUITE_NAMES]] = typer.Option(
+                     None, "--suite", help="paper: every benchmark x task of the paper's Table 2 with both prompt "
+                                           "styles, Table 6's step accuracy, one table and one MLflow run"),
+                 benchmarks: Optional[str] = typer.Option(None, "--benchmarks", callback=_benchmark_list,
+                                                          help=f"comma-separated, some of: {', '.join(BENCHMARK_NAMES)}"
+                                                          " (default cruxeval,lcb)"
+                                                          + (f" (not runnable here yet: {_NOT_GENERATED})"
+                                                             if _NOT_GENERATED else "")),
                  limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N problems of "
-                                                     "each"),
-                 prompt: Literal[PROMPTS] = typer.Option("official", "--prompt", help="official; stepcode (the "
-                                                         f"instrumented task: {', '.join(STEPCODE_NAMES)} only)"),
+                                                     "each (REval: programs)"),
+                 prompt: Optional[Literal[PROMPTS]] = typer.Option(
+                     None, "--prompt", help="official (default): the benchmark's own prompt; stepcode: our "
+                                            f"instrumented task ({', '.join(STEPCODE_NAMES)})"),
+                 decoding: Optional[Literal[DECODING_PRESETS]] = typer.Option(
+                     None, "--decoding", help="paper: one greedy completion (T = 0), the paper's protocol (default "
+                                              "with --suite); cruxeval: evaluate.n samples at each of "
+                                              "evaluate.temperatures, pass@1 and pass@5 (default otherwise)"),
                  out: Path = typer.Option(Path("eval"), "-o", "--out", help="output folder"),
                  heldout: Optional[Path] = typer.Option(None, "--heldout", help="also the held-out RL rows "
                                                         "(in-distribution, greedy): final/step accuracy, gap"),
@@ -115,27 +134,36 @@ def register(app: typer.Typer) -> None:
                                                          "baseline.heldout.* metrics"),
                  profile: Optional[str] = typer.Option(None, "--profile", help="held-out rows of this training "
                                                        "profile's sources only (train.profiles.NAME.sources)"),
-                 greedy: bool = typer.Option(False, "--greedy", help="greedy decoding (paper-style, labelled)"),
                  max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                               help="generation cap (default: evaluate.max_new_tokens)"),
                  register_as: Optional[str] = typer.Option(None, "--register", help="register the model under "
                                                            "this name in the MLflow registry, with its metrics"),
                  params_path: Path = ParamsOpt):
         """Generate with the model, extract, score in the sandbox; write generations, scored files, metrics.json.
-        Logged to MLflow as the `evaluate` stage (metrics, per-row table, generations as artifacts)."""
+        Logged to MLflow as the `evaluate` stage (metrics, per-row table, generations as artifacts); --suite logs
+        one run with a nested run per benchmark."""
         from stepcode.pipeline import stages
-        chosen_names = split_choices(benchmarks, BENCHMARK_NAMES, "--benchmarks")
-        for name in chosen_names:       # the rules of stepcode.evals.generate.check_request, checked up front
+
+        if suite:
+            for given, option in ((benchmarks, "--benchmarks"), (prompt, "--prompt"), (heldout, "--heldout"),
+                                  (baseline, "--baseline"), (register_as, "--register")):
+                if given is not None:
+                    fail(f"--suite {suite} runs its own benchmarks with both prompt styles; drop {option}")
+        prompt = prompt or "official"
+        chosen_names = split_choices(benchmarks or "cruxeval,lcb", BENCHMARK_NAMES, "--benchmarks")
+        for name in () if suite else chosen_names:   # the rules of generate.check_request, checked up front
             try:
                 get(name).require(GENERATE)
             except ValueError as e:
                 fail(f"--benchmarks {name}: {e}")
-        if prompt == "stepcode" and set(chosen_names) - set(STEPCODE_NAMES):
+        lacking = [n for n in chosen_names if n not in STEPCODE_NAMES]
+        if prompt == "stepcode" and lacking:
             able = " and ".join(get(n).title for n in STEPCODE_NAMES)
-            fail(f"--prompt stepcode runs on {able} programs only; give --benchmarks {','.join(STEPCODE_NAMES)}")
+            fail(f"--prompt stepcode runs on {able} programs only; drop {', '.join(lacking)} from --benchmarks")
         params = load_params(params_path)
         check_params_workers(params, params_path, hash_seeds=1)
-        require_exists(model, "--model")   # config.json: checked by the stage, after the benchmark files
+        if endpoint is None:
+            require_exists(Path(model), "--model")   # config.json: checked by the stage, after the benchmark files
         if heldout is not None:
             require_file(heldout, "--heldout", "write it with `stepcode build`")
         elif baseline is not None:
@@ -144,19 +172,26 @@ def register(app: typer.Typer) -> None:
             require_exists(baseline, "--baseline")
         sources = check_profile(profile, params_path).train.get(profile).sources if profile else None
         check_output(out, "-o", directory=True)
-        chosen = {k: v for k, v in {"greedy": greedy or None, "max_new_tokens": max_new_tokens}.items() if v}
-        if chosen:
-            params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update=chosen)})
+        params = with_decoding(params, decoding or ("paper" if suite else None), max_new_tokens)
         try:
+            backend = open_backend(model, endpoint, concurrency=concurrency) if endpoint or suite else None
             with writing("-o", out):
-                metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=chosen_names,
-                                          prompt=prompt, limit=limit, heldout_limit=heldout_limit,
-                                          baseline=baseline, sources=sources)
+                if suite:
+                    metrics = stages.evaluate_suite(params, suite, out, backend=backend,
+                                                    model=endpoint_label(model, endpoint), limit=limit)
+                else:
+                    metrics = stages.evaluate(params, model, out, heldout=heldout, benchmarks=chosen_names,
+                                              prompt=prompt, limit=limit, heldout_limit=heldout_limit,
+                                              baseline=baseline, sources=sources, backend=backend)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
         if register_as:
             version = stages.register(params, model, metrics, name=register_as)
             typer.echo(f"registered {register_as} v{version.version}")
+        if suite:
+            typer.echo((out / "table.md").read_text())
+            typer.echo(f"wrote {out}/table.md, {out}/table.html, {out}/metrics.json")
+            return
         for key, value in metrics.items():
             typer.echo(f"{key:48s} {value:8.2f}")
         typer.echo(f"wrote {out}/metrics.json")

@@ -67,10 +67,39 @@ def summarize_outcome(outcome: dict) -> str:
     if outcome.get("dvc_recorded"):
         lines.append(f"dvc       recorded {', '.join(outcome['dvc_recorded'])} "
                      "(cache + dvc.lock; `dvc status` to check)")
+    lines += lineage_lines(outcome.get("dvc_push") or {}, outcome.get("lineage") or {})
     if "model" in outcome:
         lines.append(f"model     registered {outcome['model']['name']} v{outcome['model']['version']} "
                      f"(MLflow run {outcome.get('mlflow_run_id')})")
     return "\n".join(lines)
+
+
+def lineage_lines(push: dict, lineage: dict) -> list[str]:
+    """What the run pushed and what it points at: the DVC remote, its commit (dirty or not), how to get it back."""
+    lines = []
+    if push.get("state") == "pushed":
+        lines.append(f"dvc       pushed to remote {push.get('remote', '?')}: {push['transferred']} new object(s)")
+    elif push.get("state") == "off":
+        lines.append("dvc       not pushed (params tracking.dvc_push: false): the data are in the local cache only")
+    elif push.get("state") == "failed":
+        lines.append(f"warning   {push['warning']}")
+    if lineage.get("warning"):
+        lines.append(f"warning   {lineage['warning']}")
+    if lineage.get("run_id"):
+        run_id, commit = lineage["run_id"], (lineage.get("git_commit") or "unknown")[:10]
+        if lineage.get("git_dirty") and lineage.get("dirty_files") == "params.yaml":
+            lines.append(f"lineage   run {run_id} at git {commit} + uncommitted changes (params.yaml; logged with the "
+                         f"run, so `stepcode reproduce {run_id}` uses it)")
+        elif lineage.get("git_dirty"):
+            lines.append(f"lineage   run {run_id} at git {commit} + uncommitted changes ({lineage['dirty_files']}): "
+                         "the commit may not hold the code that ran; commit, then run again to make it reproducible")
+        else:
+            lines.append(f"lineage   run {run_id} at git {commit} (clean tree): "
+                         f"`stepcode lineage fetch {run_id} -o DIR`, `stepcode reproduce {run_id}`")
+        if lineage.get("missing_on_remote"):
+            lines.append(f"warning   the DVC remote lacks {len(lineage['missing_on_remote'])} dataset(s) the run "
+                         f"logged ({', '.join(lineage['missing_on_remote'][:6])}): `dvc push`")
+    return lines
 
 
 def _check_runs(mlflow, run_ids: list[str]) -> None:
@@ -167,7 +196,8 @@ def register(app: typer.Typer) -> None:
                 out: Path = typer.Option(Path("reports/compare.png"), "--out", help="where to write the PNG"),
                 log_artifact: bool = typer.Option(True, "--log/--no-log", help="log the PNG to every run"),
                 params_path: Path = ParamsOpt):
-        """Params that differ and metrics side by side, plus a PNG of training curves and benchmark bars."""
+        """Datasets and params that differ (by digest: DVC md5s, params sections) and metrics side by side, plus a
+        PNG of training curves and benchmark bars."""
         if len(run_ids) < 2:
             raise typer.BadParameter("give at least two run ids", param_hint="RUN_IDS")
         params = load_params(params_path)
@@ -184,4 +214,5 @@ def register(app: typer.Typer) -> None:
         with writing("--out", out):
             comparison = run_compare(run_ids, metric, out, log_artifact=log_artifact)
         typer.echo(comparison.table())
+        typer.echo(f"\n{comparison.why()}")
         typer.echo(f"\nplot: {out}" + (" (also logged to each run under comparisons/)" if log_artifact else ""))

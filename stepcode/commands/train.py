@@ -3,6 +3,7 @@
     stepcode train init-model -o models/tiny --corpus data/traces.jsonl [--size tiny]
     stepcode train sft  --model models/tiny     --data data/sft.jsonl -o models/tiny-sft [--profile tiny-cpu]
     stepcode train grpo --model models/tiny-sft --data data/rl.jsonl  -o models/tiny-rl  --mode bilevel|step|terminal
+    # --curves metrics/train-tiny-cpu/sft.json: the per-step curves `dvc plots show` draws (dvc.yaml passes it)
     # multi-GPU: accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m stepcode.cli train grpo ...
 
 Exit codes: 0 done; 2 bad input (missing file, unknown profile, malformed rows).
@@ -33,6 +34,8 @@ from stepcode.training.models import SIZES
 MODEL_SIZES = tuple(SIZES)
 RunNameOpt = typer.Option(None, "--run-name", help="name of the MLflow stage run and of the trainer's run "
                                                  "(reporters); default: the stage (sft, grpo)")
+CurvesOpt = typer.Option(None, "--curves", help="also write the training curves (one JSON row per logged step: "
+                                               "loss, learning rate; GRPO: reward, step accuracy...) for `dvc plots`")
 
 
 def _model_path(model: Optional[Path], profile_name: Optional[str], params) -> Path:
@@ -87,16 +90,18 @@ def init_model(out: Path = typer.Option(..., "-o", "--out", help="model director
 def sft(model: Optional[Path] = typer.Option(None, "--model", help="model directory (default: the profile's)"),
         data: Path = typer.Option(..., "--data", help="SFT rows (JSONL), as written by `stepcode build`"),
         out: Path = typer.Option(..., "-o", "--out", help="output model directory"),
-        profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt, params_path: Path = ParamsOpt):
+        profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt,
+        curves: Optional[Path] = CurvesOpt, params_path: Path = ParamsOpt):
     """SFT warm start (TRL SFTTrainer, loss on completions only). Logged to MLflow as the `sft` stage."""
     from stepcode.pipeline import stages
     params = check_profile(profile, params_path)
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")
     check_output(out, "-o", directory=True)
+    check_output(curves, "--curves")
     try:
-        with writing("-o", out):
-            summary = stages.sft(params, profile, model_path, data, out, run_name=run_name)
+        with writing("-o", out):   # a refused --curves write names its file
+            summary = stages.sft(params, profile, model_path, data, out, run_name=run_name, curves=curves)
     except ValueError as e:  # bad rows the library reports as plain ValueErrors
         fail(str(e))
     _report(summary)
@@ -107,13 +112,15 @@ def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model direc
          out: Path = typer.Option(..., "-o", "--out", help="output model directory"),
          mode: Literal[GRPO_MODES] = typer.Option("bilevel", "--mode", help="bilevel; step (lambda = 0); terminal "
                                                   "(vanilla GRPO)"),
-         profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt, params_path: Path = ParamsOpt):
+         profile: Optional[str] = ProfileOpt, run_name: Optional[str] = RunNameOpt,
+         curves: Optional[Path] = CurvesOpt, params_path: Path = ParamsOpt):
     """Bi-Level GRPO (or an ablation) with sandbox-checked rewards. Logged to MLflow as the `grpo` stage."""
     from stepcode.pipeline import stages
     params = check_profile(profile, params_path)
     model_path = _model_path(model, profile, params)
     require_file(data, "--data", "write it with `stepcode build`")
     check_output(out, "-o", directory=True)
+    check_output(curves, "--curves")
     reward_workers = params.train.get(profile).grpo.reward_workers
     if reward_workers:
         check_workers(reward_workers, f"{params_path}: train.profiles.{profile or params.train.profile}.grpo."
@@ -121,8 +128,8 @@ def grpo(model: Optional[Path] = typer.Option(None, "--model", help="model direc
     else:
         check_params_workers(params, params_path, len(params.trace.hash_seeds))
     try:
-        with writing("-o", out):
-            summary = stages.grpo(params, profile, model_path, data, out, mode, run_name=run_name)
+        with writing("-o", out):   # a refused --curves write names its file
+            summary = stages.grpo(params, profile, model_path, data, out, mode, run_name=run_name, curves=curves)
     except ValueError as e:  # bad rows the library reports as plain ValueErrors
         fail(str(e))
     _report(summary)

@@ -18,6 +18,8 @@ Writes, in OUT_DIR:
 - `heldout.jsonl`: the held-out programs' examples (both tasks) in the RL format. No program is in two of the three
   files.
 - `stats.json`, `decontamination.json` (see `stepcode.data.decontam`).
+`build_metrics(stats)` is the stage's DVC metric (`stepcode build --metrics metrics/build.json`): the counts
+`dvc metrics diff` compares.
 
 Routing, in this order (each row out is counted under its reason in stats["rows_out"]):
 1. `status != "ok"` -> "status/<status>"; an ok row with more than `trace.max_lines` lines -> "too_long"; with no
@@ -263,3 +265,22 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
     _write_json(out / "decontamination.json", decontam_report)
     _write_json(out / "stats.json", stats)
     return stats
+
+
+def build_metrics(stats: dict) -> dict:
+    """Pure: the build stage's DVC metric from its stats: rows in, kept and dropped by reason (decontaminated rows
+    are `dropped.contaminated`), examples per split and task, programs per split, terminal-only rows and kept rows
+    per source. Counts only, so the same traces give the same file."""
+    examples = stats["examples"]
+    return {"rows": {"in": stats["rows_in"], "kept": stats["rows_kept"],
+                     "decontaminated": stats["rows_out"].get("contaminated", 0)},
+            "dropped": stats["rows_out"],
+            "examples": {split: {task: examples[task][split] for task in examples} for split in SPLITS},
+            "programs": stats["split"]["programs"],
+            "terminal_only": stats["terminal_only"],
+            "sources": stats["sources"]}
+
+
+def write_metrics(stats: dict, path) -> None:
+    """`build_metrics(stats)` as pretty JSON at `path`, atomically."""
+    _write_json(Path(path), build_metrics(stats))

@@ -9,7 +9,8 @@
 It writes, under the report dir (passed or not):
     summary.json        success, GX statistics, one entry per expectation (counts, observed value, example ids)
     quarantine.jsonl    every row that broke an expectation, with `failed_expectations: [names]`
-    gx/uncommitted/data_docs/local_site/index.html      GX Data Docs: static HTML, no server needed
+    gx/uncommitted/data_docs/local_site/index.html      GX Data Docs: static HTML, no server and no network needed
+                                                        (stepcode.data.datadocs vendors its CSS/JS)
 
 A row is quarantined for a column expectation when GX lists it as unexpected (including the rows a `mostly`
 expectation tolerates: a non-literal output is flagged there even when the gate passes). A failed rate expectation
@@ -52,6 +53,7 @@ DERIVED_COLUMNS = {
 }
 
 SUITE_NAME = "trace_table"
+DOCS_SITE = Path("gx") / "uncommitted" / "data_docs" / "local_site"   # under the report dir
 
 
 class GateFailed(UserError):
@@ -228,11 +230,15 @@ def _blame(name: str, df, observed, params):
     return None
 
 
-def _run_checkpoint(df, expectations, report_dir: Path):
-    """Validate `df` with a GX file context under report_dir (which also renders the Data Docs); the suite result."""
+def _run_checkpoint(df, expectations, report_dir: Path, run_name: str):
+    """Validate `df` with a GX file context under report_dir (which also renders the Data Docs, made to render
+    offline: stepcode.data.datadocs); the suite result. `run_name` names the run in the Data Docs."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    from stepcode.data.datadocs import make_offline
 
     context = gx.get_context(mode="file", project_root_dir=str(report_dir))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # tqdm bars per metric drown the output
@@ -245,7 +251,8 @@ def _run_checkpoint(df, expectations, report_dir: Path):
     checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
         name=SUITE_NAME, validation_definitions=[definition], actions=[UpdateDataDocsAction(name="data_docs")],
         result_format="COMPLETE"))  # COMPLETE: unexpected_index_list, which the quarantine needs
-    result = checkpoint.run(batch_parameters={"dataframe": df})
+    result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=run_name))
+    make_offline(report_dir / DOCS_SITE, asset=f"{SUITE_NAME} ({run_name})")
     return next(iter(result.run_results.values()))
 
 
@@ -297,7 +304,7 @@ def validate_traces(traces_path, report_dir, params) -> GateResult:
         # data, so only deprecations raised from GX modules are silenced.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"great_expectations\.")
         expectations = build_expectations(params)
-        suite_result = _run_checkpoint(df, expectations, report_dir)
+        suite_result = _run_checkpoint(df, expectations, report_dir, run_name=Path(traces_path).name)
 
     by_name = {res.expectation_config.meta["name"]: res for res in suite_result.results}
     outcomes, reasons = [], [[] for _ in rows]
@@ -314,7 +321,7 @@ def validate_traces(traces_path, report_dir, params) -> GateResult:
     failed = [o for o in outcomes if not o.success]
     result = GateResult(success=not failed, n_rows=len(rows), failed=failed,
                         outcomes=outcomes, n_quarantined=len(quarantine), quarantine_path=quarantine_path,
-                        report_path=report_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html",
+                        report_path=report_dir / DOCS_SITE / "index.html",
                         summary_path=report_dir / "summary.json")
     summary = {"success": result.success, "n_rows": len(rows), "n_quarantined": len(quarantine),
                "statistics": {k: _jsonable(v) for k, v in suite_result.statistics.items()},

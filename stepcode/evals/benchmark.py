@@ -32,8 +32,8 @@ Contracts a subclass keeps:
 Capabilities. A benchmark declares which commands run it: SCORE (`stepcode score` / `score_file` score an official
 `{"sample_<k>": [prediction, ...]}` file through `scoring_adapter`, keyed by problem id) and GENERATE (`stepcode
 evaluate` generates, extracts and scores the same way, so it needs SCORE and one prompt per problem under the
-problem's id). A benchmark without one says what to run instead (`instead`); `require()` raises `Unsupported`, one
-line, instead of pretending.
+problem's id — unless the benchmark runs its own protocol in `run_evaluation`, as REval does). A benchmark without
+one says what to run instead (`instead`); `require()` raises `Unsupported`, one line, instead of pretending.
 
 This module is light: it imports nothing beyond the standard library and stepcode.errors.
 """
@@ -100,6 +100,16 @@ class Benchmark:
         """The program row our instrumented task traces: {id, code, input, entry_point, gold_output}."""
         raise Unsupported(f"{self.title or self.name} has no stepcode prompt style")
 
+    def run_evaluation(self, backend, params, runs, out_dir, *, prompt: str, limit: int | None,
+                       sandbox) -> dict | None:
+        """`stepcode evaluate` for a benchmark with its own protocol (REval: several questions per program, its own
+        scorer): generate with `backend` for each Decoding in `runs`, score, write under out_dir, return flat
+        metrics. None (the default): the generic per-problem path (prompts, extract, scoring adapter)."""
+        return None
+
+    def has_own_evaluation(self) -> bool:
+        return type(self).run_evaluation is not Benchmark.run_evaluation
+
     def official_export(self, result: dict) -> dict:
         """Only the official result keys, in the official order."""
         return {k: result[k] for k in ("raw_generations", "raw_scored_generations", "pass_at_1", "pass_at_5")}
@@ -123,7 +133,7 @@ class Benchmark:
             return self.official_prompts(problem, task, cot)
         from stepcode.evals.stepcode_task import messages
 
-        chat = messages(problem)
+        chat = messages(problem, task)
         return [(problem["id"], Prompt(chat, "\n\n".join(m["content"] for m in chat)))]
 
     def supports(self, capability: str) -> bool:

@@ -237,11 +237,11 @@ def _check_program_for(problem: dict, prediction: str, *, task: str) -> str | No
 
 
 class CRUXEval(Benchmark):
-    """CRUXEval-O and -I: the official prompts (and our stepcode task on the output side), official extraction,
+    """CRUXEval-O and -I: the official prompts and our instrumented stepcode task on both, official extraction,
     copied-input rule "drop"; decontamination against build.benchmarks_dir/cruxeval/cruxeval.jsonl."""
 
     name, title, tasks = "cruxeval", "CRUXEval", TASKS
-    stepcode_tasks = ("output",)
+    stepcode_tasks = ("output", "input")
 
     def load_problems(self, params) -> list[dict]:
         return load_problems(params.evaluate.cruxeval_path)

@@ -19,10 +19,15 @@ extraction, scoring adapter, official export. Only benchmarks with the "generate
 is refused up front (`Unsupported`, naming what to run instead).
 
 Prompts: "official" (the benchmarks' own, `cot` from params) or "stepcode" (our instrumented task, on the tasks a
-benchmark lists in `stepcode_tasks`: CRUXEval-O today; see stepcode_task.py; stops after "</answer>").
+benchmark lists in `stepcode_tasks`: CRUXEval-I/O and LiveCodeBench-I/O; see stepcode_task.py; stops after
+"</answer>"). A benchmark with its own protocol (REval) runs it in `Benchmark.run_evaluation`.
+
+Decoding presets (`--decoding`, `with_decoding`): paper = one greedy completion per problem (the StepCodeReasoner
+paper's protocol for every model), cruxeval = the official sampled runs above; the preset is recorded in run.json.
 
 Outputs under DIR:
     generations/<bench>_<task>_<run>.json       official format {"sample_k": [prediction, ...]} (extracted)
+    generations/stepcode_<bench>_<task>_<run>.raw.json   the instrumented task's raw completions, same shape
     generations/<bench>_<task>_<run>.raw.json   the raw completions, same shape
     scored/<bench>_<task>_<run>.json            official result format (raw_scored_generations, pass_at_1, ...)
     metrics.json                                flat {key: number} for `dvc metrics`
@@ -50,11 +55,37 @@ class Decoding:
     n: int
 
 
+DECODING_PRESETS = ("paper", "cruxeval")   # --decoding
+
+
 def decodings(ep) -> list[Decoding]:
     """The runs params.evaluate asks for."""
     if ep.greedy:
         return [Decoding("greedy", 0.0, 1)]
     return [Decoding(f"t{t:g}", t, ep.n) for t in ep.temperatures]
+
+
+def decoding_name(ep) -> str:
+    """The preset params.evaluate amounts to: paper (greedy) or cruxeval (sampled)."""
+    return "paper" if ep.greedy else "cruxeval"
+
+
+def with_decoding(params, preset: str | None, max_new_tokens: int | None = None):
+    """params with the decoding preset applied to params.evaluate (None: as params say).
+    paper: one greedy completion per problem (T = 0), as the StepCodeReasoner paper evaluates every model; labelled
+    "greedy". cruxeval: evaluate.n samples (official 10) at each of evaluate.temperatures (official 0.2, then 0.8):
+    pass@1 and pass@5 at every temperature, headline pass@1 from the first and pass@5 from the last.
+    max_new_tokens: the generation cap (default evaluate.max_new_tokens, 1024)."""
+    if preset is not None and preset not in DECODING_PRESETS:
+        raise ValueError(f"--decoding must be one of {DECODING_PRESETS}, got {preset!r}")
+    update: dict = {}
+    if preset is not None:
+        update["greedy"] = preset == "paper"
+    if max_new_tokens is not None:
+        update["max_new_tokens"] = max_new_tokens
+    if not update:
+        return params
+    return params.model_copy(update={"evaluate": params.evaluate.model_copy(update=update)})
 
 
 def cut_at_stop(text: str, stops: Sequence[str], keep: bool = False) -> str:
@@ -177,22 +208,43 @@ def load_backend(model_path: str):
     return TransformersBackend(model_path)
 
 
-def official_jobs(bench, problems: list[dict], cot: bool):
-    """(task, ids, prompts) per task of the benchmark, prompts in problem order."""
-    for task in bench.tasks:
+def open_backend(model: str, endpoint: str | None = None, *, concurrency: int = 8):
+    """The model to evaluate: served at an OpenAI-compatible `endpoint` under the name `model`, else the local
+    folder `model` (`load_backend`)."""
+    if endpoint:
+        from stepcode.evals.endpoint import EndpointBackend
+
+        return EndpointBackend(endpoint, model, concurrency=concurrency)
+    return load_backend(model)
+
+
+def endpoint_label(model: str, endpoint: str | None) -> str:
+    """How runs name the model: the folder, or `NAME @ URL`."""
+    return f"{model} @ {endpoint}" if endpoint else str(model)
+
+
+def official_jobs(bench, problems: list[dict], cot: bool, tasks: Sequence[str] | None = None):
+    """(task, ids, prompts) per task of the benchmark (or of `tasks`), prompts in problem order."""
+    for task in tasks or bench.tasks:
         pairs = [pair for p in problems for pair in bench.prompts(p, task, "official", cot=cot)]
         yield task, [i for i, _ in pairs], [prompt for _, prompt in pairs]
 
 
-def _complete_all(backend, prompts: list[Prompt], d: Decoding, ep, stops, keep_stop: bool,
-                  desc: str) -> list[list[str]]:
+def complete_all(backend, prompts: list[Prompt], d: Decoding, ep, stops, keep_stop: bool, desc: str,
+                 max_new_tokens: int | None = None) -> list[list[str]]:
+    """`d.n` completions of every prompt, cut at the first stop string; batched (a local model decodes 16 prompts
+    per `generate` call, an endpoint runs requests concurrently), one progress bar."""
     from tqdm import tqdm
 
-    out = []
-    for i, prompt in enumerate(tqdm(prompts, desc=desc, unit="prompt", dynamic_ncols=True)):
-        texts = backend.complete(prompt, d, top_p=ep.top_p, max_new_tokens=ep.max_new_tokens, stops=stops,
-                                 seed=ep.hash_seed * 1_000_003 + i)
-        out.append([cut_at_stop(t, stops, keep=keep_stop) for t in texts])
+    out: list[list[str]] = []
+    size = max(16, 4 * getattr(backend, "concurrency", 0))   # an endpoint keeps all its request slots busy
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True) as bar:
+        for k in range(0, len(prompts), size):
+            texts = backend.complete_many(prompts[k:k + size], d, top_p=ep.top_p,
+                                          max_new_tokens=max_new_tokens or ep.max_new_tokens, stops=stops,
+                                          seed=ep.hash_seed * 1_000_003 + k, batch_size=size)
+            out += [[cut_at_stop(t, stops, keep=keep_stop) for t in group] for group in texts]
+            bar.update(len(texts))
     return out
 
 
@@ -217,10 +269,10 @@ def check_request(benchmarks: Sequence[str], prompt: str) -> list:
 
 
 def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, limit: int | None = None,
-             prompt: str = "official", backend=None) -> dict:
-    """Generate, extract, score; write the files listed in the module docstring; return the flat metrics."""
+             prompt: str = "official", backend=None, tasks: Sequence[str] | None = None) -> dict:
+    """Generate, extract, score; write the files listed in the module docstring; return the flat metrics.
+    tasks: only these tasks of each benchmark (None: all of the prompt style's)."""
     from stepcode.evals import write_json
-    from stepcode.evals.scoring import score
     from stepcode.sandbox.engine import Sandbox
 
     benches = check_request(benchmarks, prompt)
@@ -230,44 +282,70 @@ def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, lim
     out = Path(out_dir)
     loaded = [(b, b.load_problems(params)[:limit]) for b in benches]   # fail early: before loading a model
     backend = backend or load_backend(model_path)
-    runs = decodings(ep)
     metrics: dict[str, float] = {}
     with Sandbox(params.sandbox, hash_seeds=(ep.hash_seed,)) as sb:
         for bench, problems in loaded:
-            if prompt == "stepcode":
-                for task in bench.stepcode_tasks:
-                    metrics.update(_evaluate_stepcode(backend, bench, task, problems, params, runs, out, sb))
-                continue
-            for task, ids, prompts in official_jobs(bench, problems, ep.cot):
-                key = f"{bench.name}_{task}"
-                for i, d in enumerate(runs):
-                    raw = _complete_all(backend, prompts, d, ep, ep.stop, False, f"{key} {d.label}")
-                    raw_gens = dict(zip(ids, raw))
-                    gens = {k: [bench.extract(t, task, ep.cot) for t in v] for k, v in raw_gens.items()}
-                    result = score(bench.scoring_adapter(task), problems, gens, samples=ids, sandbox=sb,
-                                   timeout=ep.check_timeout_s)
-                    write_json(out / "generations" / f"{key}_{d.label}.json", gens)
-                    write_json(out / "generations" / f"{key}_{d.label}.raw.json", raw_gens)
-                    write_json(out / "scored" / f"{key}_{d.label}.json", bench.official_export(result))
-                    metrics[f"{key}_{d.label}_pass_at_1"] = result["pass_at_1"]
-                    if d.n >= 5:
-                        metrics[f"{key}_{d.label}_pass_at_5"] = result["pass_at_5"]
-                    if i == 0:
-                        metrics[f"{key}_pass_at_1"] = result["pass_at_1"]
-                    if i == len(runs) - 1 and d.n >= 5:
-                        metrics[f"{key}_pass_at_5"] = result["pass_at_5"]
+            metrics.update(evaluate_benchmark(backend, bench, problems, params, out, prompt=prompt, sandbox=sb,
+                                              limit=limit, tasks=tasks))
     write_json(out / "metrics.json", metrics)
-    write_json(out / "run.json", {"model": str(model_path), "benchmarks": list(benchmarks), "prompt": prompt,
-                                  "decoding": "greedy" if ep.greedy else "sampled", "limit": limit,
-                                  "backend": getattr(backend, "name", type(backend).__name__),
-                                  "runs": [d.__dict__ for d in runs], "evaluate": ep.model_dump(mode="json")})
+    write_json(out / "run.json", run_record(model_path, list(benchmarks), prompt, limit, backend, params))
     return metrics
 
 
-def _evaluate_stepcode(backend, bench, task: str, problems, params, runs, out: Path, sb) -> dict:
+def run_record(model, benchmarks: list[str], prompt, limit, backend, params) -> dict:
+    """What was run: the model (folder or endpoint), benchmarks, prompt style(s), decoding preset and runs, params."""
+    ep = params.evaluate
+    return {"model": str(model), "benchmarks": benchmarks, "prompt": prompt, "decoding": decoding_name(ep),
+            "limit": limit, "backend": getattr(backend, "name", type(backend).__name__),
+            "runs": [d.__dict__ for d in decodings(ep)], "max_new_tokens": ep.max_new_tokens,
+            "evaluate": ep.model_dump(mode="json")}
+
+
+def evaluate_benchmark(backend, bench, problems: list[dict], params, out: Path, *, prompt: str, sandbox,
+                       limit: int | None = None, tasks: Sequence[str] | None = None) -> dict:
+    """Every task of one benchmark (or `tasks`) with one prompt style: files under `out`, flat metrics returned."""
+    runs = decodings(params.evaluate)
+    own = bench.run_evaluation(backend, params, runs, out, prompt=prompt, limit=limit, sandbox=sandbox)
+    if own is not None:      # a benchmark with its own protocol (REval: several questions per program)
+        return own
+    metrics: dict[str, float] = {}
+    if prompt == "stepcode":
+        for task in tasks or bench.stepcode_tasks:
+            metrics.update(_evaluate_stepcode(backend, bench, task, problems, params, runs, out))
+        return metrics
+    ep = params.evaluate
+    from stepcode.evals import write_json
+    from stepcode.evals.scoring import score
+
+    for task, ids, prompts in official_jobs(bench, problems, ep.cot, tasks):
+        key = f"{bench.name}_{task}"
+        for i, d in enumerate(runs):
+            raw = complete_all(backend, prompts, d, ep, ep.stop, False, f"{key} {d.label}")
+            raw_gens = dict(zip(ids, raw))
+            gens = {k: [bench.extract(t, task, ep.cot) for t in v] for k, v in raw_gens.items()}
+            result = score(bench.scoring_adapter(task), problems, gens, samples=ids, sandbox=sandbox,
+                           timeout=ep.check_timeout_s)
+            write_json(out / "generations" / f"{key}_{d.label}.json", gens)
+            write_json(out / "generations" / f"{key}_{d.label}.raw.json", raw_gens)
+            write_json(out / "scored" / f"{key}_{d.label}.json", bench.official_export(result))
+            metrics[f"{key}_{d.label}_pass_at_1"] = result["pass_at_1"]
+            if d.n >= 5:
+                metrics[f"{key}_{d.label}_pass_at_5"] = result["pass_at_5"]
+            if i == 0:
+                metrics[f"{key}_pass_at_1"] = result["pass_at_1"]
+                metrics[f"{key}_problems"] = len(ids)
+            if i == len(runs) - 1 and d.n >= 5:
+                metrics[f"{key}_pass_at_5"] = result["pass_at_5"]
+    return metrics
+
+
+def _evaluate_stepcode(backend, bench, task: str, problems, params, runs, out: Path) -> dict:
+    """Our instrumented task on one benchmark task: generations in the official sample format (raw texts), the
+    official result file (pass@1 on the final answer), and step accuracy; scored as the training reward scores."""
     from stepcode.evals import official, write_json
     from stepcode.evals import stepcode_task as st
-    from stepcode.evals.scoring import result_from_verdicts, run_checks
+    from stepcode.evals.scoring import result_from_verdicts
+    from stepcode.training.rewards import RewardScorer
 
     ep = params.evaluate
     items, excluded = st.build_items([bench.stepcode_program(p, task) for p in problems], params)
@@ -276,21 +354,23 @@ def _evaluate_stepcode(backend, bench, task: str, problems, params, runs, out: P
     if not items:
         return metrics
     prompts = [prompt for it in items for _, prompt in bench.prompts(it, task, "stepcode")]
-    for d in runs:
-        key = f"{prefix}_{d.label}"
-        raw = _complete_all(backend, prompts, d, ep, [st.STOP], True, key)
-        judged = [[st.judge(it, t) for t in texts] for it, texts in zip(items, raw)]
-        flat = run_checks([prog for row in judged for prog, _ in row], sandbox=sb, timeout=ep.check_timeout_s)
-        verdicts, i = {}, 0
-        for it, row in zip(items, judged):
-            # a program of None here means "failed without running", not "skipped": count it False
-            verdicts[it["id"]] = [v is True for v in flat[i:i + len(row)]]
-            i += len(row)
-        raw_gens = {it["id"]: texts for it, texts in zip(items, raw)}
-        result = result_from_verdicts(raw_gens, verdicts, "false")
-        steps = [s for row in judged for _, s in row]
-        write_json(out / "generations" / f"{key}.raw.json", raw_gens)
-        write_json(out / "scored" / f"{key}.json", official(result))
-        metrics[f"{key}_pass_at_1"] = result["pass_at_1"]
-        metrics[f"{key}_step_accuracy"] = 100.0 * sum(steps) / len(steps)
+    with RewardScorer(params) as scorer:
+        for i, d in enumerate(runs):
+            key = f"{prefix}_{d.label}"
+            raw = complete_all(backend, prompts, d, ep, [st.STOP], True, key)
+            scores = st.score(items, raw, task, params, scorer=scorer)
+            verdicts = {it["id"]: [s.final == 1.0 for s in row] for it, row in zip(items, scores)}
+            raw_gens = {it["id"]: texts for it, texts in zip(items, raw)}
+            result = result_from_verdicts(raw_gens, verdicts, "false")
+            lines = [x for row in scores for s in row for x in s.steps]
+            write_json(out / "generations" / f"{key}.raw.json", raw_gens)
+            write_json(out / "scored" / f"{key}.json", official(result))
+            step_acc = 100.0 * sum(lines) / len(lines) if lines else 0.0
+            metrics[f"{key}_pass_at_1"] = result["pass_at_1"]
+            metrics[f"{key}_step_accuracy"] = step_acc
+            if d.n >= 5:
+                metrics[f"{key}_pass_at_5"] = result["pass_at_5"]
+            if i == 0:
+                metrics[f"{prefix}_pass_at_1"] = result["pass_at_1"]
+                metrics[f"{prefix}_step_accuracy"] = step_acc
     return metrics

@@ -40,8 +40,10 @@ def register(benchmark: Benchmark) -> Benchmark:
         raise ValueError(f"{benchmark.name}: unknown capabilities {sorted(unknown)}; expected some of {CAPABILITIES}")
     if set(benchmark.stepcode_tasks) - set(benchmark.tasks):
         raise ValueError(f"{benchmark.name}: stepcode_tasks {benchmark.stepcode_tasks} not among {benchmark.tasks}")
-    if GENERATE in benchmark.capabilities and SCORE not in benchmark.capabilities:
-        raise ValueError(f"{benchmark.name}: `generate` scores what it generates as `score` does; it needs `score`")
+    if GENERATE in benchmark.capabilities and SCORE not in benchmark.capabilities \
+            and not benchmark.has_own_evaluation():
+        raise ValueError(f"{benchmark.name}: `generate` scores what it generates as `score` does; it needs `score` "
+                         "(or its own run_evaluation)")
     if set(CAPABILITIES) - set(benchmark.capabilities) and not benchmark.instead:
         raise ValueError(f"{benchmark.name}: a benchmark without every capability must say what to run instead")
     REGISTRY[benchmark.name] = benchmark

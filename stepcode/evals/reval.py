@@ -8,8 +8,8 @@
     prompts = reval_prompts(truths)                 # [(task_id, "coverage"|"state"|"path"|"output", messages)]
     result = score_reval(truths, {task_id: model_text, ...}, params=params)
     result["metrics"]                               # coverage acc/f1, state, path, output acc, IC (0-100)
-    REVAL                                           # the Benchmark the registry lists: no `stepcode evaluate` or
-                                                    # `stepcode score` yet (capabilities: none; REVAL.instead says so)
+    REVAL                                           # the Benchmark the registry lists: `stepcode evaluate` runs it
+                                                    # (reval_run.py); `stepcode score` does not (REVAL.instead)
 
 Semantics are upstream's (r-eval/REval@2f148b9; see shared/notes/benchmarks.md section 3), quirks included:
 - the truth comes from a `sys.settrace` tracer identical in effect to upstream `dynamics.py`
@@ -40,9 +40,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from stepcode.errors import UserError
-from stepcode.evals.benchmark import Benchmark, Prompt, Unsupported
+from stepcode.evals.benchmark import GENERATE, Benchmark, Prompt, Unsupported
 
 TASK_TYPES = ("coverage", "state", "path", "output")
+OFFICIAL_TEMPERATURE, OFFICIAL_REPEATS = 0.8, 5   # upstream's sampling: every question at T 0.8, the run 5 times
 HUMANEVAL_END = 84             # programs 0-84 are HumanEval functions, 85-153 ClassEval classes (upstream dataset.py)
 TRUTH_FORMAT = 1               # bump when the truth rows change shape: it is part of the cache key
 SYSTEM_MESSAGE = "You are an expert at Python programming, code execution, test case generation, and fuzzing."
@@ -147,7 +148,7 @@ REVAL_RUNNERS = ("stepcode.evals.reval_dynamics",)
 
 
 @contextlib.contextmanager
-def _sandbox(params, given=None):
+def reval_sandbox(params, given=None):
     """The caller's sandbox, or a new one with the project's limits except wall clock and CPU, which are stretched
     to a whole program job (up to 5 pairs of `reval_timeout_s` each); jobs pass their own, tighter, timeouts."""
     if given is not None:
@@ -223,7 +224,7 @@ def reval_truth(params, *, sandbox=None) -> Path:
     if path.exists() and report_path(path).exists():
         return path
     pairs = load_reval(ev.reval_dir)
-    with _sandbox(params, sandbox) as sb:
+    with reval_sandbox(params, sandbox) as sb:
         rows = compute_truths(pairs, sb, ev.reval_timeout_s)
     from stepcode.evals import write_json
     from stepcode.jsonl import write_jsonl
@@ -604,7 +605,7 @@ def _judge_in_sandbox(rows, generations, per_pair, table, params, sandbox, cot) 
         outs = list(sb.map(lambda job: sb.run("reval", job, timeout=ev.check_timeout_s + 5), out_jobs))
         return states, outs
 
-    with _sandbox(params, sandbox) as sb:
+    with reval_sandbox(params, sandbox) as sb:
         states, outs = run_all(sb)
     by_key, judge_errors = {}, []
     for job, result in zip(state_jobs, states):
@@ -630,14 +631,14 @@ def _judge_in_sandbox(rows, generations, per_pair, table, params, sandbox, cot) 
 class REval(Benchmark):
     """REval as a Benchmark: problems are truth rows (one per (program, input) pair, built once in the sandbox and
     cached: `reval_truth`), each asking one question per atomic task and type plus one output question; prompts
-    are the official direct ones (ids from `task_id`); scoring is `score_reval` on the raw texts. Neither
-    `stepcode evaluate` nor `stepcode score` runs it yet (no capabilities): `instead` names the Python entry points."""
+    are the official direct ones (ids from `task_id`); scoring is `score_reval` on the raw texts. `stepcode
+    evaluate` runs its own protocol (`run_evaluation`: stepcode/evals/reval_run.py); `stepcode score`, which scores
+    one prediction per problem by a check program, does not apply: `instead` says what to run."""
 
     name, title, tasks = "reval", "REval", TASK_TYPES
-    capabilities = frozenset()
-    instead: str = ("run it from Python: stepcode.evals.reval.reval_truth(params) builds the truth, "
-                    "reval_prompts(read_truths(path)) gives the prompts, score_reval(truths, generations, "
-                    "params=params) scores them")
+    capabilities = frozenset({GENERATE})
+    instead: str = ("it is scored by its own protocol: run `stepcode evaluate --benchmarks reval` (or --suite "
+                    "paper), or from Python score_reval(truths, generations, params=params)")
 
     def load_problems(self, params) -> list[dict]:
         return read_truths(reval_truth(params))
@@ -671,6 +672,22 @@ class REval(Benchmark):
     def official_export(self, result: dict) -> dict:
         """`score_reval`'s result as is (metrics, per-task table, excluded pairs, judge errors)."""
         return dict(result)
+
+    def run_evaluation(self, backend, params, runs, out_dir, *, prompt: str, limit: int | None,
+                       sandbox) -> dict:
+        """Generate and score every question of the first `limit` programs (stepcode/evals/reval_run.py), in a
+        sandbox of its own: REval's runners and per-program time budget, not the check sandbox passed in. Greedy
+        runs (--decoding paper) are one greedy answer per question; sampled ones (--decoding cruxeval) follow REval's
+        own protocol instead: T 0.8, the whole run 5 times, metrics the mean of the 5."""
+        from stepcode.evals.reval_run import evaluate_reval
+
+        if prompt != "official":
+            raise Unsupported("REval has only its official prompts; run it with --prompt official")
+        if any(d.temperature > 0 for d in runs):    # sampled: REval's own protocol, not CRUXEval's 2 x 10 samples
+            from stepcode.evals.generate import Decoding
+
+            runs = [Decoding(f"t{OFFICIAL_TEMPERATURE:g}", OFFICIAL_TEMPERATURE, OFFICIAL_REPEATS)]
+        return evaluate_reval(backend, params, runs, out_dir, limit=limit)
 
     def truth(self, params, *, sandbox=None) -> Path:
         return reval_truth(params, sandbox=sandbox)

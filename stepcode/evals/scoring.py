@@ -15,11 +15,13 @@ The pipeline, each step a pure function but the one that executes:
 4. pass@1 / pass@5 with the unbiased estimator (`stepcode.evals.passk`).
 
 Skip rules (`combine`):
-- "drop"  (CRUXEval today): skipped generations are removed; then, if no verdict is True, the sample becomes
-           [False] * number of generations (so n is the full count again).
+- "drop"  (CRUXEval today; LiveCodeBench input prediction, scored as CRUXEval-I): skipped generations are removed;
+           then, if no verdict is True, the sample becomes [False] * number of generations (so n is the full count
+           again).
 - "false" (older CRUXEval): skipped generations count as False; n stays the number of generations.
-- "lcb"   (LiveCodeBench): skipped generations are removed; only when ALL were skipped does the sample become
-           [False] * number of generations (a sample with survivors, none correct, keeps the shorter list).
+- "lcb"   (LiveCodeBench output prediction): skipped generations are removed; only when ALL were skipped does the
+           sample become [False] * number of generations (a sample with survivors, none correct, keeps the shorter
+           list).
 
 Predictions are spliced verbatim into Python source: a prediction is untrusted code. Nothing here executes it in
 this process; the sandbox (stepcode/sandbox/engine.py) does, with the official `reliability_guard` applied inside.

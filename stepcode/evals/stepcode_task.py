@@ -2,26 +2,31 @@
 
     from stepcode.evals import stepcode_task as st
     from stepcode.evals.cruxeval import CRUXEVAL
-    rows = [CRUXEVAL.stepcode_program(p, "output") for p in problems]    # {id, code, input, entry_point, gold_output}
+    rows = [CRUXEVAL.stepcode_program(p, "input") for p in problems]     # {id, code, input, entry_point, gold_output}
     items, excluded = st.build_items(rows, params)        # instrument + trace (sandbox); only status "ok" rows kept
-    messages = st.messages(items[0])                      # stepcode.prompts.output_messages on the anchored code
-    program, steps = st.judge(items[0], model_text)       # check program (or None) and step accuracy, pure
+    messages = st.messages(items[0], "input")             # stepcode.prompts.input_messages on the anchored code
+    scores = st.score(items, [[text, ...], ...], "input", params)   # per item, one training Score per completion
     st.step_accuracy(["x: 1", "return_val: 2"], ["x: 1", "return_val: 3"])     # 0.5
 
-Each benchmark program (a row of `Benchmark.stepcode_program`: today CRUXEval-O's, entry point `f`) is instrumented
-by `stepcode.anchors.instrument`; the gold anchor lines come from running it (`stepcode.data.traces.trace_rows`, two
-hash seeds; rows whose trace is not "ok" — unsupported, too long, nondeterministic — are left out and counted). The
-model sees the anchored code and writes <print> lines and an <answer>; `stepcode.prompts.parse_completion` reads them.
+Each benchmark program (a row of `Benchmark.stepcode_program`: CRUXEval's with entry point `f`, LiveCodeBench's
+with its own function name and keyword arguments) is instrumented by `stepcode.anchors.instrument`; the gold anchor
+lines come from running it (`stepcode.data.traces.trace_rows`, two hash seeds; rows whose trace is not "ok" —
+unsupported, too long, nondeterministic — are left out and counted). The model sees the anchored code and writes
+<print> lines and an <answer> (the input task first commits to an <input>); `stepcode.prompts.parse_completion`
+reads them.
 
-- pass@1 is judged on the final <answer> alone, by execution in the sandbox, with the SAME check as the training
-  reward (`stepcode.training.rewards.output_check_program`): `assert <gold output> == (<answer>)` after the
-  ORIGINAL code.
-  A missing or blank answer, one that is not a single expression, or one that names `f` (the echo guard, stricter
-  than CRUXEval's `f(<input>)` substring) is False without running anything. So the number measures what RL
-  optimises; the official CRUXEval-O number comes from `--prompt official`.
-- step accuracy = share of gold anchor lines that the model printed exactly (after strip), position by position:
-  the i-th <print> against the i-th gold line (`stepcode.training.rewards.step_rewards`); missing prints count 0, extra
-  prints are ignored.
+A completion is judged exactly as the training reward judges it (`stepcode.training.rewards.RewardScorer`), so the
+numbers measure what RL optimises:
+- output task: pass@1 on the final <answer> alone, by execution in the sandbox: `assert <gold output> == (<answer>)`
+  after the ORIGINAL code. A missing or blank answer, one that is not a single expression, or one that names the
+  entry point (the echo guard, stricter than CRUXEval's `f(<input>)` substring) is False without running anything.
+- input task: `assert f(<answer>) == <gold output>` (CRUXEval-I's check, f = the entry point), and only when the
+  <answer> is the argument list the completion committed to in <input>.
+- step accuracy = share of reference anchor lines that the model printed exactly (after strip), position by
+  position (`stepcode.training.rewards.step_rewards`): the gold trace for the output task; for the input task the
+  trace of the committed input (0 against the gold trace's length when it does not trace cleanly). Missing prints
+  count 0, extra prints are ignored. Reported as the share over all reference lines of all completions.
+The official CRUXEval / LiveCodeBench numbers come from `--prompt official`.
 """
 
 from __future__ import annotations
@@ -51,17 +56,42 @@ def build_items(programs: Sequence[dict], params) -> tuple[list[dict], int]:
     return items, len(traced) - len(items)
 
 
-def messages(item: dict) -> list[dict]:
-    from stepcode.prompts import output_messages
+def messages(item: dict, task: str = "output") -> list[dict]:
+    """The chat messages of the instrumented task for one traced item."""
+    from stepcode.prompts import input_messages, output_messages
 
-    return output_messages(item["instrumented_code"], item["input"], item.get("entry_point", "f"))
+    entry_point = item.get("entry_point", "f")
+    if task == "output":
+        return output_messages(item["instrumented_code"], item["input"], entry_point)
+    if task == "input":
+        return input_messages(item["instrumented_code"], item["gold_output"], entry_point)
+    raise ValueError(f"the stepcode task is output or input, got {task!r}")
 
 
-def judge(item: dict, text: str) -> tuple[str | None, float]:
-    """(check program for the final answer, or None when it fails without running; step accuracy)."""
-    from stepcode.prompts import parse_completion
-    from stepcode.training.rewards import output_check_program
+def rl_row(item: dict, task: str) -> dict:
+    """The traced item as an RL row, the shape `RewardScorer` scores."""
+    return {"id": item["id"], "task": task, "code": item["code"], "input": item["input"],
+            "entry_point": item.get("entry_point", "f"), "gold_output": item["gold_output"],
+            "gold_trace": list(item["trace"])}
 
-    parsed = parse_completion(text, task="output")
-    steps = step_accuracy(item["trace"], parsed.prints)
-    return output_check_program(item["code"], item["gold_output"], parsed.answer, item.get("entry_point", "f")), steps
+
+def score(items: Sequence[dict], texts: Sequence[Sequence[str]], task: str, params, *, scorer=None) -> list[list]:
+    """One `rewards.Score` per completion, grouped per item (`texts[i]` are item i's completions)."""
+    from stepcode.training.rewards import RewardScorer
+
+    if len(items) != len(texts):
+        raise ValueError(f"{len(items)} items but {len(texts)} lists of completions")
+    rows = [rl_row(it, task) for it, group in zip(items, texts) for _ in group]
+    flat_texts = [t for group in texts for t in group]
+    own = scorer is None
+    scorer = scorer or RewardScorer(params)
+    try:
+        flat = scorer.score(rows, flat_texts)
+    finally:
+        if own:
+            scorer.close()
+    out, i = [], 0
+    for group in texts:
+        out.append(flat[i:i + len(group)])
+        i += len(group)
+    return out

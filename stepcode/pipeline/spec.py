@@ -32,6 +32,10 @@ WHOLE_PACKAGES = ("stepcode.sandbox",)
 NOT_FOLLOWED = ("stepcode.tracking", "stepcode.pipeline", "stepcode.commands", "stepcode.cli")
 PROFILE = "${train.profile}"
 MODE = "${pipeline.grpo_mode}"
+CURVES = f"metrics/train-{PROFILE}"     # the training curves (stepcode/plots.py), kept in git beside the metrics
+SFT_CURVES, GRPO_CURVES = f"{CURVES}/sft.json", f"{CURVES}/grpo-{MODE}.json"
+HELDOUT_PLOT = f"metrics/eval-{PROFILE}/heldout.json"
+_STEP = {"x": "step", "x_label": "optimizer step"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class Stage:
     outs: tuple[str, ...] = ()      # outputs cached by DVC
     outs_in_git: tuple[str, ...] = ()   # outputs kept in git (cache: false)
     metrics: tuple[str, ...] = ()   # DVC metrics files (cache: false)
+    plots: dict = field(default_factory=dict)   # DVC plots files (cache: false) -> how `dvc plots show` draws
+                                                # each (one field; PLOTS below adds the views that combine several)
     extra: dict = field(default_factory=dict)
 
 
@@ -59,9 +65,10 @@ STAGES: tuple[Stage, ...] = (
           deps=("data/traces.jsonl",),
           outs_in_git=("reports/validation/summary.json", "reports/validation/quarantine.jsonl")),
     Stage("build", "build",
-          "stepcode build data/traces.jsonl -o data/dataset",
+          "stepcode build data/traces.jsonl -o data/dataset --metrics metrics/build.json",
           runs=("stepcode.data.dataset",), params=("build", "trace.max_lines"),
-          deps=("data/traces.jsonl", "reports/validation/summary.json"), outs=("data/dataset",)),
+          deps=("data/traces.jsonl", "reports/validation/summary.json"), outs=("data/dataset",),
+          metrics=("metrics/build.json",)),
     Stage("init_model", "init-model",
           f"stepcode train init-model -o models/{PROFILE}/base --corpus data/traces.jsonl --profile {PROFILE}",
           runs=("stepcode.training.models",),
@@ -70,30 +77,51 @@ STAGES: tuple[Stage, ...] = (
           deps=("data/traces.jsonl",), outs=(f"models/{PROFILE}/base",)),
     Stage("sft", "sft",
           f"stepcode train sft --model models/{PROFILE}/base --data data/dataset/sft.jsonl -o models/{PROFILE}/sft"
-          f" --profile {PROFILE}",
+          f" --profile {PROFILE} --curves {SFT_CURVES}",
           runs=("stepcode.training.sft",), params=(f"train.profiles.{PROFILE}",),
-          deps=(f"models/{PROFILE}/base", "data/dataset/sft.jsonl"), outs=(f"models/{PROFILE}/sft",)),
+          deps=(f"models/{PROFILE}/base", "data/dataset/sft.jsonl"), outs=(f"models/{PROFILE}/sft",),
+          plots={SFT_CURVES: {"title": "SFT: training loss on the completion tokens", **_STEP, "y": "loss",
+                              "y_label": "cross-entropy loss"}}),
     Stage("grpo", "grpo",
           f"stepcode train grpo --model models/{PROFILE}/sft --data data/dataset/rl.jsonl"
-          f" -o models/{PROFILE}/grpo-{MODE} --mode {MODE} --profile {PROFILE}",
+          f" -o models/{PROFILE}/grpo-{MODE} --mode {MODE} --profile {PROFILE} --curves {GRPO_CURVES}",
           runs=("stepcode.training.grpo",),
           params=(f"train.profiles.{PROFILE}", "pipeline.grpo_mode", "sandbox", "trace"),
-          deps=(f"models/{PROFILE}/sft", "data/dataset/rl.jsonl"), outs=(f"models/{PROFILE}/grpo-{MODE}",)),
+          deps=(f"models/{PROFILE}/sft", "data/dataset/rl.jsonl"), outs=(f"models/{PROFILE}/grpo-{MODE}",),
+          plots={GRPO_CURVES: {"title": "GRPO: mean rollout reward (share of steps right + final answer right, 0 to 2)",
+                               **_STEP, "y": "reward", "y_label": "reward"}}),
     Stage("evaluate", "evaluate",
           f"stepcode evaluate --model models/{PROFILE}/grpo-{MODE} --benchmarks cruxeval"
-          " --prompt ${pipeline.eval_prompt} --greedy --max-new-tokens ${pipeline.eval_max_new_tokens}"
+          " --prompt ${pipeline.eval_prompt} --decoding paper --max-new-tokens ${pipeline.eval_max_new_tokens}"
           " --limit ${pipeline.eval_limit} --heldout data/dataset/heldout.jsonl"
           f" --heldout-limit ${{pipeline.heldout_limit}} --baseline models/{PROFILE}/sft --profile {PROFILE}"
           f" -o metrics/eval-{PROFILE} --register ${{pipeline.model_name}}",
-          runs=("stepcode.evals.generate", "stepcode.evals.heldout"),
+          runs=("stepcode.evals.generate", "stepcode.evals.heldout", "stepcode.plots"),
           params=("evaluate", "sandbox", "trace", "pipeline.eval_prompt", "pipeline.eval_max_new_tokens",
                   "pipeline.eval_limit", "pipeline.heldout_limit", "pipeline.eval_greedy", "pipeline.eval_benchmarks",
                   f"train.profiles.{PROFILE}.sources"),
           deps=(f"models/{PROFILE}/grpo-{MODE}", f"models/{PROFILE}/sft", "data/dataset/heldout.jsonl"),
-          metrics=(f"metrics/eval-{PROFILE}/metrics.json",)),
+          metrics=(f"metrics/eval-{PROFILE}/metrics.json",),
+          plots={HELDOUT_PLOT: {"title": "Held-out step accuracy: the SFT checkpoint and the GRPO model, per task",
+                                "template": "bar_horizontal", "x": "step_acc", "y": "label",
+                                "x_label": "step accuracy (share of anchors right)", "y_label": "model: task"}}),
 )
 BY_NAME = {s.name: s for s in STAGES}
 BY_TASK = {s.task: s for s in STAGES}
+
+# dvc.yaml's top-level `plots:`: the views of several fields or files (each stage's `plots` draws one field).
+PLOTS: tuple[dict, ...] = (
+    {"grpo_accuracy": {"title": "GRPO: rollouts' step accuracy and final-answer accuracy", **_STEP,
+                       "y": {GRPO_CURVES: ["step_accuracy", "final_accuracy"]}, "y_label": "share of rollouts"}},
+    {"grpo_no_signal": {"title": "GRPO: groups with no learning signal (all rollouts of a prompt rewarded alike)",
+                        **_STEP, "y": {GRPO_CURVES: "frac_reward_zero_std"}, "y_label": "share of prompt groups"}},
+    {"grpo_loss": {"title": "GRPO: policy loss", **_STEP, "y": {GRPO_CURVES: "loss"}, "y_label": "loss"}},
+    {"learning_rate": {"title": "Learning rate per step (the SFT and GRPO schedules)", **_STEP, "template": "simple",
+                       "y": {SFT_CURVES: "learning_rate", GRPO_CURVES: "learning_rate"}, "y_label": "learning rate"}},
+    {"heldout_final_accuracy": {"title": "Held-out final-answer accuracy: the SFT checkpoint and the GRPO model",
+                                "template": "bar_horizontal", "x": "final_acc", "y": {HELDOUT_PLOT: "label"},
+                                "x_label": "final-answer accuracy", "y_label": "model: task"}},
+)
 
 
 # --- the import closure ------------------------------------------------------------------------------------------
@@ -214,6 +242,8 @@ def dvc_stages() -> dict:
             entry["outs"] = outs
         if s.metrics:
             entry["metrics"] = [{p: {"cache": False}} for p in s.metrics]
+        if s.plots:
+            entry["plots"] = [{p: {"cache": False, **props}} for p, props in s.plots.items()]
         out[s.name] = entry
     return out
 
@@ -221,7 +251,8 @@ def dvc_stages() -> dict:
 def render_dvc_yaml() -> str:
     import yaml
 
-    return HEADER + yaml.safe_dump({"stages": dvc_stages()}, sort_keys=False, width=120)
+    return HEADER + yaml.safe_dump({"stages": dvc_stages(), "plots": [dict(p) for p in PLOTS]}, sort_keys=False,
+                                   width=120)
 
 
 def main(argv: list[str] | None = None) -> int:

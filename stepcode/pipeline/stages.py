@@ -109,9 +109,9 @@ def init_model(params, profile_name: str | None, corpus: str | Path, out: str | 
 
 
 def sft(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path, *,
-        run_name: str | None = None) -> dict:
+        run_name: str | None = None, curves: str | Path | None = None) -> dict:
     """SFT warm start. `run_name` names the MLflow stage run and the trainer's run (default: sft); the run's `stage`
-    tag stays sft."""
+    tag stays sft. `curves`: where to write the training curves for `dvc plots` (None: nowhere)."""
     from stepcode.training.sft import run_sft
 
     track = params.tracking.enabled
@@ -119,16 +119,17 @@ def sft(params, profile_name: str | None, model: str | Path, data: str | Path, o
     with stage_run("sft", params, run_name=run_name, inputs={"sft_data": str(data)}, outputs={"model": str(out)},
                    stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
                                  **{f"sft.{k}": v for k, v in profile.sft.model_dump().items()}}) as mlflow:
-        summary = run_sft(model, data, out, profile, run_name=run_name or "sft")
+        summary = run_sft(model, data, out, profile, run_name=run_name or "sft", curves=curves)
         if mlflow is not None:
             mlflow.log_metrics({"train_seconds": summary["seconds"], "steps": summary["steps"]})
     return summary
 
 
 def grpo(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path,
-         mode: str = "bilevel", *, run_name: str | None = None) -> dict:
+         mode: str = "bilevel", *, run_name: str | None = None, curves: str | Path | None = None) -> dict:
     """Bi-Level GRPO (or an ablation mode). `run_name` names the MLflow stage run and the trainer's run (default:
-    grpo, and grpo-<mode> for the trainer); the run's `stage` tag stays grpo."""
+    grpo, and grpo-<mode> for the trainer); the run's `stage` tag stays grpo. `curves`: where to write the training
+    curves for `dvc plots` (None: nowhere)."""
     from stepcode.training.grpo import run_grpo
 
     track = params.tracking.enabled
@@ -138,24 +139,31 @@ def grpo(params, profile_name: str | None, model: str | Path, data: str | Path, 
                                  "mode": mode, **{f"grpo.{k}": v for k, v in profile.grpo.model_dump().items()}},
                    tags={"mode": mode}) as mlflow:
         summary = run_grpo(model, data, out, profile, mode=mode, params=params,
-                           run_name=run_name or f"grpo-{mode}")
+                           run_name=run_name or f"grpo-{mode}", curves=curves)
         if mlflow is not None:
+            from stepcode.tracking.registry import log_model
+
             mlflow.log_metrics({"train_seconds": summary["seconds"], "steps": summary["steps"]})
+            log_model(str(out))   # an MLflow transformers model of the run that made it (what `register` registers)
     return summary
 
 
 def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | Path | None = None,
              benchmarks: tuple[str, ...] = (), prompt: str = "stepcode", limit: int | None = None,
-             heldout_limit: int | None = None, baseline: str | Path | None = None, sources=None) -> dict:
-    """Held-out (in-distribution, StepCode format, greedy) and benchmark scores; metrics JSON for `dvc metrics`,
+             heldout_limit: int | None = None, baseline: str | Path | None = None, sources=None,
+             backend=None) -> dict:
+    """Held-out (in-distribution, StepCode format, greedy) and benchmark scores; metrics JSON for `dvc metrics` (and
+    `heldout.json` beside it for `dvc plots`: the held-out accuracies of the model and its baseline per task),
     per-row tables and generations in MLflow. `baseline` (e.g. the SFT checkpoint the model was trained from) is
     evaluated on the same held-out rows with the same decoding, under `baseline.heldout.*`; `sources` keeps the
-    held-out rows of those program sources (a profile's `sources`; None: all)."""
+    held-out rows of those program sources (a profile's `sources`; None: all). `backend`: the model already opened
+    (e.g. an endpoint, `generate.open_backend`); None: load the folder `model`."""
     import json
 
+    from stepcode.evals.generate import decoding_name, load_backend
     from stepcode.evals.generate import evaluate as evaluate_benchmarks
-    from stepcode.evals.generate import load_backend
     from stepcode.evals.heldout import evaluate_heldout
+    from stepcode.plots import heldout_rows, write_rows
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,12 +172,13 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
                    ",".join(benchmarks), "prompt": prompt, "limit": limit, "heldout_limit": heldout_limit,
                    "baseline": str(baseline) if baseline else "-",
                    "heldout_sources": ",".join(sources) if sources else "all",
+                   "decoding": decoding_name(params.evaluate), "backend": getattr(backend, "name", "local folder"),
                    **_flat("evaluate", params.evaluate)}) as mlflow:
         from stepcode.evals import load_problems
 
         for b in benchmarks:   # fail early (e.g. a missing LiveCodeBench export) before loading a model
             load_problems(b, params)
-        backend = load_backend(str(model))
+        backend = backend or load_backend(str(model))
         metrics: dict[str, float] = {}
         records: list[dict] = []
         if heldout:
@@ -185,6 +194,9 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
                                         prompt=prompt, backend=backend)
             metrics.update({k: float(v) for k, v in bench.items() if isinstance(v, (int, float))})
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        compared = heldout_rows(metrics, Path(model).name, Path(baseline).name if baseline else None)
+        if compared:   # the held-out bars of `dvc plots show` (model vs baseline, per task)
+            write_rows(out_dir / "heldout.json", compared)
         if mlflow is not None:
             mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()})
             if records:
@@ -193,8 +205,51 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
     return metrics
 
 
+def evaluate_suite(params, name: str, out_dir: str | Path, *, backend, model: str, limit: int | None = None) -> dict:
+    """`stepcode evaluate --suite NAME` (stepcode/evals/suite.py): one parent MLflow run `suite NAME` with the
+    headline metrics and the tables, one nested `evaluate <Benchmark>` run per benchmark; returns the flat metrics."""
+    from stepcode.evals.generate import decoding_name
+    from stepcode.evals.registry import get
+    from stepcode.evals.suite import SUITES, headline, run_benchmark, styles_of, suite_benchmarks, write_report
+    from stepcode.sandbox.engine import Sandbox
+    from stepcode.tracking.lineage import parent_run
+
+    suite_benchmarks(name)   # ValueError for an unknown suite
+    out, ep = Path(out_dir), params.evaluate
+    metrics: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    backend_name = getattr(backend, "name", type(backend).__name__)
+    with parent_run(f"suite {name}", params, tags={"suite": name, "model": str(model),
+                                                   "decoding": decoding_name(ep)}) as mlflow, \
+            Sandbox(params.sandbox, hash_seeds=(ep.hash_seed,)) as sb:
+        if mlflow is not None:
+            mlflow.log_params({"suite": name, "model": str(model), "limit": limit, "decoding": decoding_name(ep),
+                               "max_new_tokens": ep.max_new_tokens, "backend": backend_name})
+        for bench_name, tasks in SUITES[name]:
+            bench = get(bench_name)
+            with stage_run("evaluate", params, run_name=f"evaluate {bench.title}",
+                           stage_params={"benchmark": bench_name, "suite": name, "model": str(model),
+                                         "prompts": ",".join(styles_of(bench)), "limit": limit}) as run:
+                got, why = run_benchmark(bench_name, tasks, params, out, backend=backend, limit=limit, sandbox=sb)
+                if why is not None:
+                    skipped[bench_name] = why
+                    if run is not None:
+                        run.set_tag("skipped", why[:5000])
+                    continue
+                if run is not None:
+                    run.log_metrics({k: float(v) for k, v in got.items()})
+                metrics.update(got)
+        write_report(name, metrics, skipped, out, params=params, model=model, limit=limit, backend=backend)
+        if mlflow is not None:
+            mlflow.log_metrics({k: float(v) for k, v in headline(metrics, name).items()})
+            for f in ("table.md", "table.html", "run.json"):
+                mlflow.log_artifact(str(out / f))
+    return metrics
+
+
 def register(params, model_dir: str | Path, metrics: dict[str, float], name: str | None = None):
-    """Register the trained model as a new version (linked to the run that registers it) with its metrics."""
+    """Register the trained model as a new version of the model its training run logged (found by its DVC md5; the
+    version's source run is that training run), with the metrics on it, its model card, and the alias `candidate`."""
     import mlflow
 
     from stepcode.tracking.registry import register_model

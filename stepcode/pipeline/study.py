@@ -619,7 +619,8 @@ def _evaluate(model: str, job: Job, paths: dict, variant, params, profile) -> di
     m, _ = evaluate_heldout(model, paths["heldout"], params, limit=variant.heldout_limit, backend=backend,
                             progress=False, samples=variant.samples, temperature=profile.grpo.temperature)
     bench = evaluate_benchmarks(model, ["cruxeval"], params, out_dir=Path(job.out_dir) / "cruxeval",
-                                limit=variant.cruxeval_limit, prompt="stepcode", backend=backend)
+                                limit=variant.cruxeval_limit, prompt="stepcode", backend=backend,
+                                tasks=("output",))
     final = bench.get("stepcode_cruxeval_output_greedy_pass_at_1", 0.0) / 100.0   # percent -> fraction
     step = bench.get("stepcode_cruxeval_output_greedy_step_accuracy", 0.0) / 100.0
     return {**m, "cruxeval.final_acc": final, "cruxeval.step_acc": step, "cruxeval.gap": final - step,

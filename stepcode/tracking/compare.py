@@ -5,11 +5,15 @@
 Works on any runs of the store: stages of the Prefect flow, `dvc exp run` stages, study arms. The PNG has one panel
 per metric: a line per run for metrics logged over steps (training curves), bars for metrics logged once
 (benchmark scores). It is saved locally and logged as an artifact of every compared run, under `comparisons/`.
+
+"Why do these runs differ" by digest: the datasets whose DVC md5 differs (`dvc.md5.<role>` tags; a pipeline run:
+its stage runs', as `stage.role`), the params sections whose digest differs (`params.digest.<section>`, logged by a
+pipeline run; a stage run: its pipeline run's) and, from each run's `lineage/params.yaml`, the keys that differ.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -20,11 +24,32 @@ class Comparison:
     params_differing: dict[str, list[str | None]]
     metrics: dict[str, list[float | None]]
     histories: dict[str, list[list[tuple[int, float]]]]
+    datasets_differing: dict[str, list[str | None]] = field(default_factory=dict)   # role -> md5 per run
+    sections_differing: dict[str, list[str | None]] = field(default_factory=dict)   # params section -> digest
+    params_file_differing: dict[str, list] = field(default_factory=dict)            # key -> value, lineage/params.yaml
+
+    def why(self) -> str:
+        """One line: what differs between the runs, by digest."""
+        parts = []
+        if self.datasets_differing:   # roles holding the same data in every run (trace.traces = build.traces): once
+            groups: dict[str, list[str]] = {}
+            for role, values in sorted(self.datasets_differing.items()):
+                groups.setdefault(repr(values), []).append(role)
+            parts.append("datasets " + ", ".join(" = ".join(roles) for roles in groups.values()))
+        if self.sections_differing:
+            parts.append("params " + ", ".join(sorted(self.sections_differing)))
+        return "differ in: " + "; ".join(parts) if parts else "same datasets and params digests"
 
     def table(self) -> str:
-        """A plain-text table: params that differ, then metrics (last values)."""
+        """A plain-text table: datasets and params that differ (by digest, then by value), then metrics."""
         head = ["", *[f"{n} ({r[:8]})" for n, r in zip(self.names, self.run_ids)]]
         rows = [head]
+        for key, values in sorted(self.datasets_differing.items()):
+            rows.append([f"dataset {key}", *["-" if v is None else v[:12] for v in values]])
+        for key, values in sorted(self.sections_differing.items()):
+            rows.append([f"params {key}", *["-" if v is None else v for v in values]])
+        for key, values in sorted(self.params_file_differing.items()):
+            rows.append([f"params.yaml {key}", *["-" if v is None else str(v)[:40] for v in values]])
         for key, values in sorted(self.params_differing.items()):
             rows.append([f"param {key}", *["-" if v is None else str(v)[:40] for v in values]])
         for key, values in sorted(self.metrics.items()):
@@ -53,7 +78,33 @@ def compare_runs(run_ids: list[str], metrics: list[str] | None = None, client=No
         per_run = [[(m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)] for r in runs]
         if any(len(h) > 1 for h in per_run):
             histories[k] = per_run
-    return Comparison(list(run_ids), names, differing, last, histories)
+    datasets, sections, files = _digests(client, runs)
+    return Comparison(list(run_ids), names, differing, last, histories, datasets, sections, files)
+
+
+def _digests(client, runs) -> tuple[dict, dict, dict]:
+    """The datasets, params sections and params-file keys that differ across `runs` (see the module docstring)."""
+    import yaml
+
+    from stepcode.tracking.digests import differing, flatten
+    from stepcode.tracking.runs import PARENT_TAG, artifact_text, logged_datasets
+
+    datasets = differing([{r: d.md5 for r, d in logged_datasets(client, run).items()} for run in runs])
+    owners = []
+    for run in runs:   # the run that logged the params: itself (a pipeline run) or its pipeline run
+        parent = run.data.tags.get(PARENT_TAG)
+        if not any(k.startswith("params.digest.") for k in run.data.tags) and parent:
+            run = client.get_run(parent)
+        owners.append(run)
+    sections = differing([{k[len("params.digest."):]: v for k, v in run.data.tags.items()
+                           if k.startswith("params.digest.")} for run in owners])
+    files = {}
+    if sections:
+        texts = [artifact_text(client, run.info.run_id, "lineage/params.yaml") for run in owners]
+        if all(t is not None for t in texts):
+            flat = [flatten(yaml.safe_load(t) or {}) for t in texts]
+            files = {k: v for k, v in differing(flat).items() if k.split(".")[0] in sections}
+    return datasets, sections, files
 
 
 def plot(comparison: Comparison, out: str | Path, max_panels: int = 12) -> Path:

@@ -14,7 +14,8 @@ the run named by `STEPCODE_PARENT_RUN_ID`, which `parent_run` exports while its 
 task threads or worker processes still nest under it) and restores afterwards.
 Embedded default: a sqlite store and an artifact folder inside the project (`tracking:` in params.yaml); a remote
 tracking server is one setting: `MLFLOW_TRACKING_URI` in the environment wins over params. Each run carries tags
-`git.commit`, `git.dirty`, `params.hash`, and `dvc.md5.<role>` for every input and output: the same md5 DVC records
+`git.commit`, `git.dirty` (+ `git.dirty_files`; what the pipeline itself writes, dvc.lock and the outputs dvc.yaml
+declares, does not count), `params.hash`, and `dvc.md5.<role>` for every input and output: the same md5 DVC records
 in dvc.lock (a file's content md5; a directory's DVC tree md5 with its `.dir` suffix), so a run page answers "which
 exact data made this". Datasets are also logged as `mlflow.data` inputs with that digest. A block that raises marks
 its run FAILED (KILLED for a signal or Ctrl-C: a BaseException that is not an Exception) with the error in a tag;
@@ -24,9 +25,11 @@ nothing is silently dropped.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -66,18 +69,45 @@ def dvc_lock_digests(root: str | os.PathLike = ".") -> dict[str, dict[str, str]]
     return {name: {o["path"]: o.get("md5") for o in stage.get("outs", [])} for name, stage in stages.items()}
 
 
+def pipeline_written(root: str | os.PathLike = ".") -> list[str]:
+    """Patterns of the tracked files a pipeline run itself rewrites: dvc.lock and the outputs and metrics dvc.yaml
+    declares (`${...}` matching anything). Changes to them are results, not a dirty tree."""
+    import yaml
+
+    path = Path(root) / "dvc.yaml"
+    try:
+        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        stages = {}
+    outs = [o for stage in stages.values() for key in ("outs", "metrics", "plots") for o in stage.get(key) or []]
+    names = [next(iter(o)) if isinstance(o, dict) else str(o) for o in outs]
+    return ["dvc.lock", *(re.sub(r"\$\{[^}]*\}", "*", n) for n in names)]
+
+
+def dirty_files(porcelain: str, written: list[str]) -> list[str]:
+    """The changed tracked files of `git status --porcelain` output, but for those matching `written`."""
+    changed = [line[3:].split(" -> ")[-1].strip('"') for line in porcelain.splitlines() if len(line) > 3]
+    return [f for f in changed if not any(fnmatch.fnmatch(f, w) or f.startswith(w.rstrip("/") + "/")
+                                          for w in written)]
+
+
 def git_state(root: str | os.PathLike = ".") -> dict[str, str]:
+    """`git.commit`, `git.dirty` (a tracked file differs from the commit, other than what the pipeline itself writes:
+    dvc.lock, declared outputs and metrics) and, when dirty, `git.dirty_files` (the first 20)."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    commit = git("rev-parse", "HEAD")
+    commit = git("rev-parse", "HEAD").strip()
     if not commit:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+    dirty = dirty_files(git("status", "--porcelain", "--untracked-files=no"), pipeline_written(root))
+    state = {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+    if dirty:
+        state["git.dirty_files"] = ",".join(dirty[:20]) + (f",... ({len(dirty)} files)" if len(dirty) > 20 else "")
+    return state
 
 
 def params_hash(params) -> str:

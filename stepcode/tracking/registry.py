@@ -1,13 +1,19 @@
 """Model versions in the MLflow registry, and the champion/candidate promotion rule.
 
-    from stepcode.tracking.registry import register_model, decide, promote_if_better
-    mv = register_model(model_dir, "stepcode-tiny", run_id, metrics={"heldout.final_acc": 0.41})
+    from stepcode.tracking.registry import log_model, register_model, decide, promote_if_better
+    log_model("models/tiny-cpu/grpo-bilevel")          # in the training run: an MLflow transformers model
+    mv = register_model(model_dir, "stepcode-tiny", run_id, metrics={"heldout.final_acc": 0.41})   # alias candidate
+    mlflow.transformers.load_model("models:/stepcode-tiny@candidate")  # a text-generation pipeline, ready to use
     decision = promote_if_better("stepcode-tiny", mv.version, ["heldout.final_acc", "heldout.step_acc"])
 
-A version is the model folder (HF format) logged as artifacts of the run that made it, so the version links to that
-run and, through its tags, to the exact data and code. Evaluation metrics are stored as version tags
-(`metric.<name>`), so comparing a candidate with the champion needs no other run. Aliases, not stages (MLflow 3):
-`candidate` always moves to the newest version; `champion` moves only when `decide` says so.
+A model is logged with `mlflow.transformers` (weights, tokenizer, chat template, task "text-generation", an MLmodel
+file) by the training run that made it (`stages.grpo`), tagged with its DVC md5; registering finds that logged model
+by the md5, so the version's source run is the training run, and through its tags the exact data and code. (A model
+no run logged, e.g. trained with tracking off, is logged by the registering run.) The evaluation metrics are logged
+on the logged model (the version page shows them; `version_metrics` reads them), the version gets a generated model
+card as its description (`model_card`: data digests, training params, metrics, limits) and the alias `candidate`.
+Aliases, not stages (MLflow 3): `candidate` always moves to the newest version; `champion` moves only when `decide`
+says so (`promote_if_better`, the retraining flow).
 """
 
 from __future__ import annotations
@@ -55,10 +61,74 @@ def _client():
     return MlflowClient()
 
 
+def _requirements() -> list[str]:
+    """What loading the model needs, pinned to what made it (MLflow would otherwise infer them by importing things)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("transformers", "torch", "tokenizers", "safetensors")]
+
+
+def log_model(model_dir: str, *, card: str | None = None):
+    """Log the HF model folder as an MLflow transformers model ("text-generation", tokenizer and chat template
+    included) on the active run, tagged `model.md5` (its DVC md5). Returns mlflow's ModelInfo."""
+    import logging
+
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from stepcode.tracking.lineage import dvc_md5
+
+    md5 = dvc_md5(model_dir)
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    quiet = logging.getLogger("mlflow.transformers")      # "no model card on the hub", "no licence": local models
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name="model",
+                                             task="text-generation", tags={"model.md5": md5},
+                                             pip_requirements=_requirements(), model_card=card)
+    finally:
+        quiet.level = level
+
+
+def logged_model_for(md5: str):
+    """The newest logged model tagged with this DVC md5, or None."""
+    import mlflow
+
+    found = mlflow.search_logged_models(filter_string=f"tags.`model.md5` = '{md5}'", order_by=[
+        {"field_name": "creation_timestamp", "ascending": False}], max_results=1, output_format="list")
+    return found[0] if found else None
+
+
+def model_card(name: str, version: str, training_run, metrics: dict[str, float]) -> str:
+    """The version's description, in markdown: where the model comes from (run, data digests, code), how it was
+    trained (the run's params), what it scored, and what it is not."""
+    tags, params = training_run.data.tags, training_run.data.params
+    lines = [f"# {name} v{version}", "",
+             f"Trained by MLflow run `{training_run.info.run_id}` ({training_run.info.run_name}), git commit "
+             f"`{tags.get('git.commit', '?')[:12]}`{' (dirty tree)' if tags.get('git.dirty') == 'true' else ''}.",
+             "", "## Data (DVC md5)", ""]
+    lines += [f"- {k[len('dvc.md5.'):]}: `{v}`" for k, v in sorted(tags.items()) if k.startswith("dvc.md5.")]
+    lines += ["", "## Training", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(params.items())][:40]
+    lines += ["", "## Metrics", "", "| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
+    lines += ["", "## Limits", "",
+              "StepCode predicts Python execution step by step (anchor prints, then the answer). Held-out numbers are "
+              "in-distribution (the training corpus's program sources); benchmark numbers at this scale are not "
+              "comparable to the paper's 7B model. The model has not been checked for any other use."]
+    return "\n".join(lines) + "\n"
+
+
 def register_model(model_dir: str, name: str, run_id: str, metrics: dict[str, float] | None = None,
                    client=None):
-    """Log `model_dir` under the run's `model/` artifacts and create a registry version pointing at them.
-    The same model files (by DVC md5) are registered once: a re-run returns the existing version."""
+    """Register the logged model with this folder's md5 (logging it on run `run_id` if no run did), log `metrics`
+    on it, describe the version with its model card, alias it `candidate`. The same model files (by DVC md5) are
+    registered once: a re-run returns the existing version (and moves `candidate` to it)."""
+    import mlflow
+
     from stepcode.tracking.lineage import dvc_md5
 
     client = client or _client()
@@ -66,18 +136,54 @@ def register_model(model_dir: str, name: str, run_id: str, metrics: dict[str, fl
     try:
         client.get_registered_model(name)
     except Exception:  # noqa: BLE001 — MLflow raises RESOURCE_DOES_NOT_EXIST as a generic MlflowException
-        client.create_registered_model(name, description="StepCode models (HF format), one version per training run")
+        client.create_registered_model(name, description="StepCode models (MLflow transformers flavor, "
+                                                         "text-generation), one version per training run")
     for existing in client.search_model_versions(f"name = '{name}'"):
         if existing.tags.get("model.md5") == md5:
-            return existing
-    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
-    run = client.get_run(run_id)
-    tags = {"model.md5": md5, **{f"metric.{k}": str(v) for k, v in (metrics or {}).items()}}
-    tags.update({k: v for k, v in run.data.tags.items() if k.startswith(("dvc.md5.", "git.", "params.hash"))})
-    return client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+            client.set_registered_model_alias(name, "candidate", existing.version)
+            return client.get_model_version(name, existing.version)
+    logged = logged_model_for(md5)
+    if logged is None:     # no run logged these files (trained with tracking off): the registering run logs them
+        logged = mlflow.get_logged_model(_log_on(run_id, model_dir).model_id)
+    metrics = metrics or {}
+    if metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=run_id, model_id=logged.model_id)
+    source_run = client.get_run(logged.source_run_id)
+    tags = {"model.md5": md5, **{k: v for k, v in source_run.data.tags.items()
+                                 if k.startswith(("dvc.md5.", "git.", "params.hash"))}}
+    version = mlflow.register_model(logged.model_uri, name, tags=tags)   # source run = the logged model's run
+    card = model_card(name, version.version, source_run, metrics)
+    client.update_model_version(name, version.version, description=card)
+    client.log_text(run_id, card, "model_card.md")
+    client.set_registered_model_alias(name, "candidate", version.version)
+    return client.get_model_version(name, version.version)
+
+
+def _log_on(run_id: str, model_dir: str):
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        return log_model(model_dir)
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        return log_model(model_dir)
+
+
+def model_id_of(version) -> str | None:
+    """The logged model behind a version (its `model_id`, or the `models:/m-...` source it was registered from)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    return source[len("models:/"):] if source.startswith("models:/m-") else None
 
 
 def version_metrics(version) -> dict[str, float]:
+    """The metrics logged on the version's model (older versions: their `metric.<name>` tags)."""
+    model_id = model_id_of(version)
+    if model_id:
+        import mlflow
+
+        return {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics or []}
     return {k[len("metric."):]: float(v) for k, v in version.tags.items() if k.startswith("metric.")}
 
 

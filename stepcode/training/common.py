@@ -1,5 +1,6 @@
 """What the SFT and GRPO runs share: torch threads, the TrainingArguments every run takes, reading rows, saving a
-model reproducibly, the run summary. torch and transformers load inside the functions.
+model reproducibly, the training curves for `dvc plots`, the run summary. torch and transformers load inside the
+functions.
 """
 
 from __future__ import annotations
@@ -16,12 +17,57 @@ def configure_torch(profile) -> None:
         torch.set_num_threads(profile.torch_threads)
 
 
+# The TrainingArguments a reader compares runs on; the other ~400 go into the run's training_args.json.
+KEY_ARGS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm",
+            "seed", "bf16", "max_length", "num_generations", "beta", "temperature", "max_completion_length",
+            "loss_type", "scale_rewards")
+
+
 def common_args(profile, out_dir, run_name) -> dict:
+    """The TrainingArguments every run takes. "mlflow" in the profile's reporters means `MlflowLogger` (see
+    `callbacks`), not transformers' own MLflow callback, which logs every argument and the model config as params."""
+    reporters = [r for r in profile.report_to if r != "mlflow"] or ["none"]
     return dict(output_dir=str(out_dir), use_cpu=profile.use_cpu, bf16=profile.bf16,
                 gradient_checkpointing=profile.gradient_checkpointing, seed=profile.seed,
-                logging_steps=profile.logging_steps, report_to=list(profile.report_to), run_name=run_name,
+                logging_steps=profile.logging_steps, report_to=reporters, run_name=run_name,
                 save_strategy="steps" if profile.save_steps else "no", save_steps=profile.save_steps or 500,
                 disable_tqdm=False)  # a progress bar on long work; tests capture it
+
+
+def callbacks(profile) -> list:
+    """The trainer callbacks the profile asks for: `MlflowLogger` when its reporters include "mlflow"."""
+    return [mlflow_logger()] if "mlflow" in profile.report_to else []
+
+
+def mlflow_logger():
+    """A TrainerCallback that logs into the active MLflow run (the stage's): every logged step's numbers as metrics
+    at that step, KEY_ARGS as `args.<name>` params, the full TrainingArguments as the artifact training_args.json."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class MlflowLogger(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            import mlflow
+
+            if not state.is_world_process_zero or mlflow.active_run() is None:
+                return
+            full = args.to_dict()
+            mlflow.log_params({f"args.{k}": full[k] for k in KEY_ARGS if k in full})
+            mlflow.log_dict(full, "training_args.json")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            import mlflow
+
+            if not state.is_world_process_zero or not logs or mlflow.active_run() is None:
+                return
+            numbers = {k: float(v) for k, v in logs.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+            if numbers:
+                mlflow.log_metrics(numbers, step=state.global_step)
+
+    return MlflowLogger()
 
 
 def read_rows(path, what: str, sources=None) -> list[dict]:
@@ -46,6 +92,15 @@ def save_model(trainer, tokenizer, out_dir) -> None:
     # The pickled TrainingArguments hold the absolute output path and a random serialization id, so the same training
     # would give a folder with another DVC digest; the arguments are on the stage's MLflow run instead.
     (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
+
+
+def save_curves(trainer, path, columns: dict[str, str]) -> None:
+    """The run's training curves (`stepcode.plots.curve_rows`: one row per logged step) as a `dvc plots` file at
+    `path` (None: none), written by the main process only."""
+    from stepcode.plots import curve_rows, write_rows
+
+    if path is not None and trainer.is_world_process_zero():
+        write_rows(path, curve_rows(trainer.state.log_history, columns))
 
 
 def log_means(logs: list[dict]) -> dict[str, float]:

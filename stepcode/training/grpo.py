@@ -50,7 +50,16 @@ import os
 import time
 from pathlib import Path
 
-from stepcode.training.common import common_args, configure_torch, read_rows, run_summary, save_model
+from stepcode.plots import GRPO_CURVES
+from stepcode.training.common import (
+    callbacks,
+    common_args,
+    configure_torch,
+    read_rows,
+    run_summary,
+    save_curves,
+    save_model,
+)
 
 SPANS = ("segment", "print")
 DUMP_ENV = "STEPCODE_DUMP_ADVANTAGES"   # a directory: each process appends its advantages there (see the docstring)
@@ -290,8 +299,10 @@ def rl_dataset(rows: list[dict]):
 
 
 def run_grpo(model_path, rl_jsonl, out_dir, profile, mode: str = "bilevel", *, params=None,
-             run_name: str | None = None) -> dict:
-    """Bi-Level GRPO (or the step / terminal ablation) from `model_path`; saves model + tokenizer in out_dir.
+             run_name: str | None = None, curves=None) -> dict:
+    """Bi-Level GRPO (or the step / terminal ablation) from `model_path`; saves model + tokenizer in out_dir, and the
+    training curves (`stepcode.plots.GRPO_CURVES` per logged step: loss, reward, step accuracy...) in `curves` when
+    given.
 
     params: the full Params (sandbox and trace limits for the rewards); default: built-in defaults.
     """
@@ -312,8 +323,10 @@ def run_grpo(model_path, rl_jsonl, out_dir, profile, mode: str = "bilevel", *, p
     with RewardScorer(params, input_reference=g.input_reference, workers=g.reward_workers or None) as scorer:
         trainer = bilevel_trainer_class()(model=model, args=grpo_config(profile, out_dir, run_name),
                                           train_dataset=dataset, processing_class=tokenizer, scorer=scorer,
-                                          mode=mode, lam=g.lam, span=g.span, max_anchors=params.trace.max_lines)
+                                          mode=mode, lam=g.lam, span=g.span, max_anchors=params.trace.max_lines,
+                                          callbacks=callbacks(profile))
         trainer.train()
     save_model(trainer, tokenizer, out_dir)
+    save_curves(trainer, curves, GRPO_CURVES)
     return run_summary(trainer, started, out_dir)
 

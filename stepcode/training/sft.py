@@ -1,18 +1,29 @@
 """SFT warm start on TRL's SFTTrainer, loss on the completion tokens only.
 
     from stepcode.training.sft import run_sft
-    run_sft("models/tiny", "data/sft.jsonl", "models/tiny-sft", params.train.get("tiny-cpu"))
+    run_sft("models/tiny", "data/sft.jsonl", "models/tiny-sft", params.train.get("tiny-cpu"),
+            curves="metrics/train-tiny-cpu/sft.json")     # optional: loss, learning rate... per step, for dvc plots
 """
 
 from __future__ import annotations
 
 import time
 
-from stepcode.training.common import common_args, configure_torch, read_rows, run_summary, save_model
+from stepcode.plots import SFT_CURVES
+from stepcode.training.common import (
+    callbacks,
+    common_args,
+    configure_torch,
+    read_rows,
+    run_summary,
+    save_curves,
+    save_model,
+)
 
 
-def run_sft(model_path, sft_jsonl, out_dir, profile, *, run_name: str | None = None) -> dict:
-    """SFT warm start with TRL's SFTTrainer, loss on the completion tokens only. Saves model + tokenizer in out_dir.
+def run_sft(model_path, sft_jsonl, out_dir, profile, *, run_name: str | None = None, curves=None) -> dict:
+    """SFT warm start with TRL's SFTTrainer, loss on the completion tokens only. Saves model + tokenizer in out_dir,
+    and the training curves (`stepcode.plots.SFT_CURVES` per logged step) in `curves` when given.
 
     SFT rows: {"id", "task", "messages": [chat prompt], "completion": [{"role": "assistant", "content": TARGET}]}.
     """
@@ -34,7 +45,9 @@ def run_sft(model_path, sft_jsonl, out_dir, profile, *, run_name: str | None = N
     args = SFTConfig(**common_args(profile, out_dir, run_name), learning_rate=s.learning_rate,
                      num_train_epochs=s.epochs, max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
                      gradient_accumulation_steps=s.grad_accum, max_length=s.max_length, completion_only_loss=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=callbacks(profile))
     trainer.train()
     save_model(trainer, tokenizer, out_dir)
+    save_curves(trainer, curves, SFT_CURVES)
     return run_summary(trainer, started, out_dir)

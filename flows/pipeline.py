@@ -17,9 +17,14 @@ Wiring only: every task calls a stage function of `stepcode.pipeline.stages` (th
   whose outputs this run produced are committed to the cache and dvc.lock), so `dvc status` is clean after a run,
   and pushed to the DVC remote (`stepcode.tracking.versions.Pusher`; params tracking.dvc_push; a failed push is one
   warning line in the summary, never a lost run).
-- One parent MLflow run per pipeline run; each stage logs a nested run under it (`STEPCODE_PARENT_RUN_ID`). When the
-  stages end the parent records what the run points at: dvc.lock entries, params file, which logged digests the
-  remote holds (`stepcode.tracking.versions.record_run`), so `stepcode lineage fetch` / `stepcode reproduce` work.
+- One parent MLflow run per pipeline run, named `<profile> <date>` (tag `stage`: pipeline), with the params that
+  tell pipeline runs apart and the headline metrics; each stage logs a nested run under it (`STEPCODE_PARENT_RUN_ID`).
+  When the stages end the parent records what the run points at: dvc.lock entries, params file, which logged digests
+  the remote holds (`stepcode.tracking.versions.record_run`), so `stepcode lineage fetch` / `stepcode reproduce` work.
+- What Prefect shows: the flow run is named by profile, GRPO mode, params hash and date ("micro grpo=bilevel
+  params=3f9a1c 2026-12-06 18:40"); each stage's summary line goes to the run's logs; a markdown artifact
+  (`stepcode-pipeline-summary`) holds the run's summary with links to its MLflow runs; the MLflow parent run links
+  back (tags `prefect.flow_run_id`, `prefect.flow_run_name`, `prefect.flow_run_url` on a real server).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import hashlib
 import json
 import logging
 import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
@@ -130,6 +137,8 @@ def trace_batch(batch_in: str, out: str, params_json: str) -> dict:
     from stepcode.pipeline import stages
     params = _params(params_json)
     summary = stages.trace(params, batch_in, out, workers=1, progress=False)
+    get_run_logger().info(f"{Path(batch_in).name}: {summary['total']} programs traced: "
+                          + ", ".join(f"{k} {v}" for k, v in summary["by_status"].items()))
     return {"summary": summary, "outputs": {out: dvc_md5(out)}}
 
 
@@ -194,11 +203,16 @@ def register(model_dir: str, metrics: dict, params_json: str) -> dict:
     return {"name": version.name, "version": version.version, "run_id": version.run_id}
 
 
-def _run_cached(t, **kwargs) -> dict:
-    """Run a cached task; if its cached outputs were deleted or changed since, run it again for real."""
-    result = t(**kwargs)
+def _run_cached(t, cached: set[str] | None = None, **kwargs) -> dict:
+    """Run a cached task; if its cached outputs were deleted or changed since, run it again for real. Adds the
+    task's name to `cached` when its result came from the cache."""
+    state = t(**kwargs, return_state=True)
+    result = state.result()
     if not _outputs_intact(result):
-        result = t.with_options(refresh_cache=True)(**kwargs)
+        state = t.with_options(refresh_cache=True)(**kwargs, return_state=True)
+        result = state.result()
+    if cached is not None and state.name == "Cached":
+        cached.add(t.name)
     return result
 
 
@@ -228,20 +242,80 @@ def _batches(programs: Path, work: Path, size: int) -> list[str]:
     return paths
 
 
-def _log_trace_stage(params, programs: Path, traces: Path, batches: int) -> dict:
-    from stepcode.data.traces import summarize
-    from stepcode.jsonl import read_jsonl
-    from stepcode.tracking.lineage import stage_run
+def _started() -> datetime:
+    """When this flow run was due to start (local time): the one date in its Prefect name and its MLflow run's."""
+    from prefect.context import FlowRunContext
 
-    summary = dict(summarize(read_jsonl(traces)), batches=batches)
-    with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(traces)}) as mlflow:
-        if mlflow is not None:
-            mlflow.log_metrics({"rows": summary["total"],
-                                **{f"status.{k}": v for k, v in summary["by_status"].items()}})
-    return summary
+    ctx = FlowRunContext.get()
+    when = ctx.flow_run.expected_start_time if ctx is not None and ctx.flow_run is not None else None
+    return (when or datetime.now(timezone.utc)).astimezone()
 
 
-@flow(name="stepcode-pipeline", log_prints=True)
+def _run_name(prefix: str = "") -> str:
+    """The flow run's name: profile, GRPO mode, params hash, date (`stepcode.pipeline.summary.flow_run_label`)."""
+    from prefect.runtime import flow_run
+
+    from stepcode.pipeline.summary import flow_run_label
+
+    p = flow_run.parameters or {}
+    try:
+        params = load_project_params(p.get("root") or ".", p.get("params_path") or "params.yaml")
+        return prefix + flow_run_label(params, p.get("profile"), _started(), p.get("stop_after"))
+    except Exception:  # noqa: BLE001 - unreadable params: the flow's own check says why; the run still gets a name
+        return f"{prefix}{p.get('profile') or 'default profile'} {_started():%Y-%m-%d %H:%M}"
+
+
+_TEMPORARY_API: str | None = None   # the URL of `local_api()`'s server while it runs: gone when the run ends
+
+
+def _prefect_link(flow_run_id: str, name: str) -> tuple[str | None, str]:
+    """The flow run's UI address on a real Prefect server (None on the temporary one) and a line for the MLflow run's
+    description that leads there."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.utilities.urls import url_for
+
+    if _TEMPORARY_API is None and PREFECT_API_URL.value():
+        url = url_for("flow-run", obj_id=flow_run_id)
+        if url:
+            return url, f"Prefect flow run [{name}]({url})."
+    home = os.environ.get("PREFECT_HOME")
+    serve = f"PREFECT_HOME={home} prefect server start" if home else "prefect server start"
+    return None, (f"Prefect flow run **{name}** (`{flow_run_id}`), on the run's temporary Prefect server. To browse "
+                  f"it: `{serve}`, then http://127.0.0.1:4200/runs/flow-run/{flow_run_id}")
+
+
+def _stage_run_ids(mlflow, parent_id: str) -> dict[str, str]:
+    """Stage → run id of the stage runs nested under the parent run (this flow run's, not cached stages')."""
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                              order_by=["attributes.start_time ASC"])
+    return {r.data.tags.get("stage", r.info.run_name): r.info.run_id for r in runs}
+
+
+def _publish(outcome: dict, about: str, links, cached: set[str], error: str | None) -> None:
+    """The flow run's markdown artifact (Prefect UI: the run's Artifacts tab, and Artifacts > stepcode-pipeline-summary
+    for its history). A failure here is a warning in the run's log, never a failed run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from stepcode.pipeline.summary import pipeline_markdown
+
+    try:
+        create_markdown_artifact(key=SUMMARY_KEY, markdown=pipeline_markdown(outcome, about=about, links=links,
+                                                                            cached=cached, error=error),
+                                 description="StepCode pipeline run: SFT vs RL on held-out rows, benchmark scores, "
+                                             "each stage with its MLflow run, the model version, the lineage")
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning(f"could not create the summary artifact: {type(e).__name__}: {e}")
+
+
+SUMMARY_KEY = "stepcode-pipeline-summary"
+
+
+# log_prints stays off: the stages do not print, and libraries that capture their own prints would lose them to the
+# log (dill disassembles a function into a redirected stdout while `datasets` hashes a map: the disassembly would
+# flood the run's log, and dill would not see the function's globals).
+@flow(name="stepcode-pipeline", log_prints=False, flow_run_name=_run_name)
 def pipeline(profile: str | None = None, params_path: str = "params.yaml", root: str = ".",
              stop_after: str | None = None) -> dict:
     """The whole pipeline on embedded defaults. `stop_after` ends it early (trace, validate, build, sft, grpo)."""
@@ -249,8 +323,9 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
 
     from stepcode.data.traces import write_summary
     from stepcode.dvcdata import record_outputs
-    from stepcode.pipeline.learning import learning_summary, log_learning
+    from stepcode.pipeline.learning import learning_lines, learning_summary, log_learning
     from stepcode.pipeline.preflight import check_pipeline, local_base_model
+    from stepcode.pipeline.summary import RunLinks, run_about, run_label, run_params, stage_lines, summarize_outcome
     from stepcode.tracking.lineage import parent_run
     from stepcode.tracking.versions import Pusher
 
@@ -262,6 +337,17 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     params_json = json.dumps(params.model_dump(mode="json", by_alias=True))
     batch_size = params.pipeline.trace_batch_size
     outcome: dict = {"profile": profile}
+    logger = get_run_logger()
+    profile_name = profile or params.train.profile   # the profile the training stages use
+    title = flow_run.name or _run_name()
+    cached: set[str] = set()                         # stages whose result came from Prefect's cache
+
+    def said(stage: str, note: str = "") -> None:
+        """The stage's summary line (as the CLI prints it) in the flow run's log."""
+        for line in stage_lines(stage, outcome):
+            head, _, rest = line.partition(" ")
+            logger.info(f"{head}: {rest.strip()}" + (note or (" (cached: an earlier run's result)"
+                                                               if stage in cached else "")))
 
     written: set[Path] = set()
     outcome["dvc_recorded"] = []
@@ -280,21 +366,27 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         nonlocal profile
         # trace: fan out over batches, merge in order
         parts_dir = root / "data" / "work" / "trace-parts"
+        started = time.time()   # the trace stage's MLflow run spans the fan-out, not only its logging
         batches = _batches(root / "data" / "raw", root / "data" / "work" / "trace-batches", batch_size)
         # Batches are not logged one by one: the merged table is logged once, as the trace stage, below.
         trace_params = json.dumps({**{k: v for k, v in json.loads(params_json).items() if k in ("sandbox", "trace")},
                                    "tracking": {"enabled": False}}, sort_keys=True)
         parts_dir.mkdir(parents=True, exist_ok=True)
         futures = [(b, trace_batch.submit(b, str(parts_dir / Path(b).name), trace_params)) for b in batches]
-        parts = []
+        parts, reused = [], 0
         for b, fut in futures:
             result = fut.result()
             if not _outputs_intact(result):
                 result = trace_batch.with_options(refresh_cache=True)(b, str(parts_dir / Path(b).name), trace_params)
+            else:
+                reused += fut.state.name == "Cached"
             parts.append(str(parts_dir / Path(b).name))
         traces = root / "data" / "traces.jsonl"
         _merge(parts, traces)
-        outcome["trace"] = _log_trace_stage(params, root / "data" / "raw", traces, len(parts))
+        from stepcode.pipeline.stages import trace_merged
+
+        outcome["trace"] = trace_merged(params, root / "data" / "raw", traces, batches=len(parts), started=started)
+        said("trace", f" ({len(parts)} batches, {reused} from the cache)")
         write_summary(outcome["trace"], root / "metrics" / "trace.json")
         versioned(traces, root / "metrics" / "trace.json")
         termination.checkpoint()
@@ -303,13 +395,15 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
 
         report = root / "reports" / "validation"
         outcome["validate"] = validate(str(traces), str(report), params_json)
+        said("validate")
         versioned(report / "summary.json", report / "quarantine.jsonl")
         termination.checkpoint()
         if stop_after == "validate":
             return
 
-        outcome["build"] = _run_cached(build, traces_in=str(traces), out_dir=str(root / "data" / "dataset"),
+        outcome["build"] = _run_cached(build, cached, traces_in=str(traces), out_dir=str(root / "data" / "dataset"),
                                        metrics=str(root / "metrics" / "build.json"), params_json=params_json)["stats"]
+        said("build")
         versioned(root / "data" / "dataset", root / "metrics" / "build.json")
         termination.checkpoint()
         if stop_after == "build":
@@ -322,48 +416,80 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
         base = local_base_model(prof, profile, root)
         if base is None:
             base = models / "base"
-            _run_cached(init_model, corpus_in=str(traces), out=str(base), profile=profile, params_json=params_json)
+            _run_cached(init_model, cached, corpus_in=str(traces), out=str(base), profile=profile,
+                        params_json=params_json)
             versioned(base)
         sft_out = models / "sft"
         curves = root / "metrics" / f"train-{profile}"     # the training curves dvc.yaml declares as plots
-        outcome["sft"] = _run_cached(sft, model_in=str(base), data_in=str(dataset / "sft.jsonl"), out=str(sft_out),
-                                     curves=str(curves / "sft.json"), profile=profile,
+        outcome["sft"] = _run_cached(sft, cached, model_in=str(base), data_in=str(dataset / "sft.jsonl"),
+                                     out=str(sft_out), curves=str(curves / "sft.json"), profile=profile,
                                      params_json=params_json)["summary"]
+        said("sft")
         versioned(sft_out, curves / "sft.json")
         termination.checkpoint()
         if stop_after == "sft":
             return
         mode = params.pipeline.grpo_mode
         grpo_out = models / f"grpo-{mode}"
-        outcome["grpo"] = _run_cached(grpo, model_in=str(sft_out), data_in=str(dataset / "rl.jsonl"),
+        outcome["grpo"] = _run_cached(grpo, cached, model_in=str(sft_out), data_in=str(dataset / "rl.jsonl"),
                                       out=str(grpo_out), curves=str(curves / f"grpo-{mode}.json"), profile=profile,
                                       mode=mode, params_json=params_json)["summary"]
+        said("grpo")
         versioned(grpo_out, curves / f"grpo-{mode}.json")
         termination.checkpoint()
         if stop_after == "grpo":
             return
-        metrics = _run_cached(evaluate, model_in=str(grpo_out), baseline_in=str(sft_out),
+        metrics = _run_cached(evaluate, cached, model_in=str(grpo_out), baseline_in=str(sft_out),
                               heldout_in=str(dataset / "heldout.jsonl"), out=str(root / "metrics" / f"eval-{profile}"),
                               profile=profile, params_json=params_json)["metrics"]
         versioned(*(root / "metrics" / f"eval-{profile}" / name for name in ("metrics.json", "heldout.json")))
         termination.checkpoint()
         outcome["evaluate"] = metrics
+        said("evaluate")
         outcome["learning"] = learning_summary(outcome["grpo"], metrics)
+        for line in learning_lines(outcome["learning"], metrics.get("heldout.rows")):
+            logger.info(line.replace("learning  ", "learning: ", 1).strip())
         if mlflow:
             log_learning(mlflow, outcome["learning"], outcome["sft"], outcome["grpo"], metrics)
             outcome["model"] = register(str(grpo_out), metrics, params_json)
             outcome["mlflow_run_id"] = mlflow.active_run().info.run_id
+            logger.info(f"model: registered {outcome['model']['name']} v{outcome['model']['version']}")
 
     # The pipeline's MLflow run: every stage run nests under it; FAILED if a stage raises, KILLED on a signal. When
-    # the stages end, however they end, the run records what it points at (stepcode.tracking.versions).
-    with parent_run("pipeline", params, tags={"prefect.flow_run_id": str(flow_run.id), "profile": str(profile)},
-                    killed=termination.requested, on_killed=termination.kill_runs) as mlflow:
+    # the stages end, however they end, the run records what it points at (stepcode.tracking.versions). Named
+    # `<profile> <date>`; its `stage` tag says what it is (pipeline), and its tags and description lead to the flow run.
+    prefect_url, note = _prefect_link(str(flow_run.id), title)
+    tags = {"stage": "pipeline", "profile": profile_name, "prefect.flow_run_id": str(flow_run.id),
+            "prefect.flow_run_name": title, "mlflow.note.content": note,
+            **({"prefect.flow_run_url": prefect_url} if prefect_url else {})}
+    links, error, finished = None, None, False
+    with parent_run(run_label(profile_name, _started()), params, tags=tags, killed=termination.requested,
+                    on_killed=termination.kill_runs) as mlflow:
+        if mlflow is not None:
+            run = mlflow.active_run()
+            mlflow.log_params(run_params(params, profile_name, stop_after))
+            links = RunLinks(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id, run.info.run_name,
+                             experiment_name=params.tracking.experiment)
+            logger.info(f"MLflow run {run.info.run_name!r} ({run.info.run_id}) in {links.tracking_uri}: "
+                        f"{links.url(run.info.run_id)}" + ("" if links.server else " (once `mlflow ui --backend-store-"
+                                                           f"uri {links.tracking_uri}` runs in the project folder)"))
         try:
             run_stages(mlflow)
+            finished = True
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
         finally:
             outcome["dvc_push"] = push.outcome()
             if mlflow is not None:
                 outcome["lineage"] = _record_lineage(mlflow, root, params_path, params, outcome)
+                with contextlib.suppress(Exception):   # the links are a convenience: never a failed run
+                    links.stages = _stage_run_ids(mlflow, links.parent_id)
+            if finished:
+                logger.info("summary (the Artifacts tab has it as tables, with links to the MLflow runs)\n"
+                            + summarize_outcome(outcome))
+            if finished or error is not None:   # not when killed: the process is on its way out
+                _publish(outcome, run_about(params, profile_name, _started(), stop_after), links, cached, error)
         return outcome
 
 
@@ -388,9 +514,10 @@ def local_api():
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    global _TEMPORARY_API
     server = SubprocessASGIServer()
     server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_API_URL"] = _TEMPORARY_API = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
@@ -399,6 +526,7 @@ def local_api():
 
         APILogWorker.drain_all(timeout=5)   # send the last logs before the server goes (else: "Error logging to API")
         os.environ.pop("PREFECT_API_URL", None)
+        _TEMPORARY_API = None
         server.stop()
 
 

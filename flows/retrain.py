@@ -8,7 +8,9 @@ A retraining run = the pipeline flow as a subflow (data → train → evaluate �
 `candidate`), then `stepcode.tracking.registry.promote_if_better`: the `champion` alias moves only when the
 candidate is no
 worse on every `pipeline.promote_metrics` metric and better on one. The decision and the comparison are recorded on
-the pipeline's MLflow run (tags `promotion.*`, artifact `promotion.json`) and on the model version.
+the pipeline's MLflow run (tags `promotion.*`, artifact `promotion.json`), on the model version, and in the Prefect UI:
+the flow run is named "retrain <profile> grpo=<mode> params=<hash> <date>" and its markdown artifact
+(`stepcode-retrain-decision`) says what was decided and why, metric by metric.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import load_project_params, pipeline, task_runner
+from flows.pipeline import _run_name, load_project_params, pipeline, task_runner
+
+DECISION_KEY = "stepcode-retrain-decision"
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=0)
@@ -43,7 +48,38 @@ def promote(model: dict, run_id: str | None, params_json: str) -> dict:
     return record
 
 
-@flow(name="stepcode-retrain", log_prints=True)
+def _retrain_name() -> str:
+    return _run_name("retrain ")
+
+
+def decision_markdown(record: dict, metrics: list[str], pipeline_run: str | None) -> str:
+    """The retraining run's decision for the Prefect UI: promoted or not, why, and the compared metrics."""
+    model, version, before = record["model"], record["version"], record.get("champion_version")
+    if record["promote"]:
+        out = ["## Promoted", "", f"{model} v{version} is the new `champion`"
+               + (f" (it replaces v{before})." if before else " (there was none).")]
+    else:
+        out = ["## Kept the champion", "", f"v{before} stays `champion`; the new {model} v{version} stays "
+               "`candidate`." if before else f"{model} v{version} stays `candidate`."]
+    out += ["", f"Reason: {record['reason']}.", ""]
+    champion = record.get("champion") or {}
+    rows = [m for m in metrics if m in record.get("candidate", {}) or m in champion]
+    if rows:
+        out += ["| metric (higher is better) | candidate | champion | change |", "|---|---:|---:|---:|"]
+        for m in rows:
+            cand, champ = record["candidate"].get(m), champion.get(m)
+            delta = "" if cand is None or champ is None else f"{cand - champ:+.3g}"
+            out.append(f"| `{m}` | {'' if cand is None else f'{cand:.3g}'} | "
+                       f"{'(none)' if champ is None else f'{champ:.3g}'} | {delta} |")
+        out.append("")
+    if pipeline_run:
+        out += [f"Recorded on the pipeline's MLflow run `{pipeline_run}` (tags `promotion.*`, `promotion.json`) and "
+                "on the model version. The training run's summary is the `stepcode-pipeline-summary` artifact of "
+                "this run's pipeline subflow (Subflow Runs tab).", ""]
+    return "\n".join(out)
+
+
+@flow(name="stepcode-retrain", log_prints=False, flow_run_name=_retrain_name)   # why not log_prints: flows/pipeline.py
 def retrain(profile: str | None = None, params_path: str = "params.yaml", root: str = ".") -> dict:
     params = load_project_params(root, params_path)
     workers = params.sandbox.resolved_workers()
@@ -53,7 +89,16 @@ def retrain(profile: str | None = None, params_path: str = "params.yaml", root: 
         raise RuntimeError("the pipeline registered no model (is tracking enabled?)")
     params_json = json.dumps(params.model_dump(mode="json", by_alias=True))
     outcome["promotion"] = promote(outcome["model"], outcome.get("mlflow_run_id"), params_json)
-    print(f"promotion: {outcome['promotion']['reason']}")
+    get_run_logger().info(f"promotion: {'promoted' if outcome['promotion']['promote'] else 'kept the champion'}: "
+                          f"{outcome['promotion']['reason']}")
+    try:
+        create_markdown_artifact(key=DECISION_KEY, description="StepCode retraining: promoted or kept the champion, "
+                                                               "and why, metric by metric",
+                                 markdown=decision_markdown(outcome["promotion"],
+                                                            list(params.pipeline.promote_metrics),
+                                                            outcome.get("mlflow_run_id")))
+    except Exception as e:  # noqa: BLE001 - the decision is made and recorded in MLflow: never a failed run
+        get_run_logger().warning(f"could not create the decision artifact: {type(e).__name__}: {e}")
     return outcome
 
 

@@ -82,7 +82,11 @@ class TrackingParams(_Section):
     enabled: bool = Field(True, description="log stages to MLflow (lineage); off for quick experiments")
     uri: str = Field("sqlite:///mlflow.db", description="MLflow store; env MLFLOW_TRACKING_URI overrides it")
     experiment: str = Field("stepcode", description="MLflow experiment of every run")
-    artifact_root: str = Field("mlruns", description="artifact folder for a new experiment (relative: to the cwd)")
+    artifact_root: str = Field("mlruns", description="artifact folder for a new experiment in a local store "
+                               "(relative: to the cwd); never used with a tracking server (http/https), whose "
+                               "artifact store decides")
+    system_metrics: bool = Field(True, description="stage runs log CPU, memory, disk, network (and GPU, with "
+                                 "nvidia-ml-py) as system/* metrics while they run, sampled every 2 s")
     dvc_push: bool = Field(True, description="the pipeline pushes what it records in DVC to the default remote, so "
                            "`stepcode lineage fetch` gets any run's data back; off: cache + dvc.lock only")
 

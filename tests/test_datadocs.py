@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from stepcode.config import Params
-from stepcode.data.datadocs import ASSETS, CHART_SCRIPTS, VENDORED, offline_html, remote_assets
+from stepcode.data.datadocs import (
+    ASSETS,
+    CHART_SCRIPTS,
+    VENDORED,
+    latest_validation,
+    offline_html,
+    remote_assets,
+    site_files,
+    standalone,
+)
 from stepcode.data.traces import trace_rows
 from stepcode.data.validation import validate_traces
 from stepcode.jsonl import write_jsonl
@@ -88,3 +97,31 @@ def test_a_real_validation_writes_data_docs_that_need_no_network(tmp_path):
 def test_vendored_paths_are_relative_and_inside_the_assets(url):
     path = Path(VENDORED[url])
     assert not path.is_absolute() and ".." not in path.parts
+
+
+def test_site_files_and_a_standalone_page(tmp_path):
+    """What the validate stage logs to MLflow: the pages and what they load (not GX's unused static files), and the
+    newest validation page as one file with everything inlined (the MLflow UI shows it from a blob URL)."""
+    rows = [{"id": "p0", "code": "def f(x):\n    y = x + 1\n    return y * 2\n", "input": "3", "entry_point": "f"}]
+    write_jsonl(tmp_path / "traces.jsonl", trace_rows(rows, Params(), workers=1))
+    result = validate_traces(tmp_path / "traces.jsonl", tmp_path / "report", Params())
+    site = result.report_path.parent.resolve()
+    files = site_files(site)
+    pages = sorted(site.rglob("*.html"))
+    assert set(pages) <= set(files)
+    for page in pages:                       # everything a page loads is there...
+        assert set(_local_assets(page)) <= set(files), page
+    css = site / "static" / "vendor" / "fontawesome" / "css" / "all.min.css"
+    assert css in files and (css.parent.parent / "webfonts" / "fa-solid-900.woff2") in files   # ... and what its CSS loads
+    unused = [f for f in site.rglob("*") if f.is_file() and f not in files]
+    assert any(f.suffix == ".gif" for f in unused)                     # GX's megabytes of unused images stay out
+    assert sum(f.stat().st_size for f in files) < sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 2
+
+    page = latest_validation(site)
+    assert page.parent.parent.parent.name == "trace_table" and page.suffix == ".html"
+    html = standalone(page)
+    assert remote_assets(html) == [] and not re.search(r'<(?:link|script)[^>]*(?:href|src)="\.\./', html)
+    assert html.count("<style>") >= 3 and "data:font/woff2;base64," in html and "data:image/png;base64," in html
+    assert "<script" not in html and "Expectation Validation Result" in html
+    assert html.count("data:font/woff2;base64,") == 1 and "bootstrap-prefers-dark" not in html
+    assert len(html.encode()) < 700_000

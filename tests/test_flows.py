@@ -1,5 +1,7 @@
 """The Prefect pipeline for real (ephemeral API, real MLflow store, micro training) in a temporary project:
-end-to-end lineage, the cached re-run, the gate stopping the flow, and a SIGTERM mid-run that loses nothing.
+end-to-end lineage, the cached re-run, what the Prefect UI and the MLflow runs table show of a run (names, logs, the
+summary artifact, the parent run's params and metrics), the gate stopping the flow, and a SIGTERM mid-run that loses
+nothing.
 
 The SIGTERM tests signal on an event they wait for, never after a guessed delay: mid-trace, a program that holds its
 batch until the test releases it; mid-training, the trainer's own step logs."""
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _prefect_runs import read_flow_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -103,6 +107,9 @@ def _runs(experiment: str):
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
+FLOW_RUN_NAME = re.compile(r"^micro grpo=bilevel params=(?P<hash>[0-9a-f]{6}) (?P<date>\d{4}-\d\d-\d\d \d\d:\d\d)$")
+
+
 def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     import mlflow
 
@@ -110,12 +117,27 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     first = _pipeline(d)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "model     registered model-flow-e2e v1" in first.stdout
+    # the console stays as it was: the summary, no Prefect INFO lines (those go to the Prefect API, checked below)
+    assert "Finished in state" not in first.stdout + first.stderr and "Beginning flow run" not in first.stderr
     runs = _runs("flow-e2e")
     parents = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    for tag in ("git.commit", "git.dirty", "params.hash", "prefect.flow_run_id"):
+    for tag in ("git.commit", "git.dirty", "params.hash", "prefect.flow_run_id", "prefect.flow_run_name"):
         assert parent.data.tags.get(tag), tag
+    # a readable parent run: named `<profile> <date>` (the date of its Prefect flow run's name), with the params that
+    # tell pipeline runs apart and the headline metrics, for the MLflow runs table
+    named = FLOW_RUN_NAME.match(parent.data.tags["prefect.flow_run_name"])
+    assert named and parent.info.run_name == f"micro {named['date']}", (parent.info.run_name, named)
+    assert named["hash"] == parent.data.tags["params.hash"][:6]
+    logged = parent.data.params
+    assert len(logged) <= 60, sorted(logged)
+    assert {k: logged.get(k) for k in ("train.profile", "profile.sft.max_steps", "profile.grpo.num_generations",
+                                       "pipeline.grpo_mode", "trace.max_lines", "pipeline.heldout_limit")} == {
+        "train.profile": "micro", "profile.sft.max_steps": "5", "profile.grpo.num_generations": "4",
+        "pipeline.grpo_mode": "bilevel", "trace.max_lines": "10", "pipeline.heldout_limit": "4"}
+    assert {"sft.final_loss", "eval.heldout.final_acc", "eval.stepcode_cruxeval_output_pass_at_1"} <= set(
+        parent.data.metrics)
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == STAGES
     assert all(r.info.status == "FINISHED" for r in children.values())
@@ -156,6 +178,36 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
              if r.data.tags.get("mlflow.parentRunId") == newest.info.run_id}
     assert rerun == {"trace", "validate", "register"}, rerun   # trace: the merged table's lineage is logged again
     print(f"cached re-run: {elapsed:.0f} s")
+
+    # What the Prefect UI shows of the two runs: their names, their logs (a stage line each), and the summary artifact
+    # with the CLI's numbers and links to the MLflow runs (the re-run's cached stages say so).
+    flow_runs = read_flow_runs(d)
+    assert [r["name"] for r in flow_runs] == [newest.data.tags["prefect.flow_run_name"],
+                                              parent.data.tags["prefect.flow_run_name"]]
+    assert [r["id"] for r in flow_runs] == [newest.data.tags["prefect.flow_run_id"],
+                                            parent.data.tags["prefect.flow_run_id"]]
+    rerun_flow, first_flow = flow_runs
+    assert all(r["state"] == "Completed" for r in flow_runs)
+    messages = [log["message"] for log in first_flow["logs"]]
+    assert any(m.startswith("sft: 5 steps in ") for m in messages), messages
+    assert any(m.startswith("batch-0000.jsonl: 25 programs traced") for m in messages), messages
+    assert any(parent.info.run_id in m and m.startswith("MLflow run 'micro ") for m in messages), messages
+    assert any("(cached: an earlier run's result)" in log["message"] for log in rerun_flow["logs"])
+    [artifact] = first_flow["artifacts"]
+    assert artifact["key"] == "stepcode-pipeline-summary" and artifact["type"] == "markdown"
+    summary = artifact["data"]
+    assert summary.startswith(f"Profile **micro** · GRPO mode **bilevel** · params hash `{parent.data.tags['params.hash']}`")
+    assert f"| step accuracy | {learning['sft_heldout_step_acc']:.1%} | {learning['rl_heldout_step_acc']:.1%} |" \
+        in summary
+    assert f"GRPO mean reward **{learning['grpo_reward_mean']:.3f}**" in summary
+    assert f"| `stepcode_cruxeval_output` | {evaluated['stepcode_cruxeval_output_pass_at_1']:.3g} |" in summary
+    assert "| register | model-flow-e2e v1 (alias `candidate`) |" in summary and parent.info.run_id in summary
+    for stage, run in children.items():
+        assert f"/#/experiments/{parent.info.experiment_id}/runs/{run.info.run_id}" in summary, stage
+    assert "mlflow ui --backend-store-uri" in summary   # a sqlite store: how to open the links
+    [again] = rerun_flow["artifacts"]
+    assert re.search(r"\| sft \| 5 steps in \d+ s \(loss=[0-9.e+-]+\) \| cached \|", again["data"]), again["data"]
+    assert newest.info.run_id in again["data"]
 
 
 def test_a_failing_gate_stops_the_flow_before_training(tmp_path, mlflow_store):

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "stepcode"
 CORE = {"stepcode.config", "stepcode.errors", "stepcode.anchors", "stepcode.prompts", "stepcode.jsonl",
-        "stepcode.dvcdata", "stepcode.plots"}
+        "stepcode.dvcdata", "stepcode.plots", "stepcode.openai_http"}
 
 # layer -> the layers it may import (besides itself)
 ALLOWED = {

@@ -228,3 +228,104 @@ def test_tracking_off_logs_nothing_and_leaves_the_env_alone(store):
         assert PARENT_ENV not in os.environ
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])   # the store it would have logged to
     assert mlflow.get_experiment_by_name("helper-off") is None
+
+
+# --- what a run tells its reader: the time of its work, system metrics, the experiment's description ---------------
+
+def test_stage_runs_time_their_work_and_sample_system_metrics(store):
+    import time
+
+    params = store
+    with stage_run("sft", params):
+        time.sleep(2.5)            # longer than one sampling interval (2 s): at least one sample is logged
+    quiet = parse_params({"tracking": {**params.tracking.model_dump(), "system_metrics": False}})
+    with stage_run("build", quiet):
+        pass
+    runs = _runs_by_name()
+    sft, build = runs["sft"].data.metrics, runs["build"].data.metrics
+    assert 2.5 <= sft["seconds"] < 60 and 0 <= build["seconds"] < 5
+    assert "system/cpu_utilization_percentage" in sft and "system/system_memory_usage_megabytes" in sft
+    assert not any(k.startswith("system/") for k in build)
+
+
+def test_a_stage_run_for_work_done_before_it_spans_that_work(store, tmp_path):
+    """The flow's trace: batches traced in worker processes, the merged table logged afterwards as the trace stage,
+    whose run starts when the tracing did (`stages.trace_merged`, `stage_run(started=...)`)."""
+    import time
+
+    from stepcode.pipeline import stages
+
+    params = parse_params({"tracking": store.tracking.model_dump(), "sandbox": {"workers": 1}})
+    src, out = tmp_path / "programs.jsonl", tmp_path / "traces.jsonl"
+    src.write_text("".join(json.dumps(_program(i)) + "\n" for i in range(3)))
+    untracked = parse_params({"sandbox": {"workers": 1}, "tracking": {"enabled": False}})
+    started = time.time() - 30      # as if the fan-out had taken 30 s
+    stages.trace(untracked, src, out, progress=False)
+    with parent_run("pipeline", params):
+        summary = stages.trace_merged(params, src, out, batches=1, started=started)
+    assert summary["by_status"] == {"ok": 3} and summary["batches"] == 1 and "seconds" not in summary   # metrics/trace.json stays stable
+    runs = _runs_by_name()
+    trace = runs["trace"]
+    assert trace.data.tags["mlflow.parentRunId"] == runs["pipeline"].info.run_id
+    assert trace.info.status == "FINISHED" and abs(trace.info.start_time - started * 1000) < 1000
+    assert (trace.info.end_time - trace.info.start_time) / 1000 >= 30 and 30 <= trace.data.metrics["seconds"] < 120
+    assert trace.data.metrics["rows"] == 3 and trace.data.metrics["status.ok"] == 3
+    assert trace.data.params["trace.max_lines"] == "10" and trace.data.tags["dvc.md5.traces"] == dvc_md5(out)
+    assert not any(k.startswith("system/") for k in trace.data.metrics)   # nothing ran while it was open
+
+
+def test_experiment_description_and_local_artifact_location(store, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from stepcode.tracking.lineage import EXPERIMENT_DESCRIPTION, NOTE_TAG, configure, is_server
+
+    params = store
+    configure(params)
+    experiment = mlflow.get_experiment_by_name("helper")
+    assert experiment.tags[NOTE_TAG] == EXPERIMENT_DESCRIPTION
+    assert experiment.artifact_location == (tmp_path / "mlruns").resolve().as_uri()   # a local store: ours
+    # an experiment made elsewhere, without a description, gets one; a description of its own is kept
+    client = MlflowClient()
+    client.create_experiment("bare")
+    client.create_experiment("described", tags={NOTE_TAG: "the team's own words"})
+    for name in ("bare", "described"):
+        configure(parse_params({"tracking": {**params.tracking.model_dump(), "experiment": name}}))
+    assert mlflow.get_experiment_by_name("bare").tags[NOTE_TAG] == EXPERIMENT_DESCRIPTION
+    assert mlflow.get_experiment_by_name("described").tags[NOTE_TAG] == "the team's own words"
+    # a server (tests/test_tracking_server.py runs one) keeps artifacts in its own store
+    assert is_server("http://mlflow:5000") and is_server("HTTPS://mlflow.example") and is_server("databricks")
+    assert not any(map(is_server, ("sqlite:///mlflow.db", "file:///tmp/mlruns", "postgresql://db/mlflow", "mlruns")))
+
+
+def test_the_validate_run_holds_the_data_docs(store, tmp_path):
+    """The gate's Data Docs are artifacts of the validate run: the site (its pages and what they load) under
+    data_docs/, and this validation's page as one self-contained file the MLflow UI renders."""
+    from mlflow.tracking import MlflowClient
+
+    from stepcode.data.datadocs import site_files
+    from stepcode.pipeline import stages
+
+    params = parse_params({"tracking": store.tracking.model_dump(), "sandbox": {"workers": 1}})
+    src, traces = tmp_path / "programs.jsonl", tmp_path / "traces.jsonl"
+    src.write_text("".join(json.dumps(_program(i)) + "\n" for i in range(4)))
+    stages.trace(params, src, traces, progress=False)
+    result = stages.validate(params, traces, tmp_path / "report")
+    run = _runs_by_name()["validate"]
+    client = MlflowClient()
+    logged, todo = [], ["data_docs"]
+    while todo:
+        for a in client.list_artifacts(run.info.run_id, todo.pop()):
+            if a.is_dir:
+                todo.append(a.path)
+            else:
+                logged.append(a.path.removeprefix("data_docs/"))
+    site = result.report_path.parent.resolve()
+    assert sorted(logged) == sorted(f.relative_to(site).as_posix() for f in site_files(site))
+    assert "index.html" in logged and any(f.startswith("validations/") for f in logged)
+    validation = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert {"validation/summary.json", "validation/report.html"} <= validation
+    report = client.download_artifacts(run.info.run_id, "validation/report.html", str(tmp_path / "dl"))
+    html = open(report, encoding="utf-8").read()
+    assert "Expectation Validation Result" in html and "<style>" in html and 'rel="stylesheet"' not in html
+    assert run.data.tags["mlflow.note.content"].count(run.info.run_id) == 1   # the download command names the run

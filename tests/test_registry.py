@@ -57,7 +57,7 @@ def test_aliases_in_a_real_registry(tmp_path, mlflow_store):
     worse = client.get_model_version("reg-test", versions[1][0])
     assert worse.tags["promotion"] == "rejected" and version_metrics(worse) == {"final_acc": 0.2}
     assert worse.tags["dvc.md5.dataset"] == "abc.dir" and worse.run_id == trained[1]     # source: the training run
-    assert "| final_acc | 0.2 |" in worse.description and "`abc.dir`" in worse.description   # the model card
+    assert "| final_acc | 20.0% |" in worse.description and "`abc.dir`" in worse.description   # the model card, in the reports' units
     assert "final_acc" not in {k.split(".", 1)[-1] for k in worse.tags}                     # metrics, not tags
     # loadable as what it is: a text-generation pipeline with its tokenizer, by alias
     generate = mlflow.transformers.load_model("models:/reg-test@candidate")

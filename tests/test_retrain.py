@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from itertools import islice
@@ -14,21 +15,33 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _prefect_runs import read_flow_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMOTE = ["heldout.final_acc", "heldout.step_acc"]   # params.yaml pipeline.promote_metrics
 CHAMPION = {"heldout.final_acc": 0.4, "heldout.step_acc": 0.5}
 
 
-def _version(tmp_path: Path, name: str, metrics: dict[str, float], experiment: str):
-    """A real registry version of `name`: a model folder of its own (its own md5) logged under a run of its own."""
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory) -> Path:
+    """One real micro model (registering logs it as an MLflow transformers model, so it must load); each version
+    copies it."""
+    from stepcode.training.models import build_tiny_model, corpus_texts
+
+    return build_tiny_model(tmp_path_factory.mktemp("retrain-model") / "micro",
+                            corpus_texts([{"messages": [{"role": "user", "content": "f(1)"}]}]), size="micro")
+
+
+def _version(tmp_path: Path, base: Path, name: str, metrics: dict[str, float], experiment: str):
+    """A real registry version of `name`: a copy of the micro model with a file of its own (its own md5), logged
+    under a run of its own."""
     import mlflow
 
     from stepcode.tracking.registry import register_model
 
     model = tmp_path / f"model-{len(list(tmp_path.glob('model-*')))}"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"metrics": metrics, "dir": model.name}))
+    shutil.copytree(base, model)
+    (model / "README.md").write_text(json.dumps({"metrics": metrics, "dir": model.name}))
     mlflow.set_experiment(experiment)
     with mlflow.start_run() as run:
         pass
@@ -70,7 +83,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_the_promotion_step_moves_champion_only_for_a_better_candidate_and_records_both_sides(tmp_path, case):
+def test_the_promotion_step_moves_champion_only_for_a_better_candidate_and_records_both_sides(tmp_path, case, micro_model):
     import mlflow
 
     from flows.retrain import promote
@@ -86,9 +99,9 @@ def test_the_promotion_step_moves_champion_only_for_a_better_candidate_and_recor
     assert list(params.pipeline.promote_metrics) == PROMOTE
     champ = None
     if champ_metrics is not None:
-        champ = _version(tmp_path, name, champ_metrics, "retrain-promotion")
+        champ = _version(tmp_path, micro_model, name, champ_metrics, "retrain-promotion")
         _champion(name, champ)
-    cand = _version(tmp_path, name, cand_metrics, "retrain-promotion")
+    cand = _version(tmp_path, micro_model, name, cand_metrics, "retrain-promotion")
     mlflow.set_experiment("retrain-promotion")
     with mlflow.start_run(tags={"stage": "pipeline"}) as run:   # the pipeline run the decision is recorded on
         pass
@@ -163,7 +176,7 @@ def _newest_pipeline_run(experiment: str):
 
 
 @pytest.mark.slow   # two real retraining runs of the micro profile (the second one cached): ~80 s on 2 cores
-def test_retrain_flow_keeps_a_better_champion_and_replaces_a_worse_one(tmp_path):
+def test_retrain_flow_keeps_a_better_champion_and_replaces_a_worse_one(tmp_path, micro_model):
     import mlflow
 
     from stepcode.tracking.registry import version_metrics
@@ -173,7 +186,7 @@ def test_retrain_flow_keeps_a_better_champion_and_replaces_a_worse_one(tmp_path)
     d = _project(tmp_path, experiment, name)
 
     # 1. A champion above anything the micro model can reach: the candidate the flow trains is kept out.
-    strong = _version(tmp_path, name, {"heldout.final_acc": 1.0, "heldout.step_acc": 1.0}, "retrain-seed")
+    strong = _version(tmp_path, micro_model, name, {"heldout.final_acc": 1.0, "heldout.step_acc": 1.0}, "retrain-seed")
     _champion(name, strong)
     printed, _ = _retrain(d)
     run, n_runs = _newest_pipeline_run(experiment)
@@ -183,7 +196,9 @@ def test_retrain_flow_keeps_a_better_champion_and_replaces_a_worse_one(tmp_path)
     register = [r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list")
                 if r.data.tags.get("stage") == "register"]
     assert [r.data.tags["mlflow.parentRunId"] for r in register] == [run.info.run_id]
-    assert cand.run_id == register[0].info.run_id
+    grpo = [r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list")
+            if r.data.tags.get("stage") == "grpo"]
+    assert cand.run_id == grpo[0].info.run_id   # the version's source: the training run that logged the model
     evaluate = next(r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list")
                     if r.data.tags.get("stage") == "evaluate")
     cand_metrics = version_metrics(cand)
@@ -206,7 +221,7 @@ def test_retrain_flow_keeps_a_better_champion_and_replaces_a_worse_one(tmp_path)
     # 2. A champion below the candidate on every metric (what it measured minus 0.25): the re-run (its stages
     # cached, so the same model files: the same version) promotes the candidate.
     weak_metrics = {m: cand_metrics[m] - 0.25 for m in PROMOTE}
-    weak = _version(tmp_path, name, weak_metrics, "retrain-seed")
+    weak = _version(tmp_path, micro_model, name, weak_metrics, "retrain-seed")
     _champion(name, weak)
     printed, _ = _retrain(d)
     run, n_runs = _newest_pipeline_run(experiment)
@@ -223,3 +238,16 @@ def test_retrain_flow_keeps_a_better_champion_and_replaces_a_worse_one(tmp_path)
     assert record["deltas"] == pytest.approx({m: 0.25 for m in PROMOTE})
     assert run.data.tags["promotion.decision"] == "promoted"
     assert client.get_model_version(name, cand.version).tags["promotion"] == "champion"
+
+    # In the Prefect UI: each retraining run is named for what it trains and says what it decided (its artifact), its
+    # pipeline subflow run has the summary artifact
+    flow_runs = read_flow_runs(d)
+    retrains = [r for r in flow_runs if r["name"].startswith("retrain micro grpo=bilevel params=")]
+    pipelines = [r for r in flow_runs if r["name"].startswith("micro grpo=bilevel params=")]
+    assert len(retrains) == 2 and len(pipelines) == 2, [r["name"] for r in flow_runs]
+    decisions = [next(a["data"] for a in r["artifacts"] if a["key"] == "stepcode-retrain-decision") for r in retrains]
+    assert decisions[0].startswith(f"## Promoted\n\n{name} v{cand.version} is the new `champion` (it replaces "
+                                   f"v{weak.version}).")   # newest first
+    assert decisions[1].startswith(f"## Kept the champion\n\nv{strong.version} stays `champion`")
+    assert "| `heldout.final_acc` |" in decisions[0] and run.info.run_id in decisions[0]
+    assert all([a["key"] for a in r["artifacts"]] == ["stepcode-pipeline-summary"] for r in pipelines)

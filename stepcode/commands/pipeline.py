@@ -21,6 +21,7 @@ from stepcode.commands.common import (
 )
 from stepcode.pipeline import termination
 from stepcode.pipeline.preflight import STOP_POINTS
+from stepcode.pipeline.summary import lineage_lines, summarize_outcome  # noqa: F401  (lineage_lines: re-exported)
 
 
 def prefect_env(root: Path) -> None:
@@ -34,72 +35,13 @@ def prefect_env(root: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
-
-def summarize_outcome(outcome: dict) -> str:
-    """A few lines per stage from the flow's outcome (the full JSON goes to reports/)."""
-    lines = []
-    if "trace" in outcome:
-        t = outcome["trace"]
-        lines.append(f"trace     {t['total']} programs: " + ", ".join(f"{k} {v}" for k, v in t["by_status"].items()))
-    if "validate" in outcome:
-        lines.append(f"validate  gate passed on {outcome['validate']['rows']} rows")
-    if "build" in outcome:
-        files = outcome["build"].get("files", {})
-        lines.append("build     " + ", ".join(f"{k} {v}" for k, v in files.items()))
-    for stage in ("sft", "grpo"):
-        if stage in outcome:
-            s = outcome[stage]
-            last = s.get("last_log", {})
-            shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("loss", "reward", "stepcode/final_accuracy",
-                                                              "stepcode/step_accuracy") if k in last)
-            lines.append(f"{stage:9s} {s['steps']} steps in {s['seconds']:.0f} s" + (f" ({shown})" if shown else ""))
-    if "evaluate" in outcome:
-        m = outcome["evaluate"]
-        keys = [k for k in m if k.endswith(("final_acc", "step_acc", "pass_at_1", "step_accuracy"))
-                and k.count(".") <= 1]
-        lines.append("evaluate  " + ", ".join(f"{k}={m[k]:.3g}" for k in keys))
-    if "learning" in outcome:
-        from stepcode.pipeline.learning import learning_lines
-
-        lines += learning_lines(outcome["learning"], outcome.get("evaluate", {}).get("heldout.rows"))
-    if outcome.get("dvc_recorded"):
-        lines.append(f"dvc       recorded {', '.join(outcome['dvc_recorded'])} "
-                     "(cache + dvc.lock; `dvc status` to check)")
-    lines += lineage_lines(outcome.get("dvc_push") or {}, outcome.get("lineage") or {})
-    if "model" in outcome:
-        lines.append(f"model     registered {outcome['model']['name']} v{outcome['model']['version']} "
-                     f"(MLflow run {outcome.get('mlflow_run_id')})")
-    return "\n".join(lines)
-
-
-def lineage_lines(push: dict, lineage: dict) -> list[str]:
-    """What the run pushed and what it points at: the DVC remote, its commit (dirty or not), how to get it back."""
-    lines = []
-    if push.get("state") == "pushed":
-        lines.append(f"dvc       pushed to remote {push.get('remote', '?')}: {push['transferred']} new object(s)")
-    elif push.get("state") == "off":
-        lines.append("dvc       not pushed (params tracking.dvc_push: false): the data are in the local cache only")
-    elif push.get("state") == "failed":
-        lines.append(f"warning   {push['warning']}")
-    if lineage.get("warning"):
-        lines.append(f"warning   {lineage['warning']}")
-    if lineage.get("run_id"):
-        run_id, commit = lineage["run_id"], (lineage.get("git_commit") or "unknown")[:10]
-        if lineage.get("git_dirty") and lineage.get("dirty_files") == "params.yaml":
-            lines.append(f"lineage   run {run_id} at git {commit} + uncommitted changes (params.yaml; logged with the "
-                         f"run, so `stepcode reproduce {run_id}` uses it)")
-        elif lineage.get("git_dirty"):
-            lines.append(f"lineage   run {run_id} at git {commit} + uncommitted changes ({lineage['dirty_files']}): "
-                         "the commit may not hold the code that ran; commit, then run again to make it reproducible")
-        else:
-            lines.append(f"lineage   run {run_id} at git {commit} (clean tree): "
-                         f"`stepcode lineage fetch {run_id} -o DIR`, `stepcode reproduce {run_id}`")
-        if lineage.get("missing_on_remote"):
-            lines.append(f"warning   the DVC remote lacks {len(lineage['missing_on_remote'])} dataset(s) the run "
-                         f"logged ({', '.join(lineage['missing_on_remote'][:6])}): `dvc push`")
-    return lines
+    # The console shows warnings only (the CLI prints its own summary); the flow and task runs' logs (INFO: stage
+    # lines, task states) go to the Prefect API, so its UI shows them. The stages' own loggers (`stepcode.*`: their
+    # warnings) go there too; a record logged outside a run is not an error.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stepcode")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 def _check_runs(mlflow, run_ids: list[str]) -> None:

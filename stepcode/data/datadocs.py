@@ -12,11 +12,19 @@ which GX loads from its web server with the time and the data context's id in th
 the site's own `static/images/`; and GX's relative links into `static/` (the favicon) are recomputed for the page's
 depth (GX writes validation pages one folder deeper than its links assume); and "Data asset: None" (GX names no
 asset for a DataFrame batch) names the asset given. Idempotent: a rewritten page stays as it is.
+
+For a tracking server (the validate stage logs the site as artifacts of its run): `site_files` lists the pages and
+what they load (CSS, scripts, images, the fonts the CSS loads), leaving out the megabytes of GX's static files no
+page uses; `standalone` makes one page (`latest_validation`: this run's) a single static HTML file with its CSS and
+images inlined, which renders where a page cannot fetch its neighbours (the MLflow UI's artifact view shows an HTML
+artifact from a blob URL, in a sandboxed frame).
 """
 
 from __future__ import annotations
 
+import base64
 import html as html_text
+import mimetypes
 import os
 import re
 import shutil
@@ -103,3 +111,82 @@ def make_offline(site_dir, asset: str | None = None) -> list[Path]:
             page.write_text(new, encoding="utf-8")
             changed.append(page)
     return changed
+
+
+_LOADING_TAG = re.compile(r"<(?:link|script|img)\b[^>]*>")
+_LOCAL_REF = re.compile(r'\b(?:href|src)="([^"#?:]+)"')        # a relative URL: no scheme, query or fragment
+_CSS_REF = re.compile(r"""url\(\s*['"]?([^'")?#:]+)[^'")]*['"]?\s*\)""")
+
+
+def site_files(site_dir) -> list[Path]:
+    """Every page of the site and every local file its pages load, directly or through their CSS (`url(...)`), in
+    path order: what a reader of the site needs, without the GX static files that nothing uses."""
+    site = Path(site_dir).resolve()
+    pages = sorted(site.rglob("*.html"))
+    needed, todo = set(pages), []
+    for page in pages:
+        for tag in _LOADING_TAG.findall(page.read_text(encoding="utf-8")):
+            todo += [(page.parent / ref).resolve() for ref in _LOCAL_REF.findall(tag)]
+    while todo:
+        f = todo.pop()
+        if f in needed or not f.is_file() or site not in f.parents:
+            continue
+        needed.add(f)
+        if f.suffix == ".css":
+            todo += [(f.parent / ref).resolve() for ref in _CSS_REF.findall(f.read_text(encoding="utf-8"))]
+    return sorted(needed)
+
+
+def latest_validation(site_dir) -> Path | None:
+    """The newest validation page of the site (GX names each run's folder by its UTC time, which sorts), or None."""
+    pages = sorted(Path(site_dir).glob("validations/**/*.html"), key=lambda p: (p.parent.name, p.name))
+    return pages[-1] if pages else None
+
+
+# What a standalone page leaves out, to stay small (the MLflow UI loads an HTML artifact whole, into a sandboxed
+# frame): the dark-mode variant and the index page's date and filter controls; and of the fonts, only Font Awesome's
+# solid set (the pages' status icons, `fas fa-check-circle`...) is inlined.
+STANDALONE_SKIP = ("bootstrap-dark/", "bootstrap-datepicker/", "bootstrap-table/extensions/filter-control/")
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>\s*", re.S)
+STANDALONE_FONTS = ("fa-solid-900.woff2",)
+
+
+def _data_uri(path: Path) -> str:
+    kind = mimetypes.guess_type(path.name)[0] or ("font/woff2" if path.suffix == ".woff2" else
+                                                  "application/octet-stream")
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def standalone(page) -> str:
+    """One page of an offline site (`make_offline`) as a single static HTML file: its stylesheets inlined (but
+    `STANDALONE_SKIP`'s), its images and `STANDALONE_FONTS` as data: URIs, its scripts left out (about 0.5 MB). Every
+    result shows as the page lays it out; what the scripts add (the "failed only" filter, table search, "show more
+    info") is in the site itself. Links to other pages stay as they are (they work in the site only)."""
+    page = Path(page)
+    html = _SCRIPT.sub("", page.read_text(encoding="utf-8"))
+
+    inlined: set[str] = set()
+
+    def css(path: Path) -> str:
+        def font(m: re.Match) -> str:   # once: Font Awesome declares its solid set again for its v4 and v5 names
+            target = path.parent / m.group(1)
+            if target.name not in STANDALONE_FONTS or target.name in inlined or not target.is_file():
+                return m.group(0)
+            inlined.add(target.name)
+            return f"url({_data_uri(target)})"
+
+        return _CSS_REF.sub(font, path.read_text(encoding="utf-8"))
+
+    def inline(tag: re.Match) -> str:
+        text = tag.group(0)
+        ref = _LOCAL_REF.search(text)
+        target = page.parent / ref.group(1) if ref else None
+        if target is None or not target.is_file():
+            return text
+        ref = ref.group(1)
+        if text.startswith("<link") and "stylesheet" in text:
+            return "" if any(f"vendor/{skip}" in ref for skip in STANDALONE_SKIP) else \
+                f"<style>/* {ref} */\n{css(target)}\n</style>"
+        return text.replace(f'"{ref}"', f'"{_data_uri(target)}"')   # an image, the favicon
+
+    return _LOADING_TAG.sub(inline, html)

@@ -53,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from stepcode.errors import UserError
 from stepcode.evals.benchmark import Prompt
 from stepcode.evals.generate import Decoding
+from stepcode.openai_http import check_base_url, request_json, served_models
 
 RETRY_STATUSES = frozenset({408, 409, 429})      # and every 5xx
 SEED_MOD = 2 ** 63                                # seeds stay in the API's int64
@@ -106,17 +107,10 @@ class EndpointBackend:
 
     def __init__(self, base_url: str, model: str | None = None, *, concurrency: int = 8, retries: int = 3,
                  backoff_s: float = 1.0, timeout_s: float = 600, api_key: str | None = None):
-        parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise EndpointError(f"--endpoint {base_url}: not an http(s) URL with a host (give e.g. "
-                                "http://localhost:8000/v1)")
-        try:
-            _ = parts.port   # raises on a port that is not a number in 0..65535
-        except ValueError:
-            raise EndpointError(f"--endpoint {base_url}: bad port (give e.g. http://localhost:8000/v1)") from None
+        base = check_base_url(base_url, "--endpoint", error=EndpointError)
         if concurrency < 1 or retries < 0 or backoff_s < 0 or timeout_s <= 0:
             raise ValueError("concurrency must be >= 1, retries and backoff_s >= 0, timeout_s > 0")
-        self.base = base_url.rstrip("/")
+        self.base = base
         self.concurrency, self.retries, self.backoff_s, self.timeout_s = concurrency, retries, backoff_s, timeout_s
         self.api_key = api_key
         self.requests = 0                 # completion requests sent (retries included): for logs and tests
@@ -139,35 +133,13 @@ class EndpointBackend:
     # --- HTTP -------------------------------------------------------------------------------------------------------
 
     def _request(self, path: str, body: dict | None, timeout: float) -> object:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, headers=headers,
-                                     method="GET" if body is None else "POST")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+        return request_json(self.base, path, body, timeout=timeout, api_key=self.api_key)
 
     def models(self) -> list[str]:
         """The served model ids (GET /models); EndpointError when the endpoint cannot be reached or is not
         OpenAI-compatible."""
-        try:
-            reply = self._request("/models", None, timeout=min(self.timeout_s, 30.0))
-        except urllib.error.HTTPError as e:
-            raise EndpointError(f"--endpoint {self.base}: GET /models answered HTTP {e.code} {e.reason} (is this an "
-                                "OpenAI-compatible base URL, ending in /v1?)") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = _one_line(getattr(e, "reason", e))
-            raise EndpointError(f"--endpoint {self.base}: cannot reach the endpoint ({reason}); start the server "
-                                "(e.g. `vllm serve MODEL`) or fix the URL") from None
-        except (ValueError, UnicodeDecodeError):
-            raise EndpointError(f"--endpoint {self.base}: GET /models did not return JSON (is this an "
-                                "OpenAI-compatible base URL, ending in /v1?)") from None
-        data = reply.get("data") if isinstance(reply, dict) else None
-        if not isinstance(data, list):
-            raise EndpointError(f"--endpoint {self.base}: GET /models has no 'data' list (not an OpenAI-compatible "
-                                "API; give the base URL ending in /v1)")
-        return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return served_models(self.base, "--endpoint", timeout=min(self.timeout_s, 30.0), api_key=self.api_key,
+                             error=EndpointError)
 
     def _post(self, body: dict) -> dict:
         """POST /chat/completions with retries (module docstring); EndpointError when it gives up."""

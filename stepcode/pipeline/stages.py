@@ -19,6 +19,37 @@ def _flat(prefix: str, section) -> dict:
     return {f"{prefix}.{k}": v for k, v in section.model_dump().items()}
 
 
+# What each stage's run holds, for its reader (the run's description in the MLflow UI; markdown). Every stage run also
+# has its inputs and outputs as Datasets (by DVC md5, tags `dvc.md5.<role>`), `seconds` and `system/*` metrics.
+NOTES = {
+    "trace": "Instruments each program with execution anchors and runs it twice in the sandbox, into a trace table "
+             "(one status per program). Metrics: rows, `status.<status>` counts, programs per second; "
+             "`trace_summary.json`.",
+    "validate": "The data gate: great-expectations checks over the trace table; nothing trains on data that fails "
+                "it. Metrics `gate.*`. Artifacts: `validation/report.html`, this validation's Data Docs page (open "
+                "it here); `validation/summary.json`, one entry per expectation; `validation/quarantine.jsonl`, the "
+                "rows that broke one. The whole Data Docs site, with the runs before, is under `data_docs/`: "
+                "`mlflow artifacts download -r {run_id} -a data_docs -d DIR`, then open `DIR/data_docs/index.html` "
+                "(no network needed).",
+    "build": "Builds the SFT, RL and held-out sets (disjoint programs, decontaminated against the benchmarks) from "
+             "the trace rows that passed. Metrics: rows kept and dropped by reason, examples per split and task, "
+             "`anchors.<n>` (programs with n anchors); `build_stats.json`.",
+    "init-model": "Builds the offline tiny model of the profile: a tokenizer trained on the corpus, random weights.",
+    "sft": "SFT warm start (TRL SFTTrainer, loss on the completion only). Metrics per step: loss, token accuracy "
+           "(a fraction), learning rate; `train_seconds`, `steps`.",
+    "grpo": "Bi-Level GRPO (or the ablation mode in the `mode` tag) from the SFT model. Metrics per step: reward, "
+            "`stepcode/step_accuracy` and `stepcode/final_accuracy` of the rollouts (fractions), "
+            "`frac_reward_zero_std` (groups without signal), loss, KL (if beta > 0). The trained model is this run's "
+            "logged model.",
+    "evaluate": "Held-out rows (greedy; `heldout.*`, and `baseline.heldout.*` for the SFT checkpoint on the same "
+                "rows; accuracies are fractions, 0-1) and benchmarks (`*_pass_at_1`, `*_step_accuracy`: percent). "
+                "Per-row predictions: `heldout_predictions.json`; generations and official result files: "
+                "`evaluation/`.",
+    "register": "Registers the trained model as a new version (alias `candidate`), with the evaluation metrics on "
+                "it and its model card (`model_card.md`).",
+}
+
+
 def trace(params, programs: str | Path, out: str | Path, *, workers: int | None = None, progress: bool = True,
           skip_bad: bool = False, rejects_path: str | Path | None = None) -> dict:
     """Instrument and trace a corpus (a JSONL file or a directory of them) into `out`. Returns the summary (counts
@@ -29,7 +60,8 @@ def trace(params, programs: str | Path, out: str | Path, *, workers: int | None 
 
     rows = read_input(programs, skip_bad=skip_bad, rejects_path=rejects_path)
     with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(out)},
-                    stage_params={**_flat("trace", params.trace), **_flat("sandbox", params.sandbox)}) as mlflow:
+                   stage_params={**_flat("trace", params.trace), **_flat("sandbox", params.sandbox)},
+                   description=NOTES["trace"]) as mlflow:
         summary = trace_to_file(rows, out, params, workers=workers, progress=progress)
         if mlflow is not None:
             mlflow.log_metrics({"rows": summary["total"], "programs_per_s": summary["programs_per_s"] or 0,
@@ -38,12 +70,39 @@ def trace(params, programs: str | Path, out: str | Path, *, workers: int | None 
     return summary
 
 
+def trace_merged(params, programs: str | Path, traces: str | Path, *, batches: int, started: float) -> dict:
+    """The trace stage's run for a table traced elsewhere: the flow traces batches in worker processes (untracked)
+    and merges them into `traces`. Logs what `trace` logs (params, lineage, counts; `programs_per_s` over the wall
+    time) with the run starting at `started` (the time.time() when the fan-out began), so the run's duration and its
+    `seconds` metric are the tracing's, not the logging's. Returns the summary (counts, `batches`: what the flow
+    writes to the DVC metric metrics/trace.json, so nothing in it changes from run to run)."""
+    import time
+
+    from stepcode.data.traces import summarize
+    from stepcode.jsonl import read_jsonl
+
+    summary = dict(summarize(read_jsonl(traces)), batches=batches)
+    with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(traces)},
+                   stage_params={**_flat("trace", params.trace), **_flat("sandbox", params.sandbox)},
+                   started=started, description=NOTES["trace"]) as mlflow:
+        seconds = round(time.time() - started, 3)
+        if mlflow is not None:
+            mlflow.log_metrics({"rows": summary["total"], "batches": batches, "seconds": seconds,
+                                "programs_per_s": round(summary["total"] / max(seconds, 1e-9), 2),
+                                **{f"status.{k}": v for k, v in summary["by_status"].items()}})
+            mlflow.log_dict({**summary, "seconds": seconds}, "trace_summary.json")
+    return summary
+
+
 def validate(params, traces: str | Path, report_dir: str | Path):
-    """The great-expectations gate. Returns the GateResult (the caller decides: CLI exit code, flow stop)."""
+    """The great-expectations gate. Returns the GateResult (the caller decides: CLI exit code, flow stop). The run
+    holds the summary, quarantine and this validation's Data Docs page as one file (`report.html`) under
+    `validation/`, and the Data Docs site (it renders offline) under `data_docs/`: `mlflow artifacts download -r
+    RUN_ID -a data_docs -d DIR`, then open DIR/data_docs/index.html."""
     from stepcode.data.validation import validate_traces
 
     with stage_run("validate", params, inputs={"traces": str(traces)},
-                   stage_params=_flat("validate", params.validate_)) as mlflow:
+                   stage_params=_flat("validate", params.validate_), description=NOTES["validate"]) as mlflow:
         result = validate_traces(traces, report_dir, params)
         if mlflow is not None:
             mlflow.log_metrics({"gate.success": float(result.success), "gate.rows": result.n_rows,
@@ -52,7 +111,30 @@ def validate(params, traces: str | Path, report_dir: str | Path):
             mlflow.log_artifact(str(result.summary_path), "validation")
             if Path(result.quarantine_path).exists():
                 mlflow.log_artifact(str(result.quarantine_path), "validation")
+            if Path(result.report_path).exists():
+                _log_data_docs(mlflow, Path(result.report_path).parent)
     return result
+
+
+def _log_data_docs(mlflow, site: Path) -> None:
+    """The Data Docs site (its pages and what they load) under `data_docs/`, and this run's validation page as one
+    self-contained file, `validation/report.html`, which the MLflow UI's artifact view renders (the site's pages
+    need their neighbours: download the folder)."""
+    import shutil
+    import tempfile
+
+    from stepcode.data.datadocs import latest_validation, site_files, standalone
+
+    with tempfile.TemporaryDirectory(prefix="stepcode-datadocs-") as tmp:
+        copy = Path(tmp) / "data_docs"
+        for f in site_files(site):
+            target = copy / f.relative_to(site.resolve())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+        mlflow.log_artifacts(str(copy), "data_docs")
+    page = latest_validation(site)
+    if page is not None:
+        mlflow.log_text(standalone(page), "validation/report.html")
 
 
 def build(params, traces: str | Path, out_dir: str | Path) -> dict:
@@ -62,7 +144,7 @@ def build(params, traces: str | Path, out_dir: str | Path) -> dict:
 
     out_dir = Path(out_dir)
     with stage_run("build", params, inputs={"traces": str(traces)}, outputs={"dataset": str(out_dir)},
-                   stage_params=_flat("build", params.build)) as mlflow:
+                   stage_params=_flat("build", params.build), description=NOTES["build"]) as mlflow:
         stats = build_dataset(traces, out_dir, params, benchmarks=decontamination_sources(params.build))
         if mlflow is not None:
             mlflow.log_metrics({k: v for k, v in _numbers(stats).items()})
@@ -103,7 +185,7 @@ def init_model(params, profile_name: str | None, corpus: str | Path, out: str | 
 
     profile = params.train.get(profile_name)
     with stage_run("init-model", params, inputs={"corpus": str(corpus)},
-                   stage_params={"size": profile.model_size, "seed": profile.seed}):
+                   stage_params={"size": profile.model_size, "seed": profile.seed}, description=NOTES["init-model"]):
         rows = [r for r in read_jsonl(corpus) if profile.sources is None or r.get("source") in profile.sources]
         return build_tiny_model(out, corpus_texts(rows), size=profile.model_size, seed=profile.seed)
 
@@ -118,7 +200,8 @@ def sft(params, profile_name: str | None, model: str | Path, data: str | Path, o
     profile = _profile(params, profile_name, track)
     with stage_run("sft", params, run_name=run_name, inputs={"sft_data": str(data)}, outputs={"model": str(out)},
                    stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
-                                 **{f"sft.{k}": v for k, v in profile.sft.model_dump().items()}}) as mlflow:
+                                 **{f"sft.{k}": v for k, v in profile.sft.model_dump().items()}},
+                   description=NOTES["sft"]) as mlflow:
         summary = run_sft(model, data, out, profile, run_name=run_name or "sft", curves=curves)
         if mlflow is not None:
             mlflow.log_metrics({"train_seconds": summary["seconds"], "steps": summary["steps"]})
@@ -137,7 +220,7 @@ def grpo(params, profile_name: str | None, model: str | Path, data: str | Path, 
     with stage_run("grpo", params, run_name=run_name, inputs={"rl_data": str(data)}, outputs={"model": str(out)},
                    stage_params={"profile": profile_name or params.train.profile, "base_model": str(model),
                                  "mode": mode, **{f"grpo.{k}": v for k, v in profile.grpo.model_dump().items()}},
-                   tags={"mode": mode}) as mlflow:
+                   tags={"mode": mode}, description=NOTES["grpo"]) as mlflow:
         summary = run_grpo(model, data, out, profile, mode=mode, params=params,
                            run_name=run_name or f"grpo-{mode}", curves=curves)
         if mlflow is not None:
@@ -173,7 +256,7 @@ def evaluate(params, model: str | Path, out_dir: str | Path, *, heldout: str | P
                    "baseline": str(baseline) if baseline else "-",
                    "heldout_sources": ",".join(sources) if sources else "all",
                    "decoding": decoding_name(params.evaluate), "backend": getattr(backend, "name", "local folder"),
-                   **_flat("evaluate", params.evaluate)}) as mlflow:
+                   **_flat("evaluate", params.evaluate)}, description=NOTES["evaluate"]) as mlflow:
         from stepcode.evals import load_problems
 
         for b in benchmarks:   # fail early (e.g. a missing LiveCodeBench export) before loading a model
@@ -255,7 +338,8 @@ def register(params, model_dir: str | Path, metrics: dict[str, float], name: str
     from stepcode.tracking.registry import register_model
 
     name = name or params.pipeline.model_name
-    with stage_run("register", params, stage_params={"model_name": name}) as run_mlflow:
+    with stage_run("register", params, stage_params={"model_name": name},
+                   description=NOTES["register"]) as run_mlflow:
         run_id = run_mlflow.active_run().info.run_id if run_mlflow is not None else None
         if run_id is None:
             raise RuntimeError("registering a model needs tracking enabled (params: tracking.enabled)")

@@ -773,8 +773,9 @@ def _log_run(params, run: dict, profile_name: str, profile) -> str | None:
                   "lr": "-" if run["lr"] is None else run["lr"], "phase": run["phase"], "profile": profile_name,
                   "grpo_steps": run["grpo_steps"],
                   **{f"grpo.{k}": str(v)[:250] for k, v in grpo.items() if k not in ("lam",)}}
-    with stage_run("ablation-arm", params, run_name=run["name"], stage_params=arm_params,
-                   tags={"study": "ablation", "arm": run["arm"], "phase": run["phase"]}) as mlflow:
+    with stage_run("ablation-arm", params, run_name=run["name"], stage_params=arm_params,   # trained in a worker:
+                   tags={"study": "ablation", "arm": run["arm"], "phase": run["phase"]},   # the run spans its time
+                   started=time.time() - run.get("seconds", 0.0)) as mlflow:
         if mlflow is None:
             return None
         from mlflow.entities import Metric

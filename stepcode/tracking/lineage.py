@@ -13,7 +13,14 @@ None and log nothing, so a caller never needs a switch of its own. A stage run n
 the run named by `STEPCODE_PARENT_RUN_ID`, which `parent_run` exports while its block runs (so stages running in
 task threads or worker processes still nest under it) and restores afterwards.
 Embedded default: a sqlite store and an artifact folder inside the project (`tracking:` in params.yaml); a remote
-tracking server is one setting: `MLFLOW_TRACKING_URI` in the environment wins over params. Each run carries tags
+tracking server is one setting: `MLFLOW_TRACKING_URI` in the environment wins over params. With a server (an http or
+https URI) the experiment is created without an artifact location, so the server's artifact store decides where
+artifacts go (`mlflow server --artifacts-destination ...`, proxied to every client); `tracking.artifact_root` is
+only for a local store (sqlite, file, a database URI), where nothing else would decide. The experiment gets a
+description (`EXPERIMENT_DESCRIPTION`, the UI's "Description") unless it has one. Stage runs log system metrics
+(`system/*`: CPU, memory, disk, network; GPU with nvidia-ml-py) every `SYSTEM_METRICS_INTERVAL_S` seconds while they
+run (params tracking.system_metrics; env MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides the interval), and every
+stage run ends with a `seconds` metric: the wall time of its work. Each run carries tags
 `git.commit`, `git.dirty` (+ `git.dirty_files`; what the pipeline itself writes, dvc.lock and the outputs dvc.yaml
 declares, does not count), `params.hash`, and `dvc.md5.<role>` for every input and output: the same md5 DVC records
 in dvc.lock (a file's content md5; a directory's DVC tree md5 with its `.dir` suffix), so a run page answers "which
@@ -27,16 +34,39 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 _DATASET_SOURCE_WARNING = "The specified dataset source can be interpreted in multiple ways"
 PARENT_ENV = "STEPCODE_PARENT_RUN_ID"   # the run that stage runs started elsewhere (threads, processes) nest under
+SERVER_SCHEMES = ("http", "https", "databricks")   # a tracking server: its artifact store decides where they go
+# Short stages (a micro trace takes a second) get a few samples, long ones a sample every 2 s (1800 an hour, fine for
+# a sqlite store); MLflow's default, 10 s, leaves most stages of a small run without any. MLflow drops the samples
+# of the last, unfinished interval.
+SYSTEM_METRICS_INTERVAL_S = 2
+NOTE_TAG = "mlflow.note.content"      # an experiment's (or a run's) description in the MLflow UI; markdown
+EXPERIMENT_DESCRIPTION = """StepCode: teaching code LLMs to reason about execution step by step.
+
+One **pipeline** run per `stepcode pipeline` or `stepcode retrain`, its stages nested under it: `trace` → `validate` \
+(the data gate; its Data Docs under `data_docs/`) → `build` → `init-model` → `sft` → `grpo` → `evaluate` → \
+`register` (the model version, alias `candidate`). A stage started alone (`stepcode trace ...`, `dvc repro`) is a \
+top-level run; an `ablation` run (`stepcode study`) is the parent of its arms, a `suite` run of its benchmarks.
+
+Every run is tagged `stage`, `git.commit`, `git.dirty`, `params.hash`, and `dvc.md5.<role>` for each dataset or \
+model it read or wrote (the md5s of dvc.lock). Metrics: the stage's counts and scores, `seconds` (the wall time of \
+its work), `system/*` (CPU, memory, disk, network, GPU while it ran). Held-out `*_acc` metrics are fractions \
+(0-1); benchmark `pass_at_*` and `*_step_accuracy` are percentages.
+
+Compare runs: `stepcode compare RUN_ID RUN_ID`; get a run's exact data back: `stepcode lineage fetch RUN_ID -o DIR`; \
+rerun it: `stepcode reproduce RUN_ID`."""
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -114,8 +144,17 @@ def params_hash(params) -> str:
     return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def is_server(uri: str) -> bool:
+    """Whether a tracking URI names a tracking server (http/https, Databricks), which has its own artifact store."""
+    return uri.split(":", 1)[0].lower() in SERVER_SCHEMES
+
+
 def configure(params):
-    """Point MLflow at the configured store and experiment (env MLFLOW_TRACKING_URI wins). Returns the module."""
+    """Point MLflow at the configured store and experiment (env MLFLOW_TRACKING_URI wins). Returns the module.
+
+    A missing experiment is created with the description and, for a local store only, the artifact location
+    `tracking.artifact_root`; a tracking server's experiment gets none, so the server's artifact store holds the
+    artifacts of every user (a location given here would be this machine's folder, written by this client alone)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
@@ -123,11 +162,19 @@ def configure(params):
     t = params.tracking
     uri = os.environ.get("MLFLOW_TRACKING_URI") or t.uri
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(t.experiment) is None:
-        artifacts = Path(t.artifact_root).resolve()
-        artifacts.mkdir(parents=True, exist_ok=True)
+    experiment = mlflow.get_experiment_by_name(t.experiment)
+    if experiment is None:
+        location = None
+        if not is_server(uri):
+            artifacts = Path(t.artifact_root).resolve()
+            artifacts.mkdir(parents=True, exist_ok=True)
+            location = artifacts.as_uri()
         with contextlib.suppress(Exception):  # created concurrently by another stage: fine
-            mlflow.create_experiment(t.experiment, artifact_location=artifacts.as_uri())
+            mlflow.create_experiment(t.experiment, artifact_location=location,
+                                     tags={NOTE_TAG: EXPERIMENT_DESCRIPTION})
+    elif NOTE_TAG not in experiment.tags:     # made before descriptions, or by hand: say what it holds
+        with contextlib.suppress(Exception):
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
     mlflow.set_experiment(t.experiment)
     return mlflow
 
@@ -145,14 +192,36 @@ def log_dataset(mlflow, path: str | os.PathLike, role: str, context: str, digest
     return digest
 
 
-def _start(mlflow, run_name: str):
+def _start(mlflow, run_name: str, *, system_metrics: bool = False, started: float | None = None,
+           experiment: str | None = None):
     """Start a run: nested under the active run of this thread, else under the run `STEPCODE_PARENT_RUN_ID` names
-    (a parent started in another thread or process), else at the top level."""
-    if mlflow.active_run() is not None:
-        return mlflow.start_run(run_name=run_name, nested=True)
-    if os.environ.get(PARENT_ENV):
-        return mlflow.start_run(run_name=run_name, nested=True, parent_run_id=os.environ[PARENT_ENV])
-    return mlflow.start_run(run_name=run_name)
+    (a parent started in another thread or process), else at the top level. `system_metrics`: sample system/*
+    metrics while it runs. `started` (a time.time()): the run's start time, for work done before the run could start
+    (the flow's trace batches), so the run's duration is the work's; needs `experiment`, the configured one."""
+    active = mlflow.active_run()
+    parent = active.info.run_id if active is not None else os.environ.get(PARENT_ENV) or None
+    if started is not None:
+        from mlflow.tracking import MlflowClient
+        from mlflow.tracking.context import registry
+
+        tags = {"mlflow.runName": run_name, **({"mlflow.parentRunId": parent} if parent else {})}
+        experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+        run = MlflowClient().create_run(experiment_id, start_time=int(started * 1000), run_name=run_name,
+                                        tags=registry.resolve_tags(tags))
+        return mlflow.start_run(run_id=run.info.run_id, nested=True, log_system_metrics=False)
+    # psutil is a declared dependency; without it MLflow's start_run would fail the stage, not just skip the metrics
+    if system_metrics and importlib.util.find_spec("psutil") is None:
+        warnings.warn("psutil is not installed: no system metrics (pip install psutil)", stacklevel=3)
+        system_metrics = False
+    if system_metrics:
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", str(SYSTEM_METRICS_INTERVAL_S))
+        # its INFO lines (started, stopping, no GPU) on every stage would bury the stage's own output; warnings stay
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    if active is not None:
+        return mlflow.start_run(run_name=run_name, nested=True, log_system_metrics=system_metrics)
+    if parent:
+        return mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent, log_system_metrics=system_metrics)
+    return mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
 
 
 def _run_tags(stage: str, params, tags: dict | None) -> dict:
@@ -186,7 +255,7 @@ def parent_run(name: str, params, *, tags: dict | None = None, killed: Callable[
         yield None
         return
     mlflow = configure(params)
-    run_id = _start(mlflow, name).info.run_id
+    run_id = _start(mlflow, name, system_metrics=False).info.run_id   # its stages sample their own
     previous = os.environ.get(PARENT_ENV)
     os.environ[PARENT_ENV] = run_id
     try:
@@ -209,23 +278,33 @@ def parent_run(name: str, params, *, tags: dict | None = None, killed: Callable[
 @contextlib.contextmanager
 def stage_run(stage: str, params, *, run_name: str | None = None, inputs: dict[str, str] | None = None,
               outputs: dict[str, str] | None = None, stage_params: dict | None = None,
-              tags: dict | None = None) -> Iterator:
+              tags: dict | None = None, started: float | None = None, description: str | None = None) -> Iterator:
     """An MLflow run for one stage, named `run_name` (default: the stage), tagged `stage`; yields the mlflow module,
     or None when tracking is off (params tracking.enabled). Nested under the active run, else under the run named by
     `STEPCODE_PARENT_RUN_ID` (see `parent_run`). Inputs are digested and logged now; outputs when the block ends
-    without error. On an exception the run is marked FAILED (KILLED for a signal or Ctrl-C) and the error re-raised."""
+    without error. On an exception the run is marked FAILED (KILLED for a signal or Ctrl-C) and the error re-raised.
+
+    The block's wall time is logged as the metric `seconds`, and system metrics are sampled while it runs (params
+    tracking.system_metrics). `started` (a time.time()) is for work done before the block, elsewhere (the flow's
+    trace batches in worker processes): the run starts then, and `seconds` counts from then; no system metrics.
+    `description`: the run's description in the MLflow UI (markdown): what the stage did, where its outputs are;
+    `{run_id}` in it becomes the run's id."""
     if not params.tracking.enabled:
         yield None
         return
     mlflow = configure(params)
-    _start(mlflow, run_name or stage)
+    run_id = _start(mlflow, run_name or stage, system_metrics=params.tracking.system_metrics and started is None,
+                    started=started, experiment=params.tracking.experiment).info.run_id
     try:
-        mlflow.set_tags(_run_tags(stage, params, tags))
+        note = {NOTE_TAG: description.replace("{run_id}", run_id)} if description else {}
+        mlflow.set_tags({**_run_tags(stage, params, tags), **note})
         if stage_params:
             mlflow.log_params({k: str(v)[:500] for k, v in stage_params.items()})
         for role, path in (inputs or {}).items():
             mlflow.set_tag(f"dvc.md5.{role}", log_dataset(mlflow, path, role, "input"))
+        begun = time.time() if started is None else started
         yield mlflow
+        mlflow.log_metric("seconds", round(time.time() - begun, 3))
         for role, path in (outputs or {}).items():
             mlflow.set_tag(f"dvc.md5.{role}", log_dataset(mlflow, path, role, "output"))
     except BaseException as e:

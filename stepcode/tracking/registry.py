@@ -113,8 +113,12 @@ def model_card(name: str, version: str, training_run, metrics: dict[str, float])
     lines += [f"- {k[len('dvc.md5.'):]}: `{v}`" for k, v in sorted(tags.items()) if k.startswith("dvc.md5.")]
     lines += ["", "## Training", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(params.items())][:40]
-    lines += ["", "## Metrics", "", "| metric | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
+    from stepcode.tracking.compare import natural_key, show
+
+    lines += ["", "## Metrics", "", "Held-out accuracies (`*_acc`, fractions in MLflow) as percent, `gap` in "
+              "percentage points; benchmark pass@k and step accuracy are percent.", "", "| metric | value |",
+              "|---|---:|"]
+    lines += [f"| {k} | {show(k, v)} |" for k, v in sorted(metrics.items(), key=lambda kv: natural_key(kv[0]))]
     lines += ["", "## Limits", "",
               "StepCode predicts Python execution step by step (anchor prints, then the answer). Held-out numbers are "
               "in-distribution (the training corpus's program sources); benchmark numbers at this scale are not "
@@ -183,7 +187,8 @@ def version_metrics(version) -> dict[str, float]:
     if model_id:
         import mlflow
 
-        return {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics or []}
+        return {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics or []
+                if not m.key.startswith("system/")}     # the training run's CPU/disk samples are not results
     return {k[len("metric."):]: float(v) for k, v in version.tags.items() if k.startswith("metric.")}
 
 

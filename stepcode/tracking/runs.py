@@ -15,6 +15,7 @@ pipeline run logs none itself, so its datasets are its stage runs', qualified by
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,10 @@ def open_run(client, run_id: str):
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-    raise UnknownRun(f"unknown run id {run_id!r}: no such run in {client.tracking_uri} (run from the project folder, "
-                     "or set MLFLOW_TRACKING_URI; list runs: mlflow ui --backend-store-uri sqlite:///mlflow.db)")
+    uri = client.tracking_uri
+    browse = f"open {uri}" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    raise UnknownRun(f"unknown run id {run_id!r}: no such run in {uri} (run from the project folder, or set "
+                     f"MLFLOW_TRACKING_URI; list runs: {browse})")
 
 
 def stage_runs(client, run) -> list:
@@ -95,12 +98,21 @@ def logged_datasets(client, run) -> dict[str, Logged]:
 
 
 def artifact_text(client, run_id: str, path: str) -> str | None:
-    """A text artifact of a run, or None when the run has none at `path`."""
+    """A text artifact of a run, or None when the run has none at `path`. (No download progress bar: a small file,
+    read on the way to something else, e.g. `stepcode compare`.)"""
     from mlflow.exceptions import MlflowException
 
-    with tempfile.TemporaryDirectory(prefix="stepcode-artifact-") as tmp:
-        try:
-            local = client.download_artifacts(run_id, path, tmp)
-        except (MlflowException, OSError):
-            return None
-        return Path(local).read_text(encoding="utf-8") if Path(local).is_file() else None
+    quiet, before = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ[quiet] = "false"
+    try:
+        with tempfile.TemporaryDirectory(prefix="stepcode-artifact-") as tmp:
+            try:
+                local = client.download_artifacts(run_id, path, tmp)
+            except (MlflowException, OSError):
+                return None
+            return Path(local).read_text(encoding="utf-8") if Path(local).is_file() else None
+    finally:
+        if before is None:
+            os.environ.pop(quiet, None)
+        else:
+            os.environ[quiet] = before

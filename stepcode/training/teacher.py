@@ -41,7 +41,6 @@ and can be written as JSONL (id, task, reason, the last try's text).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import urllib.error
@@ -55,6 +54,7 @@ from pathlib import Path
 
 from stepcode import prompts
 from stepcode.errors import MissingInput, UserError
+from stepcode.openai_http import check_base_url, request_json, served_models
 
 log = logging.getLogger(__name__)
 
@@ -180,29 +180,14 @@ class EndpointTeacher:
 
     def __init__(self, base_url: str, model: str | None = None, *, retries: int = 3, backoff_s: float = 1.0,
                  timeout_s: float = 600.0, api_key: str | None = None):
-        parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--teacher {base_url}: not an http(s) URL with a host (give e.g. "
-                            "http://localhost:8000/v1, or a local model folder)")
-        try:
-            _ = parts.port   # raises on a port that is not a number in 0..65535
-        except ValueError:
-            raise UserError(f"--teacher {base_url}: bad port (give e.g. http://localhost:8000/v1)") from None
-        self.base = base_url.rstrip("/")
+        self.base = check_base_url(base_url, "--teacher", also=", or a local model folder")
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
         self.api_key = api_key
         self.model = model or self._only_model()
         self.name = f"{self.base} ({self.model})"
 
     def _request(self, path: str, body: dict | None, timeout: float) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, headers=headers,
-                                     method="GET" if body is None else "POST")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+        return request_json(self.base, path, body, timeout=timeout, api_key=self.api_key)
 
     def _only_model(self) -> str:
         """The one model the endpoint serves (GET /models); a user error if it is unreachable or serves several."""
@@ -215,22 +200,7 @@ class EndpointTeacher:
 
     def models(self) -> list[str]:
         """The served model ids; a one-line user error when the endpoint cannot be reached or is not OpenAI-like."""
-        try:
-            reply = self._request("/models", None, timeout=min(self.timeout_s, 30.0))
-        except urllib.error.HTTPError as e:
-            raise UserError(f"--teacher {self.base}: GET /models answered HTTP {e.code} {e.reason} (is this an "
-                            "OpenAI-compatible base URL, ending in /v1?)") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(f"--teacher {self.base}: cannot reach the endpoint ({reason}); start the server "
-                            "(e.g. `vllm serve MODEL`) or fix the URL") from None
-        except (ValueError, UnicodeDecodeError):
-            raise UserError(f"--teacher {self.base}: GET /models did not return JSON (is this an "
-                            "OpenAI-compatible base URL, ending in /v1?)") from None
-        data = reply.get("data") if isinstance(reply, dict) else None
-        if not isinstance(data, list):
-            raise UserError(f"--teacher {self.base}: GET /models has no 'data' list (not an OpenAI-compatible API)")
-        return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return served_models(self.base, "--teacher", timeout=min(self.timeout_s, 30.0), api_key=self.api_key)
 
     def check_model(self) -> None:
         """A user error when the endpoint lists its models and --teacher-model is not one of them."""

@@ -513,8 +513,8 @@ def render_report(results: dict) -> str:
 
 
 def plot_results(results: dict, out_dir: str | Path) -> list[Path]:
-    """metrics.png (per metric: bars with 95% intervals and the seeds as dots) and curves.png (training curves per
-    arm, smoothed, with the seeds' min-max band)."""
+    """metrics.png (per metric, in percent as the report: bars with 95% intervals and the seeds as dots) and
+    curves.png (training curves per arm, smoothed, with the seeds' min-max band)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -533,9 +533,14 @@ def plot_results(results: dict, out_dir: str | Path) -> list[Path]:
             s = stats[arm].get(key)
             if s is None:
                 continue
-            ax.bar(i, s["mean"], color=f"C{i}", yerr=[[s["mean"] - s["lo"]], [s["hi"] - s["mean"]]], capsize=4)
-            seeds = [r["metrics"][key] for r in runs if r["arm"] == arm and key in r["metrics"]]
+            # fractions in percent, as the report writes them; token counts as they are
+            scale = 1 if "tokens" in key else 100
+            ax.bar(i, scale * s["mean"], color=f"C{i}", capsize=4,
+                   yerr=[[scale * (s["mean"] - s["lo"])], [scale * (s["hi"] - s["mean"])]])
+            seeds = [scale * r["metrics"][key] for r in runs if r["arm"] == arm and key in r["metrics"]]
             ax.plot([i] * len(seeds), seeds, "k.", alpha=0.6)
+        ax.set_ylabel("tokens" if "tokens" in key else "percentage points" if key.endswith("gap") else "%",
+                      fontsize=8)
         ax.set_xticks(range(len(arms)), [ARM_LABELS[a] for a in arms], rotation=20, ha="right", fontsize=8)
         ax.set_title(f"held-out {label}" if key.startswith("heldout.") else label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)

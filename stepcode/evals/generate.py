@@ -280,7 +280,8 @@ def evaluate(model_path: str, benchmarks: Sequence[str], params, *, out_dir, lim
         raise ValueError(f"--limit must be >= 1, got {limit}")
     ep = params.evaluate
     out = Path(out_dir)
-    loaded = [(b, b.load_problems(params)[:limit]) for b in benches]   # fail early: before loading a model
+    # fail early, before loading a model; a benchmark with its own protocol (REval) loads its data in it, once
+    loaded = [(b, [] if b.has_own_evaluation() else b.load_problems(params)[:limit]) for b in benches]
     backend = backend or load_backend(model_path)
     metrics: dict[str, float] = {}
     with Sandbox(params.sandbox, hash_seeds=(ep.hash_seed,)) as sb:

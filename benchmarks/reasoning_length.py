@@ -1,6 +1,6 @@
 """SFT target length under each reasoning mode (`build.reasoning`: execution, template, none), in tokens.
 
-    python benchmarks/reasoning_length.py                      # every ok row of data/traces.jsonl
+    python benchmarks/reasoning_length.py                      # every ok row of data/traces
     python benchmarks/reasoning_length.py --limit 500          # a seeded sample
     python benchmarks/reasoning_length.py --tokenizer models/tiny-cpu/base
 
@@ -16,7 +16,6 @@ For scale: the paper reports ~470 generated tokens per problem at 7B (Qwen2.5-Co
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -60,7 +59,7 @@ def kind(code: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--traces", default=str(ROOT / "data" / "traces.jsonl"))
+    ap.add_argument("--traces", default=str(ROOT / "data" / "traces"))
     ap.add_argument("--limit", type=int, default=0, help="a seeded sample of this many rows (0: all)")
     ap.add_argument("--tokenizer", default=None)
     ap.add_argument("--workers", type=int, default=None)
@@ -69,10 +68,11 @@ def main() -> None:
     from stepcode.config import load_params
     from stepcode.data.dataset import task_examples
     from stepcode.data.reasoning import execution_paths
+    from stepcode.jsonl import read_table
 
     params = load_params(ROOT / "params.yaml")
-    rows = [json.loads(line) for line in Path(args.traces).read_text().splitlines()]
-    rows = [r for r in rows if r["status"] == "ok" and 1 <= len(r["trace"]) <= params.trace.max_lines]
+    max_lines = params.trace.max_lines
+    rows = [r for r in read_table(args.traces) if r["status"] == "ok" and 1 <= len(r["trace"]) <= max_lines]
     if args.limit:
         rows = random.Random(0).sample(rows, min(args.limit, len(rows)))
     start = time.perf_counter()

@@ -4,8 +4,11 @@
     python -m flows.pipeline --profile micro      # the same flow, without the CLI
 
 Wiring only: every task calls a stage function of `stepcode.pipeline.stages` (the same ones the CLI and dvc.yaml call).
-- Tracing fans out over batches of the corpus on a task runner: a process pool here; on a cluster, switch the one
-  line in `task_runner()` to `prefect_dask.DaskTaskRunner(address=...)` or `prefect_ray.RayTaskRunner(address=...)`.
+- Tracing fans out over parts of the corpus (`trace.part_rows` programs each) on the task runner params choose
+  (`flows.runners.task_runner`: a local process pool, or a dask.distributed cluster with orchestration.task_runner:
+  dask). A task reads its part and writes its traces through `orchestration.storage` (an fsspec URL every worker
+  reads: a local path here, s3://... on a cluster), and the flow assembles the traced parts into the folder DVC tracks
+  (data/traces/part-00000.jsonl, ...), one part at a time: nothing holds the whole corpus.
 - Caching is keyed on the DVC md5 of each task's inputs plus the params section it reads plus the code version, and
   results persist under `.prefect/results`; a re-run skips finished work (finished trace batches too, after a kill)
   and a changed param re-runs only what depends on it. A cached result is trusted only if the files it names still
@@ -42,18 +45,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from flows.runners import storage_url, task_runner, url_md5
 from stepcode.errors import UserError
 from stepcode.pipeline import termination
 from stepcode.pipeline.preflight import STOP_POINTS
 from stepcode.tracking.lineage import dvc_md5
-
-
-def task_runner(workers: int):
-    """Where trace batches run. One line to change for a cluster (see the module docstring)."""
-    from prefect.task_runners import ProcessPoolTaskRunner
-
-    return ProcessPoolTaskRunner(max_workers=workers)
-
 
 # What each cached task depends on comes from the one stage spec (stepcode/pipeline/spec.py), as dvc.yaml's deps do:
 # its code (the import closure of the modules it runs: an edit there re-runs the task and what follows it) and the
@@ -89,7 +85,7 @@ def _digest_key(context: TaskRunContext, arguments: dict) -> str:
         value = arguments[name]
         if name.endswith(("_in", "_ins")):
             paths = value if isinstance(value, list) else [value]
-            parts.append(f"{name}={[dvc_md5(p) if Path(p).exists() else 'missing' for p in paths]}")
+            parts.append(f"{name}={[url_md5(str(p)) or 'missing' for p in paths]}")
         elif name == "params_json":
             parts.append(f"params={_relevant(context.task.name, value, arguments.get('profile'))}")
         else:
@@ -98,7 +94,7 @@ def _digest_key(context: TaskRunContext, arguments: dict) -> str:
 
 
 def _outputs_intact(result: dict) -> bool:
-    return all(Path(p).exists() and dvc_md5(p) == md5 for p, md5 in result.get("outputs", {}).items())
+    return all(url_md5(p) == md5 for p, md5 in result.get("outputs", {}).items())
 
 
 DETERMINISTIC = (UserError, FileNotFoundError)   # a missing input, a bad parameter, a failed gate: same again
@@ -134,12 +130,23 @@ def _params(params_json: str):
 
 @task(name="trace-batch", **CACHED)
 def trace_batch(batch_in: str, out: str, params_json: str) -> dict:
+    """Trace one part of the corpus: `batch_in` and `out` are URLs under orchestration.storage (any worker reads
+    them); the work happens in a local temp folder of the worker."""
+    import tempfile
+
+    from flows.runners import download, upload
     from stepcode.pipeline import stages
+
     params = _params(params_json)
-    summary = stages.trace(params, batch_in, out, workers=1, progress=False)
-    get_run_logger().info(f"{Path(batch_in).name}: {summary['total']} programs traced: "
+    with tempfile.TemporaryDirectory(prefix="stepcode-trace-") as tmp:
+        local_in, local_out = Path(tmp) / "programs.jsonl", Path(tmp) / "traces.jsonl"
+        download(batch_in, local_in)
+        summary = stages.trace(params, local_in, local_out, workers=1, progress=False)
+        md5 = dvc_md5(local_out)
+        upload(local_out, out)
+    get_run_logger().info(f"{batch_in.rsplit('/', 1)[-1]}: {summary['total']} programs traced: "
                           + ", ".join(f"{k} {v}" for k, v in summary["by_status"].items()))
-    return {"summary": summary, "outputs": {out: dvc_md5(out)}}
+    return {"summary": summary, "outputs": {out: md5}}
 
 
 @task(name="validate", cache_policy=NO_CACHE, retries=0)
@@ -216,30 +223,52 @@ def _run_cached(t, cached: set[str] | None = None, **kwargs) -> dict:
     return result
 
 
-def _merge(parts: list[str], out: Path) -> None:
-    from stepcode.jsonl import read_jsonl, write_jsonl
+def _assemble(parts: list[str], out: Path) -> None:
+    """The traced parts (URLs, in order) as the folder `out` (part-00000.jsonl, ...), replaced whole: copied one at a
+    time into a temp folder beside it that then takes its place."""
+    import shutil
+    import tempfile
 
-    write_jsonl(out, (row for p in parts for row in read_jsonl(p)))
+    from flows.runners import download
+    from stepcode.jsonl import part_name, replace_folder
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for k, url in enumerate(parts):
+            download(url, tmp / part_name(k))
+        tmp.chmod(0o755)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
-def _batches(programs: Path, work: Path, size: int) -> list[str]:
-    """Split the corpus into deterministic batch files (rewritten only when their content changes)."""
-    from stepcode.data.traces import read_corpus
-    from stepcode.jsonl import write_jsonl
+def _batches(programs: Path, work: str, size: int) -> list[str]:
+    """Split the corpus into deterministic part files under the storage URL `work`, streamed (one part in memory);
+    a part is rewritten only when its content changes, so a finished part keeps its cache key."""
+    import itertools
 
-    rows = read_corpus(programs)
-    work.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(0, len(rows), size):
-        path = work / f"batch-{k // size:04d}.jsonl"
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[k:k + size])
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            write_jsonl(path, rows[k:k + size])
-        paths.append(str(path))
-    for stale in work.glob("batch-*.jsonl"):
-        if str(stale) not in paths:
-            stale.unlink()
-    return paths
+    from flows.runners import read_bytes, remove_stale, url_md5, write_bytes
+    from stepcode.data.traces import iter_corpus
+
+    rows = iter_corpus(programs)
+    urls = []
+    for k in itertools.count():
+        chunk = list(itertools.islice(rows, size))
+        if not chunk:
+            break
+        url = f"{work}/{_part_in(k)}"
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk).encode("utf-8", "backslashreplace")
+        if url_md5(url) is None or read_bytes(url) != data:
+            write_bytes(url, data)
+        urls.append(url)
+    remove_stale(work, set(urls), "batch-*.jsonl")
+    return urls
+
+
+def _part_in(k: int) -> str:
+    return f"batch-{k:05d}.jsonl"
 
 
 def _started() -> datetime:
@@ -335,7 +364,6 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
     params = load_project_params(root, params_path)
     check_pipeline(params, profile, stop_after, root)   # again here: a deployment's run skips the CLI's check
     params_json = json.dumps(params.model_dump(mode="json", by_alias=True))
-    batch_size = params.pipeline.trace_batch_size
     outcome: dict = {"profile": profile}
     logger = get_run_logger()
     profile_name = profile or params.train.profile   # the profile the training stages use
@@ -364,29 +392,28 @@ def pipeline(profile: str | None = None, params_path: str = "params.yaml", root:
 
     def run_stages(mlflow) -> None:
         nonlocal profile
-        # trace: fan out over batches, merge in order
-        parts_dir = root / "data" / "work" / "trace-parts"
+        # trace: fan out over parts of the corpus, assemble them in order
         started = time.time()   # the trace stage's MLflow run spans the fan-out, not only its logging
-        batches = _batches(root / "data" / "raw", root / "data" / "work" / "trace-batches", batch_size)
-        # Batches are not logged one by one: the merged table is logged once, as the trace stage, below.
+        batches = _batches(root / "data" / "raw", storage_url(params, root, "trace", "in"), params.trace.part_rows)
+        out_dir = storage_url(params, root, "trace", "out")
+        # Batches are not logged one by one: the assembled table is logged once, as the trace stage, below.
         trace_params = json.dumps({**{k: v for k, v in json.loads(params_json).items() if k in ("sandbox", "trace")},
                                    "tracking": {"enabled": False}}, sort_keys=True)
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        futures = [(b, trace_batch.submit(b, str(parts_dir / Path(b).name), trace_params)) for b in batches]
-        parts, reused = [], 0
-        for b, fut in futures:
+        outs = [f"{out_dir}/{b.rsplit('/', 1)[-1]}" for b in batches]
+        futures = [trace_batch.submit(b, out, trace_params) for b, out in zip(batches, outs)]
+        reused = 0
+        for b, out, fut in zip(batches, outs, futures):
             result = fut.result()
             if not _outputs_intact(result):
-                result = trace_batch.with_options(refresh_cache=True)(b, str(parts_dir / Path(b).name), trace_params)
+                trace_batch.with_options(refresh_cache=True)(b, out, trace_params)
             else:
                 reused += fut.state.name == "Cached"
-            parts.append(str(parts_dir / Path(b).name))
-        traces = root / "data" / "traces.jsonl"
-        _merge(parts, traces)
+        traces = root / "data" / "traces"
+        _assemble(outs, traces)
         from stepcode.pipeline.stages import trace_merged
 
-        outcome["trace"] = trace_merged(params, root / "data" / "raw", traces, batches=len(parts), started=started)
-        said("trace", f" ({len(parts)} batches, {reused} from the cache)")
+        outcome["trace"] = trace_merged(params, root / "data" / "raw", traces, batches=len(outs), started=started)
+        said("trace", f" ({len(outs)} parts, {reused} from the cache)")
         write_summary(outcome["trace"], root / "metrics" / "trace.json")
         versioned(traces, root / "metrics" / "trace.json")
         termination.checkpoint()
@@ -570,13 +597,13 @@ def quiet_user_errors():
 
 def run_pipeline(profile: str | None = None, params_path: str = "params.yaml", root: str = ".",
                  stop_after: str | None = None) -> dict:
-    """Run the flow with a process pool as wide as the configured sandbox workers. What cannot work (a bad option, a
+    """Run the flow on the task runner params choose (`flows.runners.task_runner`). What cannot work (a bad option, a
     missing input) fails here, in one line, before Prefect starts."""
     from stepcode.pipeline.preflight import check_pipeline
 
     params = load_project_params(root, params_path)
     check_pipeline(params, profile, stop_after, root)
-    configured = pipeline.with_options(task_runner=task_runner(params.sandbox.resolved_workers()))
+    configured = pipeline.with_options(task_runner=task_runner(params))
     with local_api(), quiet_user_errors():
         return configured(profile=profile, params_path=params_path, root=root, stop_after=stop_after)
 

@@ -22,7 +22,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import _run_name, load_project_params, pipeline, task_runner
+from flows.pipeline import _run_name, load_project_params, pipeline
+from flows.runners import task_runner
 
 DECISION_KEY = "stepcode-retrain-decision"
 
@@ -82,8 +83,7 @@ def decision_markdown(record: dict, metrics: list[str], pipeline_run: str | None
 @flow(name="stepcode-retrain", log_prints=False, flow_run_name=_retrain_name)   # why not log_prints: flows/pipeline.py
 def retrain(profile: str | None = None, params_path: str = "params.yaml", root: str = ".") -> dict:
     params = load_project_params(root, params_path)
-    workers = params.sandbox.resolved_workers()
-    outcome = pipeline.with_options(task_runner=task_runner(workers))(profile=profile, params_path=params_path,
+    outcome = pipeline.with_options(task_runner=task_runner(params))(profile=profile, params_path=params_path,
                                                                        root=root)
     if "model" not in outcome:
         raise RuntimeError("the pipeline registered no model (is tracking enabled?)")

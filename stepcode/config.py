@@ -62,6 +62,8 @@ class TraceParams(_Section):
     max_output_chars: int = Field(2000, ge=16, description="longest accepted repr of a return value")
     max_line_chars: int = Field(2000, ge=16, description="longest accepted anchor line")
     hash_seeds: tuple[int, int] = Field((0, 1), description="PYTHONHASHSEED of the two runs")
+    part_rows: int = Field(500, ge=1, description="rows per part file of a trace folder (part-00000.jsonl, ...); "
+                           "also the flow's fan-out unit: one trace task per part")
 
     _list_is_a_pair = field_validator("hash_seeds", mode="before")(_list_to_tuple)
 
@@ -89,6 +91,18 @@ class TrackingParams(_Section):
                                  "nvidia-ml-py) as system/* metrics while they run, sampled every 2 s")
     dvc_push: bool = Field(True, description="the pipeline pushes what it records in DVC to the default remote, so "
                            "`stepcode lineage fetch` gets any run's data back; off: cache + dvc.lock only")
+
+
+class OrchestrationParams(_Section):
+    """Where the flows' fanned-out tasks (trace parts, score files) run, and where their inputs and outputs live."""
+    task_runner: Literal["process", "dask"] = Field("process", description="process: a local process pool as wide as "
+                                                    "sandbox.workers; dask: a dask.distributed cluster (prefect-dask)")
+    dask_address: str = Field("", description="scheduler address (tcp://host:8786) of a running cluster; empty: a "
+                              "LocalCluster started for the run")
+    dask_workers: int = Field(0, ge=0, description="worker processes of that LocalCluster (0: sandbox.workers)")
+    storage: str = Field("data/work/flow", description="an fsspec URL (s3://bucket/prefix, gs://...) or a path "
+                         "(relative: to the project root) that every worker reads and writes: the tasks' inputs "
+                         "and outputs go there, never a path only the flow's machine sees")
 
 
 class ValidateParams(_Section):
@@ -288,7 +302,6 @@ class TrainParams(_Section):
 
 class PipelineParams(_Section):
     """The Prefect flows (flows/pipeline.py, flows/retrain.py)."""
-    trace_batch_size: int = Field(500, ge=1, description="programs per trace task (the fan-out unit)")
     grpo_mode: str = Field("bilevel", description="an advantage mode (stepcode.training.modes): bilevel | step | "
                                                   "terminal")
     eval_benchmarks: tuple[str, ...] = Field(("cruxeval",), description="benchmarks the evaluate stage scores")
@@ -394,6 +407,7 @@ class Params(_Section):
     trace: TraceParams = TraceParams()
     synth: SynthParams = SynthParams()
     tracking: TrackingParams = TrackingParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
     pipeline: PipelineParams = PipelineParams()
     # `validate` would shadow BaseModel.validate, so the attribute is `validate_`; the YAML key stays `validate`
     # (and a model_dump() round trip, which writes `validate_`, still loads).

@@ -110,3 +110,85 @@ def atomic_file(path) -> Iterator[BinaryIO]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# A table is one JSONL file, or a folder of part files read in name order (what `stepcode trace -o DIR` streams, one
+# part at a time, so no stage holds a whole table in memory and DVC tracks the folder).
+PART_GLOB = "part-*.jsonl"
+
+
+def part_name(k: int) -> str:
+    return f"part-{k:05d}.jsonl"
+
+
+def is_folder_path(path) -> bool:
+    """Whether an output path names a table folder (no `.jsonl` suffix) rather than one JSONL file."""
+    return Path(path).suffix != ".jsonl"
+
+
+def table_files(path) -> list[Path]:
+    """The JSONL files of a table: the file itself, or the folder's part files in order."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    parts = sorted(path.glob(PART_GLOB))
+    if not parts:
+        raise JsonlError(f"{path}: a folder without {PART_GLOB} files: give a JSONL file or a folder written by "
+                         "`stepcode trace -o FOLDER`")
+    return parts
+
+
+def read_table(path) -> Iterator[dict]:
+    """The rows of a table (a JSONL file or a folder of part files), streamed; errors name the part file's line."""
+    for f in table_files(path):
+        yield from read_jsonl(f)
+
+
+def write_parts(out_dir, rows: Iterable[dict], part_rows: int) -> int:
+    """Stream rows into `out_dir/part-00000.jsonl`, ... (`part_rows` each; an empty table is one empty part), holding
+    one part at most in memory. The folder is replaced whole, atomically: the parts are written into a temp folder
+    beside it that takes its place only when every row is written; a failure leaves an existing folder untouched.
+    Returns the number of rows."""
+    import shutil
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder: give a folder path (or a .jsonl file path)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    n, part, buffer = 0, 0, []
+    try:
+        for row in rows:
+            buffer.append(row)
+            n += 1
+            if len(buffer) == part_rows:
+                write_jsonl(tmp / part_name(part), buffer)
+                part, buffer = part + 1, []
+        if buffer or part == 0:
+            write_jsonl(tmp / part_name(part), buffer)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return n
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the folder `new` (beside `out`) in the place of `out`: two renames, then the old folder is removed."""
+    import shutil
+
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

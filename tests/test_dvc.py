@@ -29,7 +29,7 @@ def _run(args, cwd, env, check=True):
 
 
 DATA_STAGES = ("trace", "validate", "build")
-OUTPUTS = ("data/traces.jsonl", "metrics/trace.json", "reports/validation/summary.json",
+OUTPUTS = ("data/traces", "metrics/trace.json", "reports/validation/summary.json",
            "reports/validation/quarantine.jsonl", "data/dataset/sft.jsonl", "data/dataset/rl.jsonl",
            "data/dataset/heldout.jsonl", "data/dataset/stats.json", "metrics/build.json", "dvc.lock")
 
@@ -89,7 +89,7 @@ def test_repro_runs_the_stages_then_is_a_no_op(repo):
     assert json.loads((d / "reports/validation/summary.json").read_text())["success"] is True
     # The digests DVC recorded are the ones stepcode.tracking.lineage computes (what MLflow lineage records).
     digests = dvc_lock_digests(d)
-    assert digests["trace"]["data/traces.jsonl"] == dvc_md5(d / "data/traces.jsonl")
+    assert digests["trace"]["data/traces"] == dvc_md5(d / "data/traces")
     assert digests["build"]["data/dataset"] == dvc_md5(d / "data/dataset")
 
     # Nothing changed, so nothing runs: DVC says so for every stage, and no output (nor dvc.lock) is rewritten.

@@ -70,9 +70,9 @@ def test_a_pull_that_fails_names_the_command(project, tmp_path):
 
 
 def test_an_untracked_missing_input_is_one_line(project):
-    assert tracking_file(project / "data" / "traces.jsonl") is None
+    assert tracking_file(project / "data" / "traces") is None
     with pytest.raises(MissingInput, match="no .dvc file tracks it"):
-        ensure_present(project / "data" / "traces.jsonl")
+        ensure_present(project / "data" / "traces")
     assert isinstance(MissingInput("x"), FileNotFoundError)           # callers that catch OSErrors still do
 
 

@@ -25,6 +25,8 @@ import pytest
 import yaml
 from _prefect_runs import read_flow_runs
 
+from stepcode.jsonl import read_table
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 STAGES = {"trace", "validate", "build", "init-model", "sft", "grpo", "evaluate", "register"}
@@ -44,7 +46,8 @@ def _project(base: Path, name: str, n_programs: int, experiment: str, **override
     p["tracking"]["experiment"] = experiment
     p["tracking"]["artifact_root"] = str(d / "mlruns")
     p["train"]["profile"] = "micro"
-    p["pipeline"].update(trace_batch_size=25, eval_limit=2, heldout_limit=4, model_name=f"model-{experiment}")
+    p["trace"]["part_rows"] = 25
+    p["pipeline"].update(eval_limit=2, heldout_limit=4, model_name=f"model-{experiment}")
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
         p[section][key] = value
@@ -144,7 +147,16 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     # lineage: digests of inputs and outputs, datasets as mlflow.data inputs, the model version linked to its run
     from stepcode.tracking.lineage import dvc_md5
 
-    assert children["trace"].data.tags["dvc.md5.traces"] == dvc_md5(d / "data" / "traces.jsonl")
+    assert children["trace"].data.tags["dvc.md5.traces"] == dvc_md5(d / "data" / "traces")
+    # the process pool's parts, assembled, are what the trace stage writes in one process (dvc.yaml's `stepcode
+    # trace`), part for part: so dvc.lock holds one md5 however the table was made (tests/test_dask.py: a cluster's)
+    from stepcode.config import load_params
+    from stepcode.pipeline import stages
+
+    params = load_params(d / "params.yaml")
+    params = params.model_copy(update={"tracking": params.tracking.model_copy(update={"enabled": False})})
+    stages.trace(params, d / "data" / "raw", tmp_path / "one-process", progress=False)
+    assert dvc_md5(tmp_path / "one-process") == dvc_md5(d / "data" / "traces")
     assert children["build"].data.tags["dvc.md5.dataset"] == dvc_md5(d / "data" / "dataset")
     assert children["sft"].data.tags["dvc.md5.sft_data"] == dvc_md5(d / "data" / "dataset" / "sft.jsonl")
     assert {i.dataset.name for i in children["grpo"].inputs.dataset_inputs} >= {"rl_data", "model"}
@@ -190,7 +202,7 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     assert all(r["state"] == "Completed" for r in flow_runs)
     messages = [log["message"] for log in first_flow["logs"]]
     assert any(m.startswith("sft: 5 steps in ") for m in messages), messages
-    assert any(m.startswith("batch-0000.jsonl: 25 programs traced") for m in messages), messages
+    assert any(m.startswith("batch-00000.jsonl: 25 programs traced") for m in messages), messages
     assert any(parent.info.run_id in m and m.startswith("MLflow run 'micro ") for m in messages), messages
     assert any("(cached: an earlier run's result)" in log["message"] for log in rerun_flow["logs"])
     [artifact] = first_flow["artifacts"]
@@ -252,7 +264,7 @@ def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlf
     # One sandbox worker: the batches run one at a time, in order. Per-run timeout 120 s: the gate program is held by
     # the test, not by the clock.
     d = _project(tmp_path, "kill", 200, "flow-kill", sandbox__workers=1, sandbox__timeout_s=120.0,
-                 pipeline__trace_batch_size=20)
+                 trace__part_rows=20)
     gate = Path(tempfile.mkdtemp(prefix="stepcode-gate-", dir="/tmp"))
     try:
         gate.chmod(0o755)
@@ -264,7 +276,7 @@ def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlf
         rows[GATE_ROW].update(code=GATE_PROGRAM.format(running=str(running), release=str(release)), input="7")
         corpus_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-        parts = d / "data" / "work" / "trace-parts"
+        parts = d / "data" / "work" / "flow" / "trace" / "out"
         proc = _pipeline(d, "--stop-after", "trace", wait=False)
         output = _Output(proc)
         signalled = False
@@ -272,7 +284,7 @@ def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlf
             _wait_for_reader(running, proc, output, timeout=300)
             # Batch 3 is running and cannot finish: exactly batches 0-2 are done.
             done_before = {p.name: p.stat().st_mtime_ns for p in parts.glob("batch-*.jsonl")}
-            assert sorted(done_before) == [f"batch-{k:04d}.jsonl" for k in range(3)], sorted(done_before)
+            assert sorted(done_before) == [f"batch-{k:05d}.jsonl" for k in range(3)], sorted(done_before)
             proc.send_signal(signal.SIGTERM)
             signalled = True
         finally:
@@ -283,13 +295,13 @@ def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlf
         assert proc.returncode != 0, out[-3000:]
         killed = next(r for r in _runs("flow-kill") if r.data.tags.get("stage") == "pipeline")
         assert killed.info.status == "KILLED", (killed.info.status, out[-3000:])
-        assert not (d / "data" / "traces.jsonl").exists()
+        assert not (d / "data" / "traces").exists()
         for p in parts.glob("*.tmp"):
             raise AssertionError(f"a half-written file survived: {p}")
 
         again = _pipeline(d, "--stop-after", "trace")
         assert again.returncode == 0, again.stdout[-4000:]
-        traced = [json.loads(line) for line in (d / "data" / "traces.jsonl").read_text().splitlines()]
+        traced = list(read_table(d / "data" / "traces"))
         assert [r["id"] for r in traced] == [r["id"] for r in rows]       # every row once, in corpus order
         assert (traced[GATE_ROW]["status"], traced[GATE_ROW]["output"]) == ("ok", "7")
         for name, mtime in done_before.items():               # finished batches were not traced again

@@ -76,7 +76,8 @@ def project(tmp_path_factory):
     p["evaluate"]["max_new_tokens"] = 24
     p["tracking"]["experiment"] = EXPERIMENT
     p["train"]["profile"] = "micro"
-    p["pipeline"].update(trace_batch_size=25, eval_limit=2, heldout_limit=4, model_name="model-lineage-repro")
+    p["trace"]["part_rows"] = 25
+    p["pipeline"].update(eval_limit=2, heldout_limit=4, model_name="model-lineage-repro")
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     _run(["git", "add", "-A"], d)
     _run(["git", "commit", "-q", "-m", "the code under test, a 60-program corpus, micro params"], d)
@@ -164,7 +165,7 @@ def _reproduce_the_first_run_up_to_build(project, two_runs):
     verdict = re.search(rf"identical: all (\d+) outputs of trace, validate, build match run {run1.info.run_id}",
                         done.stdout)
     assert verdict and int(verdict.group(1)) >= 5, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "identical  data/dataset" in done.stdout and "identical  data/traces.jsonl" in done.stdout
+    assert "identical  data/dataset" in done.stdout and "identical  data/traces" in done.stdout
     assert not [line for line in done.stderr.splitlines() if line.startswith(("warning:", "note:"))], done.stderr
     assert _run(["git", "worktree", "list"], project).stdout.count("\n") == 1   # the worktree is gone
 
@@ -174,10 +175,10 @@ def _fetch_the_first_runs_traces_from_the_remote(project, two_runs, tmp_path):
 
     (run1, run2), _, _ = two_runs
     logged = _traces_md5(run1)
-    assert dvc_md5(project / "data" / "traces.jsonl") == _traces_md5(run2)   # the working copy is the second run's
+    assert dvc_md5(project / "data" / "traces") == _traces_md5(run2)   # the working copy is the second run's
     shutil.rmtree(project / ".dvc" / "cache")                                   # only the remote has the first
     done = _stepcode(project, "lineage", "fetch", run1.info.run_id, "--role", "traces", "-o", str(tmp_path / "got"))
-    assert dvc_md5(tmp_path / "got" / "traces.jsonl") == logged
+    assert dvc_md5(tmp_path / "got" / "traces") == logged
     assert "trace.traces, validate.traces" in done.stdout and "md5 verified" in done.stdout
     model = _stepcode(project, "lineage", "fetch", run1.info.run_id, "--role", "sft.model", "-o", str(tmp_path / "m"))
     assert (tmp_path / "m" / "sft" / "config.json").is_file(), model.stdout

@@ -122,7 +122,7 @@ def test_the_pipelines_own_outputs_do_not_make_a_tree_dirty():
     from stepcode.tracking.lineage import dirty_files, pipeline_written
 
     written = pipeline_written(ROOT)
-    assert {"dvc.lock", "data/traces.jsonl", "metrics/trace.json", "models/*/sft",
+    assert {"dvc.lock", "data/traces", "metrics/trace.json", "models/*/sft",
             "metrics/eval-*/metrics.json"} <= set(written)
     porcelain = (" M dvc.lock\n M metrics/trace.json\n M metrics/eval-tiny-cpu/metrics.json\n"
                  " M reports/validation/summary.json\n M params.yaml\nR  stepcode/a.py -> stepcode/b.py\n")

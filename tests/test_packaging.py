@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stepcode.jsonl import read_table
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -52,4 +54,4 @@ def test_pipeline_runs_from_the_installed_wheel(wheel, tmp_path):
                         "trace"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "trace     12 programs" in r.stdout
-    assert len((project / "data" / "traces.jsonl").read_text().splitlines()) == 12
+    assert len(list(read_table(project / "data" / "traces"))) == 12

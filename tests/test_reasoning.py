@@ -14,12 +14,12 @@ import pytest
 from stepcode.config import parse_params
 from stepcode.data.reasoning import compose, execution_paths, open_sandbox, paths_batch, payload
 from stepcode.data.traces import trace_batch
-from stepcode.jsonl import write_jsonl
+from stepcode.jsonl import read_table, write_jsonl
 from stepcode.prompts import parse_completion, path_reasoning, render_output_completion
 from stepcode.sandbox.engine import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACES = ROOT / "data" / "traces.jsonl"
+TRACES = ROOT / "data" / "traces"
 PARAMS = parse_params({})
 
 
@@ -205,10 +205,9 @@ def _stated_value(text: str, label: str) -> str:
     return text[:-1].rsplit(" = ", 1)[1]
 
 
-@pytest.mark.skipif(not TRACES.is_file(), reason="data/traces.jsonl not pulled")
+@pytest.mark.skipif(not TRACES.is_dir(), reason="data/traces not pulled")
 def test_every_value_stated_for_an_anchor_is_its_printed_value():
-    rows = [json.loads(line) for line in TRACES.read_text().splitlines()]
-    rows = [r for r in rows if r["status"] == "ok"]
+    rows = [r for r in read_table(TRACES) if r["status"] == "ok"]
     rows = random.Random(14).sample(rows, min(300, len(rows)))
     paths, stats = execution_paths(rows, PARAMS, workers=2)
     assert stats["rows"] == len(rows) and stats["anchors"] == sum(len(r["trace"]) for r in rows)

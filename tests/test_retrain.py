@@ -153,7 +153,8 @@ def _project(base: Path, experiment: str, model_name: str) -> Path:
     p["tracking"]["experiment"] = experiment
     p["tracking"]["artifact_root"] = str(d / "mlruns")
     p["train"]["profile"] = "micro"
-    p["pipeline"].update(trace_batch_size=30, eval_limit=1, heldout_limit=4, eval_max_new_tokens=24,
+    p["trace"]["part_rows"] = 30
+    p["pipeline"].update(eval_limit=1, heldout_limit=4, eval_max_new_tokens=24,
                          model_name=model_name)
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return d

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, check_output, fail, load_params, require_file, writing
+from stepcode.commands.common import ParamsOpt, check_output, fail, load_params, require_table, writing
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         from stepcode.pipeline import stages
         params = load_params(params_path, **{"build.heldout_fraction": heldout_fraction,
                                              "build.input_task": input_task})
-        require_file(traces, "TRACES", "write it with `stepcode trace`")
+        require_table(traces, "TRACES", "write it with `stepcode trace`")
         check_output(out, "-o", directory=True)
         check_output(metrics, "--metrics")
         try:

@@ -180,6 +180,15 @@ def require_file(path: Path, what: str, hint: str = "") -> None:
              + (f" ({hint})" if hint else ""))
 
 
+def require_table(path: Path, what: str, hint: str = "") -> None:
+    """A user error unless `path` is a table: a JSONL file, or a folder of part files (`stepcode trace -o FOLDER`)."""
+    if path.is_dir():
+        if not any(path.glob("part-*.jsonl")):
+            fail(f"{what} {path}: a folder without part-*.jsonl files" + (f" ({hint})" if hint else ""))
+        return
+    require_file(path, what, hint)
+
+
 def require_exists(path: Path, what: str, hint: str = "") -> None:
     """A user error unless `path` is a file or a directory."""
     if not path.exists():

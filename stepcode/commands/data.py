@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from stepcode.commands.common import ParamsOpt, check_output, load_params, require_file, writing
+from stepcode.commands.common import ParamsOpt, check_output, load_params, require_table, writing
 
 
 def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as written by `stepcode trace`"),
@@ -21,7 +21,7 @@ def validate(traces: Path = typer.Argument(..., help="trace rows (JSONL), as wri
     """Run the data gate on a trace table; exit 1 if any expectation fails."""
     from stepcode.pipeline import stages
     params = load_params(params_path)
-    require_file(traces, "TRACES", "write it with `stepcode trace`")
+    require_table(traces, "TRACES", "write it with `stepcode trace`")
     check_output(report, "--report", directory=True)
     with writing("--report", report):
         result = stages.validate(params, traces, report)   # a malformed line: CorpusError, one line, exit 2

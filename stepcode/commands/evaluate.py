@@ -3,9 +3,16 @@
     stepcode score --benchmark cruxeval --task output generations.json -o scored.json
     stepcode score --benchmark cruxeval --task input gens.json --skip-rule false --samples sample_1,sample_7
     stepcode score --benchmark lcb --task output raw_completions.json --extract direct
+    stepcode score --benchmark cruxeval --task output generations/ -o scored/   # a folder: one Prefect task per file
     stepcode evaluate --model models/run --benchmarks cruxeval,lcb --limit 3 --prompt official -o eval/
     stepcode evaluate --suite paper --model models/run --limit 20 -o eval/suite        # the paper's Table 2 + 6
     stepcode evaluate --suite paper --endpoint http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-Coder-7B-Instruct
+
+A folder (or an fsspec URL of one: s3://bucket/gens with s3fs installed) is scored by flows/score.py: every file
+matching --glob (default **/*.json, subfolders too; *.scored.json results left out) is one task on the params' task
+runner (orchestration.task_runner: process | dask), all in one flow run; -o DIR gets <name>.scored.json per file (the
+single-file format) and summary.json, and the table is printed. A file that cannot be scored (bad JSON: file:line)
+is an error row while the others are scored; the command then ends with one error line and exit 2.
 
 The choices come from the benchmark registry (stepcode/evals/registry.py). A registered benchmark a command cannot
 run (`stepcode score --benchmark reval`: REval is scored by its own protocol in `stepcode evaluate`) is refused in
@@ -43,6 +50,7 @@ BENCHMARK_NAMES = tuple(BENCHMARKS)
 TASKS = tuple(dict.fromkeys(t for n in names(SCORE) for t in BENCHMARKS[n]))   # output, input: the scorable ones
 STEPCODE_NAMES = tuple(n for n, b in REGISTRY.items() if b.stepcode_tasks)       # cruxeval, lcb
 SUITE_NAMES = tuple(SUITES)
+FOLDER_GLOB = "**/*.json"   # flows/score.py's GLOB (not imported: that module imports Prefect)
 _TASK_HELP = "; ".join(f"{n}: {'|'.join(BENCHMARKS[n])}" for n in names(SCORE))
 _NOT_GENERATED = ", ".join(n for n in BENCHMARK_NAMES if n not in names(GENERATE))
 _NOT_SCORED = ", ".join(n for n in BENCHMARK_NAMES if n not in names(SCORE))
@@ -56,12 +64,16 @@ def _benchmark_list(value: str | None) -> str | None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def score(generations: Path = typer.Argument(..., help='generations JSON: {"sample_<k>": list of strings}'),
+    def score(generations: str = typer.Argument(..., help='generations JSON: {"sample_<k>": list of strings}; or a '
+                                                 'folder of them (a path or an fsspec URL: s3://bucket/gens), every '
+                                                 '--glob file scored as one Prefect task, one result file each'),
               benchmark: Literal[BENCHMARK_NAMES] = typer.Option(..., "--benchmark", help="the benchmark"
                                                                  + (f" (not scored here yet: {_NOT_SCORED})"
                                                                     if _NOT_SCORED else "")),
               task: Literal[TASKS] = typer.Option(..., "--task", help=f"the task ({_TASK_HELP})"),
-              out: Optional[Path] = typer.Option(None, "-o", "--out", help="write the official result JSON here"),
+              out: Optional[str] = typer.Option(None, "-o", "--out", help="write the official result JSON here; for "
+                                                "a folder: a folder (or URL) for <name>.scored.json per file and "
+                                                "summary.json"),
               skip_rule: Optional[Literal[SKIP_RULES]] = typer.Option(
                   None, "--skip-rule", help="copied-input rule: drop (CRUXEval default) | false (older CRUXEval "
                                             "files) | lcb (LiveCodeBench default)"),
@@ -71,6 +83,8 @@ def register(app: typer.Typer) -> None:
               extract: Literal[EXTRACT_MODES] = typer.Option(
                   "none", "--extract", help="none: the strings are extracted predictions (official generations.json"
                                             " / raw_generations); direct | cot: raw model text, extract first"),
+              glob: str = typer.Option(FOLDER_GLOB, "--glob", help="for a folder: which files are generations "
+                                       "(relative to it; the results of this command, *.scored.json, never are)"),
               params_path: Path = ParamsOpt):
         """Score predictions by execution in the sandbox; write the official result format; print pass@1/pass@5."""
         from stepcode.evals import score_file
@@ -86,9 +100,16 @@ def register(app: typer.Typer) -> None:
             fail(f"--task: {e}")
         params = load_params(params_path)
         check_params_workers(params, params_path, hash_seeds=1)
+        chosen = [s.strip() for s in samples.split(",") if s.strip()] if samples else None
+        if "://" in generations or Path(generations).is_dir():
+            _score_folder(generations, benchmark, task, out, params_path, glob, skip_rule=skip_rule, samples=chosen,
+                          extract=extract)
+            return
+        if glob != FOLDER_GLOB:
+            fail(f"--glob chooses files in a folder; GENERATIONS {generations} is a file")
+        generations, out = Path(generations), (Path(out) if out is not None else None)
         load_json(generations, "GENERATIONS")   # readable JSON, else one line naming file:line (read again below)
         check_output(out, "-o")
-        chosen = [s.strip() for s in samples.split(",") if s.strip()] if samples else None
         try:
             with writing("-o", out):
                 result = score_file(benchmark, task, generations, out, params, skip_rule=skip_rule,
@@ -100,6 +121,52 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"pass@1: {result['pass_at_1']:.2f}  pass@5: {result['pass_at_5']:.2f}")
         if out:
             typer.echo(f"wrote {out}")
+
+    def _score_folder(generations: str, benchmark: str, task: str, out: Optional[str], params_path: Path,
+                      glob: str, **options) -> None:
+        """`stepcode score` on a folder: flows/score.py's flow on the params' task runner; a table, summary.json."""
+        from stepcode.commands.pipeline import prefect_env
+
+        prefect_env(Path.cwd())   # before Prefect is imported: it reads its settings then
+        from flows.score import as_url, is_folder, list_generations, run_score_folder, table
+
+        if out is not None and "://" in out:
+            import fsspec
+
+            try:
+                fsspec.core.url_to_fs(out)
+            except (ImportError, ValueError) as e:   # an unknown protocol, its package (s3fs, gcsfs) not installed
+                fail(f"-o {out}: {' '.join(str(e).split())}")
+        try:
+            if "://" in generations and not is_folder(generations):
+                fail(f"GENERATIONS {generations}: no such folder (a URL names a folder of generations files; score "
+                     "one file from a local path)")
+            local_out = out is not None and ("://" not in out or out.startswith("file://"))
+            if local_out:
+                check_output(Path(out.removeprefix("file://")), "-o", directory=True)
+            names, left = list_generations(as_url(generations), glob, as_url(out) if out is not None else None)
+        except (ImportError, ValueError, OSError) as e:   # fsspec: an unknown protocol, s3fs not installed, no access
+            fail(f"GENERATIONS {generations}: {' '.join(str(e).split())}")
+        if not names:
+            fail(f"GENERATIONS {generations}: no generations files in this folder (--glob {glob!r}"
+                 + (f"; left out {len(left)} result file(s) *.scored.json or under -o)" if left else ")"))
+        typer.echo(f"{benchmark}-{task}: {len(names)} generations file(s) in {generations}"
+                   + (f" (left out {len(left)}: results of this command)" if left else ""), err=True)
+        try:
+            with writing("-o", Path(out) if out is not None and "://" not in out else None):
+                summary = run_score_folder(generations, benchmark, task, out, params_path=str(params_path),
+                                           root=".", pattern=glob, echo=True, **options)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            fail(str(e))
+        typer.echo(table(summary))
+        if out is not None:
+            typer.echo(f"wrote {summary['scored']} result file(s) and summary.json in {out} "
+                       f"({summary['seconds']:.1f} s)")
+        if summary["failed"]:
+            first = next(r["error"] for r in summary["files"] if "error" in r)
+            fail(f"{summary['failed']} of {len(summary['files'])} generations file(s) not scored, the other "
+                 f"{summary['scored']} were" + (f" ({out}/summary.json has every row)" if out is not None else "")
+                 + f"; first: {first}")
 
     @app.command()
     def evaluate(model: str = typer.Option(..., "--model", help="local Hugging Face model folder; with --endpoint, "

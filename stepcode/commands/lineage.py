@@ -48,7 +48,7 @@ def _project_root() -> Path:
 def lineage_fetch(run_id: str = typer.Argument(..., help="an MLflow run id: a pipeline run (the datasets of its "
                                                          "stage runs) or one stage run"),
                   out: Path = typer.Option(..., "-o", "--out", help="folder to restore into (created; each dataset "
-                                                                   "under the name it had: traces.jsonl, dataset/)"),
+                                                                   "under the name it had: traces/, dataset/)"),
                   role: Optional[str] = typer.Option(None, "--role", help="only this dataset: a role the run logged "
                                                      "(programs, traces, dataset, sft_data, rl_data, heldout, model; "
                                                      "of a pipeline run also STAGE.ROLE, e.g. grpo.model); "

@@ -1,6 +1,6 @@
 """Training commands: build the tiny model, SFT warm start, Bi-Level GRPO.
 
-    stepcode train init-model -o models/tiny --corpus data/traces.jsonl [--size tiny]
+    stepcode train init-model -o models/tiny --corpus data/traces [--size tiny]
     stepcode train sft  --model models/tiny     --data data/sft.jsonl -o models/tiny-sft [--profile tiny-cpu]
     stepcode train grpo --model models/tiny-sft --data data/rl.jsonl  -o models/tiny-rl  --mode bilevel|step|terminal
     # --curves metrics/train-tiny-cpu/sft.json: the per-step curves `dvc plots show` draws (dvc.yaml passes it)
@@ -27,6 +27,7 @@ from stepcode.commands.common import (
     fail,
     require_file,
     require_model_dir,
+    require_table,
     writing,
 )
 from stepcode.training.models import SIZES
@@ -70,7 +71,7 @@ def init_model(out: Path = typer.Option(..., "-o", "--out", help="model director
                                                                  "profile's seed, as the pipeline uses)"),
                params_path: Path = ParamsOpt):
     """Build the embedded tiny Llama and its byte-level BPE tokenizer, offline."""
-    from stepcode.jsonl import read_jsonl
+    from stepcode.jsonl import read_table
     from stepcode.training.models import build_tiny_model, corpus_texts
 
     params = check_profile(profile, params_path)
@@ -79,9 +80,12 @@ def init_model(out: Path = typer.Option(..., "-o", "--out", help="model director
     if size is None:
         fail(f"profile {profile or params.train.profile!r} builds no model (its model_size is null): give --size")
     for path in corpus:
-        require_file(path, "--corpus")
+        require_table(path, "--corpus")
     check_output(out, "-o", directory=True)
-    texts = corpus_texts(row for path in corpus for row in read_jsonl(path))   # a malformed line: CorpusError
+    from stepcode.pipeline.stages import of_sources
+
+    rows = of_sources((row for path in corpus for row in read_table(path)), params.train.get(profile).sources)
+    texts = corpus_texts(rows)   # a malformed line: CorpusError
     with writing("-o", out):
         out_dir = build_tiny_model(out, texts, size=size, seed=seed)
     typer.echo(f"built a {size} Llama from {len(texts)} texts -> {out_dir}")

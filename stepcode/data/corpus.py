@@ -66,10 +66,36 @@ def read_programs(path, *, skip_bad: bool = False, rejects_path=None) -> list[di
     """
     if skip_bad and rejects_path is None:
         raise ValueError("skip_bad=True needs rejects_path, so that skipped rows are recorded somewhere")
+    if not skip_bad:
+        return list(iter_programs(path))
     rows: list[dict] = []
     rejects: list[dict] = []
+    for lineno, line, row, problem in _checked(path):
+        if problem is not None:
+            rejects.append({"line": lineno, "reason": problem,
+                            "text": line.decode("utf-8", errors="replace").rstrip("\r\n")})
+        else:
+            rows.append(row)
+    write_jsonl(rejects_path, rejects)
+    if rejects:
+        log.warning("%s: %d bad rows skipped, written to %s", path, len(rejects), rejects_path)
+    return rows
+
+
+def iter_programs(path) -> Iterator[dict]:
+    """`read_programs` as a stream (one row in memory at a time, and the ids seen): a bad row raises CorpusError
+    naming file:line when the stream reaches it."""
+    for lineno, _, row, problem in _checked(path):
+        if problem is not None:
+            raise CorpusError(f"{path}:{lineno}: {problem}")
+        yield row
+
+
+def _checked(path) -> Iterator[tuple[int, bytes, dict | None, str | None]]:
+    """(line number, raw line, row, problem or None) for each non-blank line; a repeated id is a problem."""
     first_line_of: dict[str, int] = {}
     for lineno, line in numbered_lines(path):
+        row = None
         try:
             row = decode_line(line)
             problem = _program_problem(row)
@@ -77,20 +103,9 @@ def read_programs(path, *, skip_bad: bool = False, rejects_path=None) -> list[di
                 problem = f"duplicate id {row['id']!r} (first on line {first_line_of[row['id']]})"
         except ValueError as e:
             problem = str(e)
-        if problem is not None:
-            if not skip_bad:
-                raise CorpusError(f"{path}:{lineno}: {problem}")
-            rejects.append({"line": lineno, "reason": problem,
-                            "text": line.decode("utf-8", errors="replace").rstrip("\r\n")})
-            continue
-        first_line_of[row["id"]] = lineno
-        rows.append(row)
-    if skip_bad:
-        write_jsonl(rejects_path, rejects)
-        if rejects:
-            log.warning("%s: %d bad rows skipped, written to %s", path, len(rejects), rejects_path)
-    return rows
-
+        if problem is None:
+            first_line_of[row["id"]] = lineno
+        yield lineno, line, row, problem
 
 # ----------------------------------------------------------------------------------------------------- static filter
 

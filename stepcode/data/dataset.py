@@ -37,16 +37,19 @@ sends a kept program to RL when the digest's next 8 bytes fall below `build.rl_f
 changing heldout_fraction never moves a program between SFT and RL, only into or out of held-out), else to SFT.
 SFT rows carry their program's `source` and `gold_trace` too (ignored by the trainer), so a consumer can filter them
 like RL rows (stepcode/pipeline/study.py). stats["split"] counts programs and rows per split.
+The trace table is one JSONL file or a folder of part files (`stepcode.jsonl.read_table`), streamed: the builder
+holds a row at a time (and a bounded window for the sandbox), never the table (`build_dataset`).
 Output is deterministic: same input, byte-identical files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -178,78 +181,84 @@ def _write_json(path: Path, obj) -> None:
 
 def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str | Path]) -> dict:
     """The `build` stage (see the module docstring). `params` is the full `Params`. Returns the stats.
+    `traces_path`: a trace table, one JSONL file or a folder of part files (`stepcode.jsonl.read_table`).
     `benchmarks`: {label: program file} to decontaminate against; the benchmarks declare them (the pipeline layer
-    passes `stepcode.evals.registry.decontamination_sources(params.build)`: the data layer does not import evals)."""
-    from stepcode.data.decontam import decontaminate
-    from stepcode.jsonl import read_jsonl, write_jsonl
+    passes `stepcode.evals.registry.decontamination_sources(params.build)`: the data layer does not import evals).
 
+    Streams: the table is read twice, a row at a time, and never held. The first pass checks every row (so a bad row
+    or a duplicate id fails the build before any sandboxed run or any output), routes and decontaminates it; the
+    second renders the clean rows and writes each example to its split's file as it comes (each file atomically: it
+    appears only complete). What the build keeps grows with the table only as small keys: the ids seen (first pass,
+    for the duplicate check), the contaminated ids and the decontamination report's entries, and the program keys of
+    the kept rows (per split, for stats["split"]["programs"]). Execution reasoning runs in the sandbox in batches
+    as before, a bounded window of rows in flight (`_with_paths`)."""
     bp, max_lines = params.build, params.trace.max_lines
     tasks = TASKS if bp.input_task else ("output",)
-    rows_out: Counter = Counter()
-    routed, seen = [], set()
-    rows = [_checked_row(row, f"{traces_path}: row {k}") for k, row in enumerate(read_jsonl(traces_path), 1)]
-    for row in rows:
-        if row["id"] in seen:
-            raise ValueError(f"{traces_path}: duplicate id {row['id']!r}")
-        seen.add(row["id"])
-        reason = route(row, max_lines)
-        if reason:
-            rows_out[reason] += 1
-        else:
-            routed.append(row)
-
-    clean, decontam_report = decontaminate(routed, benchmarks, n=bp.decontam_n,
-                                           min_coverage=bp.decontam_min_coverage)
-    rows_out["contaminated"] += decontam_report["dropped"]
 
     def style(row: dict) -> str:
         return bp.reasoning_by_source.get(row.get("source", ""), bp.reasoning)
 
-    paths, reasoning_stats = {}, None
-    narrated = [row for row in clean if style(row) == "execution"]
-    if narrated:   # every such row's path in one sandboxed, batched pass
-        from stepcode.data.reasoning import execution_paths
+    survey = _survey(traces_path, params, benchmarks, style)
+    rows_out, contaminated = survey["rows_out"], survey["contaminated"]
 
-        paths, reasoning_stats = execution_paths(narrated, params)
+    def clean_rows() -> Iterator[dict]:   # the second pass: the rows the first one kept, in table order
+        from stepcode.jsonl import read_table
 
-    sft, rl, heldout = [], [], []
+        for row in read_table(traces_path):
+            if route(row, max_lines) is None and row["id"] not in contaminated:
+                yield row
+
+    reasoning_counts = None
+    if survey["narrated"]:   # every such row's path from the sandbox, in batches, a bounded window at a time
+        reasoning_counts = {"rows": 0, "anchors": 0, "rows_with_fallback": 0, "fallback": Counter()}
+        pathed = _with_paths(clean_rows(), lambda row: style(row) == "execution", params, survey["preload"],
+                             reasoning_counts)
+    else:
+        pathed = ((row, None) for row in clean_rows())
+
     examples_out: Counter = Counter()
     per_task = {task: Counter() for task in tasks}
-    kept: list[dict] = []
+    files: Counter = Counter()                                  # examples written per split
     splits: Counter = Counter()                                 # kept trace rows per split
     programs: dict[str, set] = {name: set() for name in SPLITS}
-    for row in clean:
-        split = three_way_split(program_key(row["id"]), bp.heldout_fraction, bp.rl_fraction)
-        made = 0
-        for task in tasks:
-            try:
-                sft_row, rl_row = task_examples(row, task, style(row), paths.get(row["id"]))
-            except ValueError as e:
-                examples_out[_refusal_kind(task, row, e)] += 1
-                continue
-            made += 1
-            per_task[task][split] += 1
-            if split == "sft":    # the RL row's metadata rides along, so the SFT rows can be filtered like RL rows
-                sft.append({**sft_row, "source": rl_row["source"], "gold_trace": rl_row["gold_trace"]})
-            else:
-                (rl if split == "rl" else heldout).append(rl_row)
-        if made:
-            kept.append(row)
-            splits[split] += 1
-            programs[split].add(program_key(row["id"]))
-        else:
-            rows_out["all_tasks_refused"] += 1
-
+    anchors: Counter = Counter()                                # kept rows by trace length
+    sources: Counter = Counter()                                # kept rows by source
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "sft.jsonl", sft)
-    write_jsonl(out / "rl.jsonl", rl)
-    write_jsonl(out / "heldout.jsonl", heldout)
-    anchors = Counter(len(row["trace"]) for row in kept)
+    with contextlib.ExitStack() as stack:   # on an error every temp file goes, and no output file is replaced
+        from stepcode.jsonl import atomic_file
+
+        sinks = {name: stack.enter_context(atomic_file(out / f"{name}.jsonl")) for name in SPLITS}
+        pathed = stack.enter_context(contextlib.closing(pathed))   # closed first: the sandbox stops before commit
+        for row, path in pathed:
+            split = three_way_split(program_key(row["id"]), bp.heldout_fraction, bp.rl_fraction)
+            made = 0
+            for task in tasks:
+                try:
+                    sft_row, rl_row = task_examples(row, task, style(row), path)
+                except ValueError as e:
+                    examples_out[_refusal_kind(task, row, e)] += 1
+                    continue
+                made += 1
+                per_task[task][split] += 1
+                if split == "sft":   # the RL row's metadata rides along, so SFT rows can be filtered like RL rows
+                    example = {**sft_row, "source": rl_row["source"], "gold_trace": rl_row["gold_trace"]}
+                else:
+                    example = rl_row
+                sinks[split].write(_jsonl_line(example))
+                files[split] += 1
+            if made:
+                splits[split] += 1
+                programs[split].add(program_key(row["id"]))
+                anchors[len(row["trace"])] += 1
+                sources[row.get("source") or "unknown"] += 1
+            else:
+                rows_out["all_tasks_refused"] += 1
+
     stats = {
-        "rows_in": len(rows),
+        "rows_in": survey["rows_in"],
         "rows_out": dict(sorted(rows_out.items())),
-        "rows_kept": len(kept),
+        "rows_kept": sum(splits.values()),
         "examples_out": dict(sorted(examples_out.items())),
         "examples": {task: {name: c[name] for name in SPLITS} for task, c in per_task.items()},
         "anchors": {str(n): anchors[n] for n in range(1, max_lines + 1)},
@@ -257,14 +266,118 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
         "split": {"heldout_fraction": bp.heldout_fraction, "rl_fraction": bp.rl_fraction,
                   "programs": {name: len(programs[name]) for name in SPLITS},
                   "rows": {name: splits[name] for name in SPLITS}},
-        "files": {"sft": len(sft), "rl": len(rl), "heldout": len(heldout)},
-        "sources": dict(sorted(Counter(row.get("source") or "unknown" for row in kept).items())),
+        "files": {name: files[name] for name in SPLITS},
+        "sources": dict(sorted(sources.items())),
     }
-    if reasoning_stats is not None:   # execution reasoning: anchors explained, fallbacks to the template by reason
-        stats["reasoning"] = reasoning_stats
-    _write_json(out / "decontamination.json", decontam_report)
+    if reasoning_counts is not None:   # execution reasoning: anchors explained, fallbacks to the template by reason
+        fallback = reasoning_counts["fallback"]
+        stats["reasoning"] = {"rows": reasoning_counts["rows"], "anchors": reasoning_counts["anchors"],
+                              "explained": reasoning_counts["anchors"] - sum(fallback.values()),
+                              "rows_with_fallback": reasoning_counts["rows_with_fallback"],
+                              "fallback": dict(sorted(fallback.items()))}
+    _write_json(out / "decontamination.json", survey["decontamination"])
     _write_json(out / "stats.json", stats)
     return stats
+
+
+def _table_rows(path) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every row of a trace table, in `stepcode.jsonl.read_table`'s order; `where` names the file
+    and the row's number in it for an error message (in a folder, the part file)."""
+    from stepcode.jsonl import read_jsonl, table_files
+
+    for f in table_files(path) if Path(path).is_dir() else [path]:
+        for k, row in enumerate(read_jsonl(f), 1):
+            yield f"{f}: row {k}", row
+
+
+def _survey(traces_path, params, benchmarks: Mapping[str, str | Path], style) -> dict:
+    """The build's first pass over the table: every row checked (ids unique), routed and decontaminated. Returns the
+    counts ("rows_in", "rows_out" by reason, contaminated rows included), the decontamination report, the ids of
+    the contaminated rows, and the number of clean rows with execution reasoning ("narrated") and the modules their
+    programs import that the sandbox can preload (`stepcode.sandbox.engine.preload_for`)."""
+    from stepcode.data.decontam import Decontaminator
+
+    bp, max_lines = params.build, params.trace.max_lines
+    check = Decontaminator(benchmarks, n=bp.decontam_n, min_coverage=bp.decontam_min_coverage)
+    rows_in, rows_out, seen, contaminated = 0, Counter(), set(), set()
+    narrated, preload = 0, set()
+    for where, row in _table_rows(traces_path):
+        _checked_row(row, where)
+        rows_in += 1
+        if row["id"] in seen:
+            raise ValueError(f"{traces_path}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+        reason = route(row, max_lines)
+        if reason:
+            rows_out[reason] += 1
+        elif not check.keep(row):
+            contaminated.add(row["id"])
+        elif style(row) == "execution":
+            from stepcode.sandbox.engine import preload_for
+
+            narrated += 1
+            preload.update(preload_for([row["code"]]))
+    report = check.report()
+    rows_out["contaminated"] += report["dropped"]
+    return {"rows_in": rows_in, "rows_out": rows_out, "decontamination": report, "contaminated": contaminated,
+            "narrated": narrated, "preload": tuple(sorted(preload))}
+
+
+def _chunks(rows: Iterable[dict], narrated, size: int, most: int) -> Iterator[list[dict]]:
+    """Consecutive runs of `rows`, each closed when it holds `size` narrated rows or `most` rows in all: the batches
+    of narrated rows are those of `Sandbox.map_batches` over the narrated rows alone, unless a long run of other
+    rows cuts one short (so a chunk never holds more than `most` rows)."""
+    chunk, n = [], 0
+    for row in rows:
+        chunk.append(row)
+        n += bool(narrated(row))
+        if n == size or len(chunk) == most:
+            yield chunk
+            chunk, n = [], 0
+    if chunk:
+        yield chunk
+
+
+def _with_paths(rows: Iterable[dict], narrated, params, preload: tuple[str, ...], counts: dict
+                ) -> Iterator[tuple[dict, list[str | None] | None]]:
+    """(row, its execution reasoning per anchor) for each of `rows` in order; None for a row `narrated` rejects.
+    `stepcode.data.reasoning.execution_paths` for a stream: one sandbox (as `reasoning.open_sandbox` opens it, with
+    the `preload` read in the first pass), a batch of narrated rows per round trip (`reasoning.paths_batch`), a
+    bounded window of chunks in flight (`Sandbox.map`), nothing kept per row but the counts, added to `counts`."""
+    from stepcode.data.reasoning import RUNNER_MODULE, paths_batch, sandbox_params
+    from stepcode.sandbox.engine import BATCH_SIZE, Sandbox
+
+    sandbox = Sandbox(sandbox_params(params), hash_seeds=(params.trace.hash_seeds[0],), runners=(RUNNER_MODULE,),
+                      preload=preload)
+
+    def run(chunk: list[dict]) -> list[tuple[dict, tuple | None]]:
+        todo = [row for row in chunk if narrated(row)]
+        found = iter(paths_batch(sandbox, todo, params) if todo else ())
+        return [(row, next(found) if narrated(row) else None) for row in chunk]
+
+    try:
+        results = sandbox.map(run, _chunks(rows, narrated, BATCH_SIZE, 4 * BATCH_SIZE))
+        try:
+            for chunk in results:
+                for row, result in chunk:
+                    if result is None:
+                        yield row, None
+                        continue
+                    steps, fell = result
+                    counts["rows"] += 1
+                    counts["anchors"] += len(steps)
+                    counts["rows_with_fallback"] += bool(fell)
+                    counts["fallback"].update(fell)
+                    yield row, steps
+        finally:
+            results.close()   # first: its pool's threads stop before the servers go
+    finally:
+        sandbox.close()
+
+
+def _jsonl_line(row: dict) -> bytes:
+    """One JSONL line, encoded as `stepcode.jsonl.write_jsonl` writes it (a lone surrogate backslash-escaped)."""
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 def build_metrics(stats: dict) -> dict:

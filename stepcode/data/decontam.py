@@ -2,6 +2,7 @@
 
     from stepcode.data.decontam import decontaminate
     kept, report = decontaminate(rows, {"cruxeval": ".../cruxeval.jsonl", "reval": ".../DREval_data.jsonl"})
+    check = Decontaminator(benchmarks); clean = (r for r in stream if check.keep(r)); check.report()   # a stream
     report["dropped"], report["benchmarks"]["cruxeval"]["dropped"], report["dropped_rows"][0]
     # {"id": "synth-1234-77", "benchmark": "cruxeval", "benchmark_id": "sample_504", "coverage": 1.0,
     #  "ngram": "def f ( pieces ) : \\n pieces . sort ( )"}
@@ -156,31 +157,48 @@ class BenchmarkIndex:
         return [{k: v for k, v in m.items() if k != "_key"} for m in sorted(best.values(), key=lambda m: m["_key"])]
 
 
+class Decontaminator:
+    """`decontaminate` one row at a time, for a stream: `keep(row)` says whether the row copies no benchmark program
+    (and records it if it does); `report()` is decontaminate's report for the rows seen so far. It keeps the report's
+    entries only (one per dropped row), never the rows."""
+
+    def __init__(self, benchmark_paths: Mapping[str, str | Path], n: int = 10, min_coverage: float = 0.8):
+        if not (isinstance(min_coverage, (int, float)) and 0 < min_coverage <= 1):
+            raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage!r}")
+        self.index = BenchmarkIndex(benchmark_paths, n)
+        self.n, self.min_coverage = n, min_coverage
+        self.rows = 0
+        self.dropped_rows: list[dict] = []
+        self.per_benchmark = dict.fromkeys(self.index.summary, 0)
+
+    def keep(self, row: dict) -> bool:
+        try:
+            found = self.index.matches(row["code"], self.min_coverage)
+        except ValueError as e:
+            raise ValueError(f"row {row.get('id')!r}: {e}") from None
+        self.rows += 1
+        if not found:
+            return True
+        for match in found:
+            self.per_benchmark[match["benchmark"]] += 1
+        self.dropped_rows.append({"id": row["id"], "matches": found})
+        return False
+
+    def report(self) -> dict:
+        benchmarks = {name: dict(summary, dropped=self.per_benchmark[name])
+                      for name, summary in self.index.summary.items()}
+        return {"n": self.n, "min_coverage": self.min_coverage, "benchmarks": benchmarks, "rows": self.rows,
+                "dropped": len(self.dropped_rows), "dropped_rows": list(self.dropped_rows)}
+
+
 def decontaminate(rows: Iterable[dict], benchmark_paths: Mapping[str, str | Path], n: int = 10,
                   min_coverage: float = 0.8) -> tuple[list[dict], dict]:
     """Rows (each with "id" and "code") that copy no benchmark program, and a JSON-ready report.
 
     The report: n, min_coverage, per benchmark its file, program count and rows dropped (a row covering programs
     of two benchmarks counts under both), `dropped` (rows, each once) and `dropped_rows` (id plus the best match of
-    each benchmark), in row order.
+    each benchmark), in row order. A stream: `Decontaminator`.
     """
-    if not (isinstance(min_coverage, (int, float)) and 0 < min_coverage <= 1):
-        raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage!r}")
-    index = BenchmarkIndex(benchmark_paths, n)
-    kept, dropped_rows = [], []
-    per_benchmark = dict.fromkeys(index.summary, 0)
-    for row in rows:
-        try:
-            found = index.matches(row["code"], min_coverage)
-        except ValueError as e:
-            raise ValueError(f"row {row.get('id')!r}: {e}") from None
-        if not found:
-            kept.append(row)
-            continue
-        for match in found:
-            per_benchmark[match["benchmark"]] += 1
-        dropped_rows.append({"id": row["id"], "matches": found})
-    benchmarks = {name: dict(summary, dropped=per_benchmark[name]) for name, summary in index.summary.items()}
-    report = {"n": n, "min_coverage": min_coverage, "benchmarks": benchmarks, "rows": len(kept) + len(dropped_rows),
-              "dropped": len(dropped_rows), "dropped_rows": dropped_rows}
-    return kept, report
+    check = Decontaminator(benchmark_paths, n, min_coverage)
+    kept = [row for row in rows if check.keep(row)]
+    return kept, check.report()

@@ -179,35 +179,43 @@ def _judge(out: dict, first: dict, second: dict, tp) -> dict:
 
 
 def trace_rows(rows: Iterable[dict], params, *, workers: int | None = None, sandbox=None,
-               progress: bool = False, total: int | None = None) -> Iterator[dict]:
-    """Trace rows in parallel (sandbox slots, a batch of rows per round trip), yielding results in input order."""
+               progress: bool = False, total: int | None = None,
+               preload: tuple[str, ...] | None = None) -> Iterator[dict]:
+    """Trace rows in parallel (sandbox slots, a batch of rows per round trip), yielding results in input order. A
+    stream is consumed as it is traced (a bounded window in flight), never materialised."""
     from stepcode.sandbox.engine import Sandbox, preload_for
 
     own = sandbox is None
     if own:
         # A corpus in hand: its servers preload what its programs import, and nothing else (each module preloaded
-        # makes every fork dearer). A stream: the general-purpose set.
-        preload = None
-        if isinstance(rows, (list, tuple)):
+        # makes every fork dearer). A stream: `preload` if the caller read it from the corpus, else the
+        # general-purpose set.
+        if preload is None and isinstance(rows, (list, tuple)):
             # a row without program text is not this loop's to fail on: it becomes its own engine_error
             preload = preload_for(r["code"] for r in rows if isinstance(r.get("code"), str))
         sandbox = Sandbox(params.sandbox, hash_seeds=params.trace.hash_seeds, workers=workers, preload=preload)
     batches = sandbox.map_batches(lambda batch: trace_batch(sandbox, batch, params), rows)
+    bar = None
     try:
         results = batches
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(batches, total=total, desc="tracing", unit="prog", dynamic_ncols=True)
+            results = bar = tqdm(batches, total=total, desc="tracing", unit="prog", dynamic_ncols=True)
         yield from results
     finally:
+        if bar is not None:
+            bar.close()     # before whatever stopped the stream is reported: the bar never follows an error line
         batches.close()   # first: its pool's threads stop (an interrupt lands here mid-run) before the servers go
         if own:
             sandbox.close()
 
 
 def summarize(rows: Iterable[dict]) -> dict:
-    counts = Counter(r["status"] for r in rows)
+    return counts_summary(Counter(r["status"] for r in rows))
+
+
+def counts_summary(counts: Counter) -> dict:
     return {"total": sum(counts.values()), "by_status": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
@@ -222,12 +230,12 @@ def write_summary(summary: dict, path) -> None:
     atomic_write_text(path, json.dumps(counts, indent=2) + "\n")
 
 
-def read_corpus(path) -> list[dict]:
-    """Program rows from a JSONL file, or from every `*.jsonl` in a directory (sorted; ids unique across files).
-    A missing input that DVC tracks (data/raw on a fresh clone) is pulled from the DVC remote first."""
+def corpus_files(path) -> list:
+    """The JSONL files of a corpus: the file, or every `*.jsonl` in a directory (sorted). A missing input that DVC
+    tracks (data/raw on a fresh clone) is pulled from the DVC remote first."""
     from pathlib import Path
 
-    from stepcode.data.corpus import CorpusError, read_programs
+    from stepcode.data.corpus import CorpusError
     from stepcode.dvcdata import ensure_present
 
     p = ensure_present(Path(path))
@@ -235,43 +243,94 @@ def read_corpus(path) -> list[dict]:
     if not files:
         raise CorpusError(f"{p}: a directory with no *.jsonl file in it (give a JSONL file of program rows, or a "
                           "directory holding some)")
-    rows, seen = [], {}
-    for f in files:
-        for row in read_programs(f):
+    return files
+
+
+def iter_corpus(path) -> Iterator[dict]:
+    """Program rows from a JSONL file or a directory of them (`corpus_files`), streamed; ids unique across files (the
+    ids seen are all it keeps). A malformed row raises CorpusError naming file:line when the stream reaches it."""
+    from stepcode.data.corpus import CorpusError, iter_programs
+
+    seen: dict = {}
+    for f in corpus_files(path):
+        for row in iter_programs(f):
             if row["id"] in seen:
                 raise CorpusError(f"{f}: id {row['id']!r} also appears in {seen[row['id']]}")
             seen[row["id"]] = f
-            rows.append(row)
-    return rows
+            yield row
 
 
-def read_input(in_path, *, skip_bad: bool = False, rejects_path=None) -> list[dict]:
-    """The trace stage's program rows: `read_corpus` (a file or a directory of files; a malformed row fails, naming
-    its line), or with `skip_bad` the well-formed rows of one file, the malformed ones written to `rejects_path`."""
+def read_corpus(path) -> list[dict]:
+    """`iter_corpus` as a list."""
+    return list(iter_corpus(path))
+
+
+def scan_corpus(path) -> tuple[int, tuple[str, ...]]:
+    """One streaming pass over a corpus before it is traced: every row checked (so a malformed corpus fails before a
+    run starts), and what tracing needs up front without holding the rows: how many there are (the progress bar) and
+    the modules their programs import (the sandbox's preload)."""
+    from stepcode.sandbox.engine import preload_for
+
+    n, codes = 0, []
+    found: set[str] = set()
+    for row in iter_corpus(path):
+        n += 1
+        codes.append(row["code"])
+        if len(codes) == 1000:
+            found.update(preload_for(codes))
+            codes = []
+    found.update(preload_for(codes))
+    return n, tuple(sorted(found))
+
+
+def open_corpus(in_path, *, skip_bad: bool = False, rejects_path=None):
+    """The trace stage's input as (rows, total, preload): a stream of the corpus (a file or a directory of files)
+    after `scan_corpus` has checked every row (a malformed row fails here, naming its line); or, with `skip_bad` (one
+    file), the well-formed rows as a list, the malformed ones written to `rejects_path`."""
     from stepcode.data.corpus import read_programs
 
     if skip_bad:
-        return read_programs(in_path, skip_bad=True, rejects_path=rejects_path)
-    return read_corpus(in_path)
+        rows = read_programs(in_path, skip_bad=True, rejects_path=rejects_path)
+        return rows, len(rows), None
+    total, preload = scan_corpus(in_path)
+    return iter_corpus(in_path), total, preload
 
 
-def trace_to_file(rows: list[dict], out_path, params, *, workers: int | None = None, progress: bool = True) -> dict:
-    """Trace program rows into a trace JSONL file (written atomically). Returns the summary: counts per status,
-    seconds and programs per second."""
-    from stepcode.jsonl import write_jsonl
+def trace_to_file(rows: Iterable[dict], out_path, params, *, workers: int | None = None, progress: bool = True,
+                  total: int | None = None, preload: tuple[str, ...] | None = None) -> dict:
+    """Trace program rows into a trace table, streamed: a folder of part files (`out_path` without a `.jsonl` suffix;
+    `trace.part_rows` rows each) or one JSONL file, written atomically either way. Memory does not grow with the rows:
+    each is written as it comes back and only the counts are kept. Returns the summary: counts per status, seconds and
+    programs per second."""
+    from stepcode.jsonl import is_folder_path, write_jsonl, write_parts
 
+    counts: Counter = Counter()
+
+    def counted(traced: Iterable[dict]) -> Iterator[dict]:
+        for row in traced:
+            counts[row["status"]] += 1
+            yield row
+
+    if total is None and isinstance(rows, (list, tuple)):
+        total = len(rows)
     start = time.perf_counter()
-    traced = list(trace_rows(rows, params, workers=workers, progress=progress, total=len(rows)))
+    stream = trace_rows(rows, params, workers=workers, progress=progress, total=total, preload=preload)
+    try:
+        if is_folder_path(out_path):
+            write_parts(out_path, counted(stream), params.trace.part_rows)
+        else:
+            write_jsonl(out_path, counted(stream))
+    finally:
+        stream.close()      # a failed write stops the tracing (and its progress bar) now, not when collected
     elapsed = time.perf_counter() - start
-    write_jsonl(out_path, traced)
-    summary = summarize(traced)
-    summary.update(seconds=round(elapsed, 2), programs_per_s=round(len(traced) / elapsed, 1) if elapsed else None)
+    summary = counts_summary(counts)
+    summary.update(seconds=round(elapsed, 2), programs_per_s=round(summary["total"] / elapsed, 1) if elapsed else None)
     return summary
 
 
 def trace_file(in_path, out_path, params, *, workers: int | None = None, skip_bad: bool = False,
                rejects_path=None, progress: bool = True) -> dict:
-    """Program JSONL (a file or a directory of files) in, trace JSONL out (atomically). Returns the summary.
+    """Program JSONL (a file or a directory of files) in, a trace table out (`trace_to_file`). Returns the summary.
     Computes only: the `trace` stage with its MLflow lineage is `stepcode.pipeline.stages.trace`."""
-    rows = read_input(in_path, skip_bad=skip_bad, rejects_path=rejects_path)
-    return trace_to_file(rows, out_path, params, workers=workers, progress=progress)
+    rows, total, preload = open_corpus(in_path, skip_bad=skip_bad, rejects_path=rejects_path)
+    return trace_to_file(rows, out_path, params, workers=workers, progress=progress, total=total, preload=preload)

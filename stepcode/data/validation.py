@@ -19,15 +19,38 @@ blames the rows that pull the rate the wrong way (non-ok rows for `ok_share`, ..
 
 GX cannot look inside a list-typed cell, so `derive_columns` adds helper columns computed in pandas; every one of them
 is a pure function of its row (documented in DERIVED_COLUMNS), and the expectations are written on them.
+
+Bounded memory: the table (one JSONL file or a folder of part files, `stepcode.jsonl.read_table`) is streamed, three
+times, and never held whole: a scan (the row count, and each column's dtype as one DataFrame of the whole table would
+have it: every chunk's frame gets the same, since GX's type checks go by dtype), the validation, the quarantine.
+  - GX validates CHUNK_ROWS rows at a time: a DataFrame whose index is the rows' numbers, COMPLETE results.
+  - A chunk cannot see a duplicate in another chunk, so the uniqueness expectations run on chunks of their columns'
+    values, which a temporary SQLite file hands back sorted by a hash of the value: equal values share a chunk (rows
+    with one value are never split, so a value repeated more than CHUNK_ROWS times makes a longer, narrow chunk).
+  - Each expectation's chunk results are added up into the metrics GX computes on a whole table (row counts, missing
+    and unexpected counts, the integer sum and count behind a mean), and the expectation's own `_validate` (GX's rule,
+    `mostly` included) turns them into the whole table's result. That is what summary.json and the Data Docs (one
+    page per run, GX's SUMMARY format: counts, percentages, the first PARTIAL unexpected values by row) show: the
+    same verdicts, counts and observed values as one validation of the whole table (tests/test_validation_chunks.py).
+  - The rows each expectation flags wait in the SQLite file until the last pass writes the quarantine, in row order.
+Held in memory: one chunk and GX's results for it, and O(1) per expectation.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import heapq
 import json
 import re
+import sqlite3
+import tempfile
+import traceback
 import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +63,9 @@ STRING_COLUMNS = ("id", "code", "input", "entry_point", "status")
 ANCHOR_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*: ")
 RETURN_LINE = r"^return_val: "
 EXAMPLE_IDS = 5
+CHUNK_ROWS = 10_000  # rows per GX validation: what the gate holds in memory at once (rows, DataFrame, GX results)
+PARTIAL = 20       # unexpected values kept per expectation for the Data Docs (GX's SUMMARY partial_unexpected_count)
+COUNTED = 1000     # distinct unexpected values counted per expectation for the Data Docs; past that, GX shows samples
 
 DERIVED_COLUMNS = {
     "trace_is_list": "trace is a list whose items are all strings",
@@ -142,25 +168,79 @@ def _is_literal(text) -> bool:
     return True
 
 
-def derive_columns(rows: list[dict]):
-    """The trace rows as a DataFrame (a RangeIndex: GX's unexpected indexes are row numbers) plus DERIVED_COLUMNS."""
+def derive_columns(rows: list[dict], start: int = 0, dtypes: dict | None = None):
+    """Trace rows as a DataFrame plus DERIVED_COLUMNS. Its index is the rows' numbers in the table (`start`, ...), so
+    GX's unexpected indexes are row numbers. `dtypes` (a `TableScan`'s) gives the frame the table's columns, each
+    with the dtype pandas would infer for the whole table, whatever this chunk holds: GX's type checks go by dtype."""
     import pandas as pd
 
-    df = pd.DataFrame(rows, index=pd.RangeIndex(len(rows)))
-    traces = df["trace"] if "trace" in df else pd.Series([None] * len(df), dtype=object)
-    status = df["status"] if "status" in df else pd.Series([None] * len(df), dtype=object)
+    index = pd.RangeIndex(start, start + len(rows))
+    df = pd.DataFrame(rows, index=index, columns=None if dtypes is None else list(dtypes))
+    for col, dtype in (dtypes or {}).items():
+        if df[col].dtype != dtype:
+            df[col] = df[col].astype(dtype)
+    nulls = pd.Series([None] * len(df), index=index, dtype=object)
+    traces = df["trace"] if "trace" in df else nulls
+    status = df["status"] if "status" in df else nulls
     df["trace_is_list"] = [_is_str_list(t) for t in traces]
     # Int64 keeps a missing length null (so the range check leaves it to trace_is_list) instead of a float NaN.
     df["n_lines"] = pd.array([len(t) if isinstance(t, list) else None for t in traces], dtype="Int64")
-    df["non_anchor_line"] = pd.Series([_first_non_anchor(t) for t in traces], dtype=object)
-    df["last_line"] = pd.Series([_last_line(t) for t in traces], dtype=object)
-    codes = df["instrumented_code"] if "instrumented_code" in df else [None] * len(df)
+    df["non_anchor_line"] = pd.Series([_first_non_anchor(t) for t in traces], index=index, dtype=object)
+    df["last_line"] = pd.Series([_last_line(t) for t in traces], index=index, dtype=object)
+    codes = df["instrumented_code"] if "instrumented_code" in df else nulls
     df["instrumented_compiles"] = [_compiles(c) for c in codes]
-    outputs = df["output"] if "output" in df else [None] * len(df)
+    outputs = df["output"] if "output" in df else nulls
     df["output_is_literal"] = [_is_literal(o) for o in outputs]
     df["is_ok"] = [int(s == "ok") for s in status]
     df["is_nondeterministic"] = [int(s == "nondeterministic") for s in status]
     return df
+
+
+@dataclass(frozen=True)
+class TableScan:
+    n_rows: int
+    dtypes: dict  # column (in order of first appearance) -> the dtype pandas infers for it over the whole table
+
+
+class _ColumnSketch:
+    """What decides pandas' dtype inference for a column, in O(1): one value of each Python type seen (and the
+    smallest and largest int: the range picks int64/uint64/object), whether a null was seen, and in how many rows."""
+
+    def __init__(self):
+        self.samples: dict[type, Any] = {}
+        self.ints: list[int] = []
+        self.has_null = False
+        self.rows = 0
+
+    def add(self, value) -> None:
+        self.rows += 1
+        if value is None:
+            self.has_null = True
+        elif type(value) is int:
+            self.ints = [min(self.ints[0], value), max(self.ints[1], value)] if self.ints else [value, value]
+        else:
+            self.samples.setdefault(type(value), value)
+
+    def dtype(self, col: str, n_rows: int):
+        import pandas as pd
+
+        values = [*self.samples.values(), *self.ints] + [None] * self.has_null
+        rows = [{col: v} for v in values] + [{}] * (self.rows < n_rows)  # {}: a row without the key (NaN)
+        return pd.DataFrame(rows, columns=[col])[col].dtype
+
+
+def scan_table(path) -> TableScan:
+    """One streamed pass over a table: its row count, and its columns with the dtypes that one DataFrame of the whole
+    table would give them (every chunk frame is cast to these). Raises JsonlError (file:line) on a bad line."""
+    from stepcode.jsonl import read_table
+
+    sketches: dict[str, _ColumnSketch] = {}
+    n_rows = 0
+    for row in read_table(path):
+        n_rows += 1
+        for col, value in row.items():
+            sketches.setdefault(col, _ColumnSketch()).add(value)
+    return TableScan(n_rows=n_rows, dtypes={col: sk.dtype(col, n_rows) for col, sk in sketches.items()})
 
 
 # ------------------------------------------------------------------------------------------------ the suite
@@ -217,65 +297,269 @@ def build_expectations(params) -> list:
     return suite
 
 
-def _blame(name: str, df, observed, params):
-    """Rows that pull a failed rate expectation the wrong way (a boolean mask), or None for other expectations."""
-    vp, ok = params.validate_, df["is_ok"] == 1
-    if name == "ok_share":
-        return ~ok
-    if name == "nondeterministic_share":
-        return df["is_nondeterministic"] == 1
-    if name == "ok_mean_anchors" and observed is not None:
-        n = df["n_lines"].fillna(0)
-        return ok & ((n < vp.min_mean_anchors) if observed < vp.min_mean_anchors else (n > vp.max_mean_anchors))
+def _group_columns(expectation) -> list[str] | None:
+    """The columns of a uniqueness expectation (rows compare with other rows), else None (rows stand alone)."""
+    import great_expectations as gx
+
+    if isinstance(expectation, gx.expectations.ExpectColumnValuesToBeUnique):
+        return [expectation.column]
+    if isinstance(expectation, gx.expectations.ExpectCompoundColumnsToBeUnique):
+        return list(expectation.column_list)
     return None
 
 
-def _run_checkpoint(df, expectations, report_dir: Path, run_name: str):
-    """Validate `df` with a GX file context under report_dir (which also renders the Data Docs, made to render
-    offline: stepcode.data.datadocs); the suite result. `run_name` names the run in the Data Docs."""
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    from stepcode.data.datadocs import make_offline
-
-    context = gx.get_context(mode="file", project_root_dir=str(report_dir))
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # tqdm bars per metric drown the output
-    # add_or_update: a second run into the same report dir replaces the definitions and adds to the docs' history.
-    source = context.data_sources.add_or_update_pandas(name="traces")
-    batch = source.add_dataframe_asset(name=SUITE_NAME).add_batch_definition_whole_dataframe("whole_table")
-    suite = context.suites.add_or_update(gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations))
-    definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite))
-    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
-        name=SUITE_NAME, validation_definitions=[definition], actions=[UpdateDataDocsAction(name="data_docs")],
-        result_format="COMPLETE"))  # COMPLETE: unexpected_index_list, which the quarantine needs
-    result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=run_name))
-    make_offline(report_dir / DOCS_SITE, asset=f"{SUITE_NAME} ({run_name})")
-    return next(iter(result.run_results.values()))
+def _blamed(name: str, row: dict, observed, params) -> bool | None:
+    """Whether a row pulls a failed rate expectation the wrong way (non-ok rows for `ok_share`, ...); None for an
+    expectation with no such rule. The same comparisons as the derived columns it reads (is_ok, n_lines)."""
+    vp, ok = params.validate_, row.get("status") == "ok"
+    if name == "ok_share":
+        return not ok
+    if name == "nondeterministic_share":
+        return row.get("status") == "nondeterministic"
+    if name == "ok_mean_anchors" and observed is not None:
+        n = len(trace) if isinstance(trace := row.get("trace"), list) else 0
+        return ok and ((n < vp.min_mean_anchors) if observed < vp.min_mean_anchors else (n > vp.max_mean_anchors))
+    return None
 
 
-def _outcome(name: str, res, df, params) -> tuple[ExpectationOutcome, list[int]]:
-    """One expectation's outcome and the row numbers it quarantines."""
-    info = res.result or {}
-    missing = ((info.get("details") or {}).get("mismatched") or {}).get("missing")  # required_columns' finding
-    observed = {"missing": missing} if missing else _jsonable(info.get("observed_value"))
-    if "unexpected_index_list" in info:  # a column expectation: GX lists the rows (COMPLETE result format)
-        rows = sorted({int(i) for i in info["unexpected_index_list"] or []})
-        count = len(rows)
-    else:
-        mask = None if res.success else _blame(name, df, observed, params)
-        rows = [int(i) for i in df.index[mask]] if mask is not None else []
-        count = len(rows) if mask is not None else None
-    ids = []
-    for i in rows if "id" in df else []:  # distinct ids in row order; a list would not be hashable, so no set
-        if (row_id := _jsonable(df.at[i, "id"])) not in ids:
-            ids.append(row_id)
-    error = None if res.success else (res.exception_info or {}).get("exception_message")
-    return ExpectationOutcome(name=name, success=bool(res.success), unexpected_count=count,
-                              example_ids=ids[:EXAMPLE_IDS], observed=observed,
-                              error=error), rows
+def _mean_parts(expectation, df) -> tuple[int, int]:
+    """The sum and count behind a column mean over one chunk (its row condition applied, nulls dropped): integers, so
+    that the whole table's mean, sum / count, is exactly the float pandas computes from one frame."""
+    import pandas as pd
+    from great_expectations.expectations.row_conditions import Column
+
+    values = df[expectation.column]
+    if expectation.row_condition is not None:
+        if expectation.row_condition != (Column("status") == "ok"):
+            raise NotImplementedError(f"no chunked domain for row_condition {expectation.row_condition}")
+        values = values[df["is_ok"] == 1]   # derived is_ok is exactly status == "ok"
+    values = values.dropna()
+    if len(values) and not pd.api.types.is_integer_dtype(values.dtype):  # a float sum would depend on the chunks
+        raise NotImplementedError(f"no exact chunked mean of {expectation.column} ({values.dtype})")
+    return int(values.sum()), len(values)
+
+
+class _Merged:
+    """One expectation's results over the chunks, added up into the metrics GX would compute on the whole table."""
+
+    def __init__(self, expectation):
+        self.expectation = expectation
+        self.first = None   # the first chunk's result: its configuration, and the observation every chunk shares
+        self.error = None   # the first chunk result in which GX raised
+        self.is_map = False  # a column map expectation: GX listed the unexpected rows
+        self.elements = self.missing = self.unexpected = self.rows = self.total = self.count = 0
+        self.partial: list[tuple[int, Any]] = []  # (row, value): the first PARTIAL unexpected values by row
+        self.counted: Counter | None = Counter()  # unexpected value -> rows; None past COUNTED values (or unhashable)
+
+    def add(self, res, df) -> list[int]:
+        """Add one chunk's result; the rows it lists as unexpected."""
+        import great_expectations as gx
+
+        if self.first is None:
+            self.first = res
+        if _raised(res):
+            if self.error is None:
+                self.error = res
+            return []
+        info, E = res.result, gx.expectations
+        if "unexpected_index_list" in info:  # COMPLETE: every unexpected row of the chunk
+            self.is_map = True
+            self.elements += info["element_count"]
+            self.missing += info.get("missing_count") or 0
+            self.unexpected += info["unexpected_count"]
+            rows = [int(i) for i in info["unexpected_index_list"]]
+            values = info.get("unexpected_list") or [None] * len(rows)
+            pairs = [*self.partial, *zip(rows, values, strict=False)]
+            self.partial = heapq.nsmallest(PARTIAL, pairs, key=itemgetter(0))
+            self._count(values)
+            return rows
+        if isinstance(self.expectation, E.ExpectTableRowCountToBeBetween):
+            self.rows += info["observed_value"]
+        elif isinstance(self.expectation, E.ExpectColumnMeanToBeBetween):
+            total, count = _mean_parts(self.expectation, df)
+            self.total, self.count = self.total + total, self.count + count
+        elif not isinstance(self.expectation, (E.ExpectTableColumnsToMatchSet, E.ExpectColumnValuesToBeOfType)):
+            raise NotImplementedError(f"cannot add up chunk results of {type(self.expectation).__name__}")
+        return []
+
+    def _count(self, values: list) -> None:
+        if self.counted is None:
+            return
+        try:  # GX counts a multicolumn value (a dict) as the tuple of its values
+            self.counted.update(tuple(v.values()) if isinstance(v, dict) else v for v in values)
+        except TypeError:
+            self.counted = None
+            return
+        if len(self.counted) > COUNTED:
+            self.counted = None
+
+    def result(self, frame_columns: dict, engine):
+        """The whole table's result: GX's own rule (the expectation's `_validate`) applied to the added-up metrics
+        (a SUMMARY result: counts, percentages, the first PARTIAL unexpected values)."""
+        from great_expectations.core import ExpectationValidationResult
+        from great_expectations.validator.exception_info import ExceptionInfo
+
+        if self.error is not None:
+            return self.error
+        metric = getattr(self.expectation, "map_metric", None)
+        metrics = {"table.columns": list(frame_columns),
+                   "table.column_types": [{"name": c, "type": t} for c, t in frame_columns.items()]}
+        if self.is_map:
+            metrics |= {"table.row_count": self.elements, "column_values.nonnull.unexpected_count": self.missing,
+                        f"{metric}.unexpected_count": self.unexpected,
+                        f"{metric}.filtered_row_count": self.elements - self.missing,
+                        f"{metric}.unexpected_values": [v for _, v in self.partial],
+                        f"{metric}.unexpected_index_list": [i for i, _ in self.partial]}
+        else:
+            metrics |= {"table.row_count": self.rows, "column.mean": self.total / self.count if self.count else None}
+        try:
+            raw = self.expectation._validate(metrics, runtime_configuration={"result_format": "SUMMARY"},
+                                             execution_engine=engine)
+        except Exception as err:  # as GX's validator does: the expectation fails, with the error
+            return ExpectationValidationResult(
+                success=False, expectation_config=self.first.expectation_config,
+                exception_info=ExceptionInfo(exception_traceback=traceback.format_exc(), exception_message=str(err)))
+        counts = (raw.get("result") or {}).get("partial_unexpected_counts")
+        if counts is not None and self.counted is not None:  # GX counted the PARTIAL values given; these are all
+            with contextlib.suppress(TypeError):  # GX's order: most common first, then by value
+                raw["result"]["partial_unexpected_counts"] = [
+                    {"value": v, "count": n} for v, n in sorted(self.counted.most_common(PARTIAL),
+                                                                key=lambda x: (-x[1], x[0]))]
+        return ExpectationValidationResult(success=bool(raw["success"]), result=raw.get("result") or {},
+                                           expectation_config=self.first.expectation_config,
+                                           exception_info=self.first.exception_info, meta=self.first.meta)
+
+
+class _Spill:
+    """A temporary SQLite file: the rows each expectation flags, and the values of the uniqueness expectations'
+    columns, handed back sorted by a hash of the value (equal values are adjacent). Disk, not memory."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE flags (row INTEGER, pos INTEGER)")
+        self.db.execute("CREATE TABLE keys (pos INTEGER, key INTEGER, row INTEGER, value TEXT)")
+
+    def flag(self, pos: int, rows: Iterable[int]) -> None:
+        self.db.executemany("INSERT INTO flags VALUES (?, ?)", ((r, pos) for r in rows))
+
+    def flags(self) -> Iterator[tuple[int, int]]:
+        """(row, expectation position), by row."""
+        return iter(self.db.execute("SELECT DISTINCT row, pos FROM flags ORDER BY row, pos"))
+
+    def keep(self, pos: int, start: int, rows: list[dict], columns: list[str]) -> None:
+        def key(i: int, values: list):
+            if all(_is_null(v) for v in values):
+                return i  # ignored by GX: any group will do
+            return hash(tuple(None if _is_null(v) else _hashable(v) for v in values))
+
+        self.db.executemany("INSERT INTO keys VALUES (?, ?, ?, ?)", (
+            (pos, key(start + k, values), start + k, json.dumps(values))
+            for k, values in enumerate([row.get(c) for c in columns] for row in rows)))
+
+    def groups(self, pos: int, chunk_rows: int) -> Iterator[list[tuple[int, list]]]:
+        """[(row, values)] chunks of about chunk_rows rows, never splitting rows whose values hash alike."""
+        chunk, last = [], None
+        for key, row, value in self.db.execute(
+                "SELECT key, row, value FROM keys WHERE pos = ? ORDER BY key, row", (pos,)):
+            if len(chunk) >= chunk_rows and key != last:
+                yield chunk
+                chunk = []
+            chunk.append((row, json.loads(value)))
+            last = key
+        yield chunk  # at least one, perhaps empty: GX runs on an empty table too
+
+
+def _group_frame(group: list[tuple[int, list]], columns: list[str], dtypes: dict):
+    """A uniqueness expectation's chunk: the values of its columns (those the table has), indexed by row number."""
+    import pandas as pd
+
+    index = pd.Index([row for row, _ in group], dtype="int64")
+    return pd.DataFrame({col: pd.Series([values[k] for _, values in group], index=index, dtype=object).astype(
+        dtypes[col]) for k, col in enumerate(columns) if col in dtypes}, index=index)
+
+
+def _raised(res) -> bool:
+    """GX raised while evaluating this result (a missing column, say): it has no result to add up."""
+    return bool((res.exception_info or {}).get("raised_exception")) or not res.result
+
+
+def _is_null(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _hashable(value):
+    """A hashable stand-in with Python's equality (lists as tuples, dicts as sorted items): equal values, one hash."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _chunks(rows: Iterable[dict], size: int) -> Iterator[tuple[int, list[dict]]]:
+    """(start, rows) of at most `size` rows; at least one chunk, perhaps empty."""
+    chunk, start = [], 0
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield start, chunk
+            chunk, start = [], start + size
+    if chunk or start == 0:
+        yield start, chunk
+
+
+class _Gx:
+    """A GX file context under report_dir: validates chunk frames (no store, no docs), then stores the merged result
+    of the whole table and renders the Data Docs (made to render offline: stepcode.data.datadocs)."""
+
+    def __init__(self, report_dir: Path, expectations: list):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.report_dir = report_dir
+        self.context = gx.get_context(mode="file", project_root_dir=str(report_dir))
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)  # tqdm bars per metric drown output
+        # add_or_update: a second run into the same report dir replaces the definitions and adds to the docs' history.
+        source = self.context.data_sources.add_or_update_pandas(name="traces")
+        self.batches = source.add_dataframe_asset(name=SUITE_NAME).add_batch_definition_whole_dataframe("whole_table")
+        self.context.suites.add_or_update(gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations))
+
+    def validate(self, df, expectations: list):
+        """One chunk: GX's results in COMPLETE format (unexpected_index_list: the rows to quarantine)."""
+        import great_expectations as gx
+
+        suite = gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
+        return self.batches.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format="COMPLETE")
+
+    def publish(self, results: list, meta: dict, batch_id: str, run_name: str):
+        """Store the whole table's suite result as this run's (`meta`, `batch_id`: a chunk's) and rebuild the Data
+        Docs; the stored result."""
+        from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
+        from great_expectations.core import ExpectationSuiteValidationResult
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+        from great_expectations.validator.validation_statistics import calc_validation_statistics
+
+        from stepcode.data.datadocs import make_offline
+
+        stats = calc_validation_statistics(results)
+        run_id = RunIdentifier(run_name=run_name)
+        suite_result = ExpectationSuiteValidationResult(
+            success=stats.success, results=results, suite_name=SUITE_NAME, batch_id=batch_id,
+            statistics={k: getattr(stats, k) for k in ("evaluated_expectations", "successful_expectations",
+                                                        "unsuccessful_expectations", "success_percent")},
+            meta={**meta, "run_id": run_id, "validation_time": run_id.run_time,
+                  "batch_parameters": {"dataframe": DATAFRAME_REPLACEMENT_STR}})
+        suite_id = ExpectationSuiteIdentifier(name=SUITE_NAME)
+        key = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id,
+                                         batch_identifier=batch_id)
+        self.context.validation_results_store.store_validation_results(suite_result, key, suite_id)
+        self.context.build_data_docs(resource_identifiers=[key, suite_id])  # what UpdateDataDocsAction does
+        make_offline(self.report_dir / DOCS_SITE, asset=f"{SUITE_NAME} ({run_name})")
+        return suite_result
 
 
 def _jsonable(value):
@@ -291,39 +575,57 @@ def _jsonable(value):
     return value
 
 
-def validate_traces(traces_path, report_dir, params) -> GateResult:
-    """The `validate` stage: run the suite on a trace JSONL, write the report dir, return the outcome."""
-    from stepcode.jsonl import read_jsonl, write_jsonl
+def _cell(value, dtype):
+    """`value` as a frame with this column dtype holds it (an int in a float64 column reads 1.0), as JSON."""
+    import pandas as pd
 
-    rows = list(read_jsonl(traces_path))  # CorpusError names file:line for a line that is not a JSON object
+    return _jsonable(pd.Series([value], dtype=dtype).iloc[0])
+
+
+def validate_traces(traces_path, report_dir, params, *, chunk_rows: int = CHUNK_ROWS) -> GateResult:
+    """The `validate` stage: run the suite on a trace table (a JSONL file or a folder of part files), `chunk_rows` rows
+    at a time, write the report dir, return the outcome."""
+    from stepcode.jsonl import read_table, write_jsonl
+
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+    scan = scan_table(traces_path)  # JsonlError names file:line for a line that is not a JSON object
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    df = derive_columns(rows)
-    with warnings.catch_warnings():
+    quarantine_path = report_dir / "quarantine.jsonl"
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(dir=report_dir, prefix=".gate-") as tmp:
         # GX 1.24 imports the deprecated `sre_parse`/`sre_constants`: a warning about GX's own code, not about the
         # data, so only deprecations raised from GX modules are silenced.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"great_expectations\.")
         expectations = build_expectations(params)
-        suite_result = _run_checkpoint(df, expectations, report_dir, run_name=Path(traces_path).name)
+        names = [e.meta["name"] for e in expectations]
+        spill = _Spill(Path(tmp) / "gate.sqlite")
+        with contextlib.closing(spill.db):
+            gx_ = _Gx(report_dir, build_expectations(params))  # its own copies: the stored suite takes them over
+            merged, suite_result = _run_suite(traces_path, scan, expectations, gx_, spill, chunk_rows)
+            results = suite_result.results
+            observed = [_jsonable((res.result or {}).get("observed_value")) for res in results]
+            blame = {pos: observed[pos] for pos, (name, res) in enumerate(zip(names, results))
+                     if not res.success and _blamed(name, {}, observed[pos], params) is not None}
+            errored = {pos for pos, res in enumerate(results) if _raised(res)}  # no row to blame
+            quarantine = _Quarantine(names, blame, errored, scan.dtypes.get("id"), params)
+            write_jsonl(quarantine_path, quarantine.rows(read_table(traces_path), spill.flags()))
 
-    by_name = {res.expectation_config.meta["name"]: res for res in suite_result.results}
-    outcomes, reasons = [], [[] for _ in rows]
-    for expectation in expectations:  # suite order; GX returns results grouped its own way
-        name = expectation.meta["name"]
-        outcome, bad_rows = _outcome(name, by_name[name], df, params)
-        outcomes.append(outcome)
-        for i in bad_rows:
-            reasons[i].append(name)
-
-    quarantine = [dict(row, failed_expectations=why) for row, why in zip(rows, reasons) if why]
-    quarantine_path = report_dir / "quarantine.jsonl"
-    write_jsonl(quarantine_path, quarantine)
+    outcomes = []
+    for pos, (name, res) in enumerate(zip(names, results)):
+        info = res.result or {}
+        missing = ((info.get("details") or {}).get("mismatched") or {}).get("missing")  # required_columns' finding
+        row_based = (merged[pos].is_map and pos not in errored) or pos in blame
+        outcomes.append(ExpectationOutcome(
+            name=name, success=bool(res.success), unexpected_count=quarantine.counts[name] if row_based else None,
+            example_ids=quarantine.examples[name], observed={"missing": missing} if missing else observed[pos],
+            error=None if res.success else (res.exception_info or {}).get("exception_message")))
     failed = [o for o in outcomes if not o.success]
-    result = GateResult(success=not failed, n_rows=len(rows), failed=failed,
-                        outcomes=outcomes, n_quarantined=len(quarantine), quarantine_path=quarantine_path,
+    result = GateResult(success=not failed, n_rows=scan.n_rows, failed=failed,
+                        outcomes=outcomes, n_quarantined=quarantine.n_rows, quarantine_path=quarantine_path,
                         report_path=report_dir / DOCS_SITE / "index.html",
                         summary_path=report_dir / "summary.json")
-    summary = {"success": result.success, "n_rows": len(rows), "n_quarantined": len(quarantine),
+    summary = {"success": result.success, "n_rows": scan.n_rows, "n_quarantined": quarantine.n_rows,
                "statistics": {k: _jsonable(v) for k, v in suite_result.statistics.items()},
                "expectations": [asdict(o) for o in outcomes],
                # paths relative to this report's folder: the summary is tracked (git, dvc.lock), so it must read
@@ -331,3 +633,71 @@ def validate_traces(traces_path, report_dir, params) -> GateResult:
                "quarantine": quarantine_path.name, "report": result.report_path.relative_to(report_dir).as_posix()}
     result.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _run_suite(traces_path, scan: TableScan, expectations: list, gx_: _Gx, spill: _Spill, chunk_rows: int):
+    """Validate the table chunk by chunk (then the uniqueness expectations on chunks of rows sharing values), store
+    the whole table's result and render the Data Docs: ([_Merged per expectation], the suite result)."""
+    from great_expectations.execution_engine import PandasExecutionEngine
+
+    from stepcode.jsonl import read_table
+
+    names = [e.meta["name"] for e in expectations]
+    merged = [_Merged(e) for e in expectations]
+    grouped = {pos: cols for pos, e in enumerate(expectations) if (cols := _group_columns(e)) is not None}
+    per_row = [e for pos, e in enumerate(expectations) if pos not in grouped]
+    for start, rows in _chunks(read_table(traces_path), chunk_rows):
+        df = derive_columns(rows, start, scan.dtypes)
+        frame_columns = dict(df.dtypes)  # the same for every chunk
+        chunk_result = gx_.validate(df, per_row)
+        for res in chunk_result.results:  # GX returns results grouped its own way
+            pos = names.index(res.expectation_config.meta["name"])
+            spill.flag(pos, merged[pos].add(res, df))
+        for pos, cols in grouped.items():
+            spill.keep(pos, start, rows, cols)
+        batch = (chunk_result.meta, chunk_result.batch_id)
+        del rows, df, chunk_result  # before the next chunk is read: one chunk at a time
+    for pos, cols in grouped.items():
+        for group in spill.groups(pos, chunk_rows):
+            df = _group_frame(group, cols, scan.dtypes)
+            (res,) = gx_.validate(df, [expectations[pos]]).results
+            spill.flag(pos, merged[pos].add(res, df))
+            del group, df, res
+    engine = PandasExecutionEngine()
+    results = [m.result(frame_columns, engine) for m in merged]
+    return merged, gx_.publish(results, *batch, run_name=Path(traces_path).name)
+
+
+class _Quarantine:
+    """The last pass: every row some expectation flagged (or a failed rate blames), with `failed_expectations` in
+    suite order; it counts them per expectation and keeps the first EXAMPLE_IDS distinct ids of each."""
+
+    def __init__(self, names: list[str], blame: dict, errored: set, id_dtype, params):
+        self.names, self.blame, self.errored, self.id_dtype, self.params = names, blame, errored, id_dtype, params
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list] = {name: [] for name in names}
+        self.n_rows = 0
+
+    def rows(self, table: Iterable[dict], flags: Iterator[tuple[int, int]]) -> Iterator[dict]:
+        flag = next(flags, None)
+        for i, row in enumerate(table):
+            hit = set()
+            while flag is not None and flag[0] == i:  # both in row order
+                if flag[1] not in self.errored:  # GX raised for that expectation: it flags no row
+                    hit.add(flag[1])
+                flag = next(flags, None)
+            hit |= {pos for pos, observed in self.blame.items()
+                    if _blamed(self.names[pos], row, observed, self.params)}
+            if hit:
+                why = [self.names[pos] for pos in sorted(hit)]
+                self._note(row, why)
+                yield dict(row, failed_expectations=why)
+
+    def _note(self, row: dict, why: list[str]) -> None:
+        self.n_rows += 1
+        for name in why:
+            self.counts[name] += 1
+            ids = self.examples[name]
+            if self.id_dtype is not None and len(ids) < EXAMPLE_IDS:
+                if (row_id := _cell(row.get("id"), self.id_dtype)) not in ids:  # a list id is not hashable
+                    ids.append(row_id)

@@ -83,7 +83,7 @@ def score_file(benchmark_name: str, task: str, generations_path, out_path, param
     """The `score` stage: a generations file in, the official result file out (when out_path is given).
     `Unsupported` for a benchmark without the "score" capability (before anything is read)."""
     from stepcode.evals.benchmark import SCORE
-    from stepcode.evals.scoring import score
+    from stepcode.evals.scoring import score_generations
 
     bench = get_benchmark(benchmark_name)
     bench.require(SCORE)
@@ -92,11 +92,8 @@ def score_file(benchmark_name: str, task: str, generations_path, out_path, param
         generations = json.loads(Path(generations_path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{generations_path}: not JSON: {e}") from None
-    problems = bench.load_problems(params)
-    generations = extract_all(benchmark_name, task, generations, extract)
-    result = score(bench.scoring_adapter(task), problems, generations, skip_rule=skip_rule, samples=samples,
-                   params=params, hash_seed=params.evaluate.hash_seed, timeout=params.evaluate.check_timeout_s,
-                   progress=progress)
+    result = score_generations(benchmark_name, task, bench.load_problems(params), generations, params,
+                               skip_rule=skip_rule, samples=samples, extract=extract, progress=progress)
     if out_path is not None:
         write_json(out_path, bench.official_export(result))
     return result

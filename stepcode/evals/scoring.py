@@ -158,3 +158,25 @@ def result_from_verdicts(generations: Mapping[str, list[str]], verdicts: Mapping
     return {"raw_generations": dict(generations), "raw_scored_generations": scored,
             "pass_at_1": mean_pass_at_k(lists, 1), "pass_at_5": mean_pass_at_k(lists, 5),
             "skip_rule": skip_rule, "verdicts": dict(verdicts)}
+
+
+def score_generations(benchmark_name: str, task: str, problems: Sequence[dict], generations, params, *,
+                      skip_rule: str | None = None, samples: Sequence[str] | None = None, extract: str = "none",
+                      progress: bool = False) -> dict:
+    """One generations file's content (already parsed), scored against `problems` (already loaded): what
+    `stepcode.evals.score_file` does between reading its input and writing its output, with no file and no path, so
+    a task can run it on any machine (`flows/score.py`: one task per file, the problems loaded once by the flow).
+    Same result as `score_file` on that file: the benchmark's adapter, `extract_all`, the params' hash seed and
+    check timeout."""
+    from stepcode.evals import extract_all, get_benchmark
+    from stepcode.evals.benchmark import SCORE
+
+    bench = get_benchmark(benchmark_name)
+    bench.require(SCORE)
+    bench.check_task(task)
+    if not isinstance(generations, Mapping):
+        raise ValueError("generations must be a JSON object {\"sample_<k>\": [prediction, ...]}")
+    generations = extract_all(benchmark_name, task, generations, extract)
+    return score(bench.scoring_adapter(task), problems, generations, skip_rule=skip_rule, samples=samples,
+                 params=params, hash_seed=params.evaluate.hash_seed, timeout=params.evaluate.check_timeout_s,
+                 progress=progress)

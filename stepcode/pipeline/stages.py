@@ -52,17 +52,18 @@ NOTES = {
 
 def trace(params, programs: str | Path, out: str | Path, *, workers: int | None = None, progress: bool = True,
           skip_bad: bool = False, rejects_path: str | Path | None = None) -> dict:
-    """Instrument and trace a corpus (a JSONL file or a directory of them) into `out`. Returns the summary (counts
-    per status, seconds, programs/s). `skip_bad`: malformed rows go to `rejects_path` instead of failing the stage.
+    """Instrument and trace a corpus (a JSONL file or a directory of them) into `out`: a folder of part files, or one
+    JSONL file when `out` ends in `.jsonl`. Returns the summary (counts per status, seconds, programs/s). `skip_bad`:
+    malformed rows go to `rejects_path` instead of failing the stage.
 
-    The input is read before the run starts, so a malformed corpus fails without leaving a FAILED run behind."""
-    from stepcode.data.traces import read_input, trace_to_file
+    The input is checked before the run starts, so a malformed corpus fails without leaving a FAILED run behind."""
+    from stepcode.data.traces import open_corpus, trace_to_file
 
-    rows = read_input(programs, skip_bad=skip_bad, rejects_path=rejects_path)
+    rows, total, preload = open_corpus(programs, skip_bad=skip_bad, rejects_path=rejects_path)
     with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(out)},
                    stage_params={**_flat("trace", params.trace), **_flat("sandbox", params.sandbox)},
                    description=NOTES["trace"]) as mlflow:
-        summary = trace_to_file(rows, out, params, workers=workers, progress=progress)
+        summary = trace_to_file(rows, out, params, workers=workers, progress=progress, total=total, preload=preload)
         if mlflow is not None:
             mlflow.log_metrics({"rows": summary["total"], "programs_per_s": summary["programs_per_s"] or 0,
                                 **{f"status.{k}": v for k, v in summary["by_status"].items()}})
@@ -79,9 +80,9 @@ def trace_merged(params, programs: str | Path, traces: str | Path, *, batches: i
     import time
 
     from stepcode.data.traces import summarize
-    from stepcode.jsonl import read_jsonl
+    from stepcode.jsonl import read_table
 
-    summary = dict(summarize(read_jsonl(traces)), batches=batches)
+    summary = dict(summarize(read_table(traces)), batches=batches)
     with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(traces)},
                    stage_params={**_flat("trace", params.trace), **_flat("sandbox", params.sandbox)},
                    started=started, description=NOTES["trace"]) as mlflow:
@@ -180,14 +181,20 @@ def _profile(params, name: str | None, track: bool):
 
 def init_model(params, profile_name: str | None, corpus: str | Path, out: str | Path) -> Path:
     """Build the embedded tiny model (tokenizer trained on the corpus) for profiles that name a tiny size."""
-    from stepcode.jsonl import read_jsonl
+    from stepcode.jsonl import read_table
     from stepcode.training.models import build_tiny_model, corpus_texts
 
     profile = params.train.get(profile_name)
     with stage_run("init-model", params, inputs={"corpus": str(corpus)},
                    stage_params={"size": profile.model_size, "seed": profile.seed}, description=NOTES["init-model"]):
-        rows = [r for r in read_jsonl(corpus) if profile.sources is None or r.get("source") in profile.sources]
+        rows = of_sources(read_table(corpus), profile.sources)
         return build_tiny_model(out, corpus_texts(rows), size=profile.model_size, seed=profile.seed)
+
+
+def of_sources(rows, sources) -> list[dict]:
+    """The rows of a profile's program sources (`sources` None: all): what its tokenizer is trained on, whether the
+    flow or `stepcode train init-model` (dvc.yaml's init_model) builds the model, so both build the same one."""
+    return [r for r in rows if sources is None or r.get("source") in sources]
 
 
 def sft(params, profile_name: str | None, model: str | Path, data: str | Path, out: str | Path, *,

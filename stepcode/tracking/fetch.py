@@ -3,7 +3,7 @@
     stepcode lineage fetch RUN_ID [--role traces] -o DIR
 
 A run's datasets are its `dvc.md5.<role>` tags (a pipeline run: its stage runs', as `<stage>.<role>`). Each distinct
-md5 is restored once, under the name the data had (`DIR/traces.jsonl`, `DIR/dataset/`, `DIR/sft/`), through
+md5 is restored once, under the name the data had (`DIR/traces/`, `DIR/dataset/`, `DIR/sft/`), through
 `stepcode.tracking.dvcremote.restore` (remote -> cache -> DIR, md5 recomputed), so later runs that overwrote the
 working copies change nothing.
 """

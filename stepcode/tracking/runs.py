@@ -41,7 +41,7 @@ class Logged:
 
     @property
     def name(self) -> str:
-        """What to call it on disk: the base name of the path it had (`traces.jsonl`, `sft`), else the role."""
+        """What to call it on disk: the base name of the path it had (`traces`, `sft`), else the role."""
         return Path(self.path).name if self.path else self.role
 
 

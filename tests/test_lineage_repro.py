@@ -110,9 +110,10 @@ def two_runs(project, mlflow_store):
     assert "dvc       pushed to remote local" in first.stdout, first.stdout[-3000:]
     assert "(clean tree)" in first.stdout
     p = yaml.safe_load((d / "params.yaml").read_text())
-    p["trace"]["max_lines"] = 4                          # fewer traces pass: new traces, datasets, models
+    p["trace"]["max_lines"] = 4                          # fewer traces pass: new traces and datasets
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    second = _stepcode(d, "pipeline", "--profile", "micro")
+    # the data stages are what this test compares, fetches and reproduces; training again would only cost time
+    second = _stepcode(d, "pipeline", "--profile", "micro", "--stop-after", "build")
     assert "uncommitted changes (params.yaml; logged with the run" in second.stdout, second.stdout[-3000:]
     runs = _pipeline_runs()
     assert len(runs) == 2
@@ -136,17 +137,19 @@ def _remote_holds_every_logged_digest(project, two_runs):
         tags = client.get_run(run.info.run_id).data.tags
         assert tags["dvc.pushed"] == "pushed" and "dvc.remote.missing" not in tags
         lock = json.loads(artifact_text(client, run.info.run_id, "lineage/dvc.lock.json"))
-        assert list(lock) == ["trace", "validate", "build", "init_model", "sft", "grpo", "evaluate"]
+        assert list(lock) == ["trace", "validate", "build"] + (
+            ["init_model", "sft", "grpo", "evaluate"] if run is run1 else [])
         params = yaml.safe_load(artifact_text(client, run.info.run_id, "lineage/params.yaml"))
         assert params["trace"]["max_lines"] == (10 if run is run1 else 4)
         rows = json.loads(artifact_text(client, run.info.run_id, "lineage/datasets.json"))
         assert rows and all(r["on_remote"] for r in rows)
         logged = logged_datasets(client, run)
-        assert {"trace.traces", "build.dataset", "sft.model", "grpo.model"} <= set(logged)
+        assert {"trace.traces", "build.dataset"} | ({"sft.model", "grpo.model"} if run is run1 else set()) <= set(
+            logged)
         digests |= {d.md5 for d in logged.values()}
         assert lock["build"]["outs"][0]["md5"] == logged["build.dataset"].md5
     assert dvcremote.absent(project, digests) == set()   # asked of the remote itself, not of what the runs say
-    assert "Data and pipelines are up to date" in _dvc(project, "status").stdout
+    assert "Data and pipelines are up to date" in _dvc(project, "status", "trace", "validate", "build").stdout
     assert _run(["git", "status", "--porcelain", "dvc-storage"], project).stdout == ""
 
 

@@ -366,6 +366,12 @@ def _stepcode() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "stepcode.cli"]
 
 
+def _as_a_foreground_job() -> None:
+    """SIGINT as a terminal's foreground job has it: a test run started in the background without job control (`cmd &`
+    in a script) inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def private_tmp():
     """A TMPDIR of this test's own (the sandbox's children must traverse it: 0711, directly under /tmp), so the
@@ -389,7 +395,8 @@ def test_a_signal_during_trace_is_one_line_cleans_up_and_loses_nothing(tmp_path,
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([*_stepcode(), "trace", "in.jsonl", "-o", "out.jsonl", "--workers", "1", "--no-track"],
                             cwd=tmp_path, env=dict(env, TMPDIR=str(private_tmp), COLUMNS="80"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_as_a_foreground_job)
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")))
     reader.start()

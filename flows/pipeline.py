@@ -251,6 +251,7 @@ def _batches(programs: Path, work: str, size: int) -> list[str]:
 
     from flows.runners import read_bytes, remove_stale, url_md5, write_bytes
     from stepcode.data.traces import iter_corpus
+    from stepcode.jsonl import jsonl_line
 
     rows = iter_corpus(programs)
     urls = []
@@ -259,7 +260,7 @@ def _batches(programs: Path, work: str, size: int) -> list[str]:
         if not chunk:
             break
         url = f"{work}/{_part_in(k)}"
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk).encode("utf-8", "backslashreplace")
+        data = b"".join(jsonl_line(r) for r in chunk)
         if url_md5(url) is None or read_bytes(url) != data:
             write_bytes(url, data)
         urls.append(url)

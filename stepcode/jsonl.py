@@ -67,7 +67,12 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
     an existing `path` is left untouched."""
     with atomic_file(path) as fh:
         for row in rows:
-            fh.write(_utf8(json.dumps(row, ensure_ascii=False) + "\n"))
+            fh.write(jsonl_line(row))
+
+
+def jsonl_line(row: dict) -> bytes:
+    """One row as a JSONL line, the bytes `write_jsonl` writes (for writers that stream into their own file)."""
+    return _utf8(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -226,7 +226,7 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:   # on an error every temp file goes, and no output file is replaced
-        from stepcode.jsonl import atomic_file
+        from stepcode.jsonl import atomic_file, jsonl_line
 
         sinks = {name: stack.enter_context(atomic_file(out / f"{name}.jsonl")) for name in SPLITS}
         pathed = stack.enter_context(contextlib.closing(pathed))   # closed first: the sandbox stops before commit
@@ -245,7 +245,7 @@ def build_dataset(traces_path, out_dir, params, *, benchmarks: Mapping[str, str 
                     example = {**sft_row, "source": rl_row["source"], "gold_trace": rl_row["gold_trace"]}
                 else:
                     example = rl_row
-                sinks[split].write(_jsonl_line(example))
+                sinks[split].write(jsonl_line(example))
                 files[split] += 1
             if made:
                 splits[split] += 1
@@ -373,11 +373,6 @@ def _with_paths(rows: Iterable[dict], narrated, params, preload: tuple[str, ...]
             results.close()   # first: its pool's threads stop before the servers go
     finally:
         sandbox.close()
-
-
-def _jsonl_line(row: dict) -> bytes:
-    """One JSONL line, encoded as `stepcode.jsonl.write_jsonl` writes it (a lone surrogate backslash-escaped)."""
-    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 def build_metrics(stats: dict) -> dict:

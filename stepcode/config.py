@@ -91,6 +91,12 @@ class TrackingParams(_Section):
                                  "nvidia-ml-py) as system/* metrics while they run, sampled every 2 s")
     dvc_push: bool = Field(True, description="the pipeline pushes what it records in DVC to the default remote, so "
                            "`stepcode lineage fetch` gets any run's data back; off: cache + dvc.lock only")
+    log_in_background: bool = Field(True, description="a data stage started alone (stepcode trace/validate/build, "
+                                    "dvc repro) records its run to pending_dir and a background process logs it to "
+                                    "MLflow after the command exits (seconds later), so MLflow's ~4 s import is not "
+                                    "in front of the work; off: log inline")
+    pending_dir: str = Field(".stepcode/pending-runs", description="recorded runs not yet logged to MLflow "
+                             "(relative: to the cwd); any command that opens the store logs them first")
 
 
 class OrchestrationParams(_Section):

@@ -2,6 +2,7 @@
 
     stepcode lineage fetch RUN_ID [--role traces] -o DIR      # the exact bytes a run logged, from the DVC remote
     stepcode reproduce RUN_ID [--stop-after build] [--keep]   # rerun it at its commit with its params; compare md5s
+    stepcode lineage sync                                     # log the runs still pending (stepcode.tracking.pending)
 
 Run them from the project folder (its DVC cache and remote, its MLflow store: params tracking.uri, or
 MLFLOW_TRACKING_URI). Exit codes: 0 done (reproduce: every output identical); 1 reproduce: some output differs;
@@ -26,8 +27,11 @@ DVC_STAGES = tuple(BY_NAME)
 def open_store(params):
     """Point MLflow at the project's store (env MLFLOW_TRACKING_URI wins); a one-line error when the default sqlite
     file is not there (no runs: not the project folder). Returns an MlflowClient."""
+    from stepcode.tracking import pending
+
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
+            and not pending.records(pending.pending_dir(params))):
         fail(f"no MLflow store at {uri}, so no runs: run from the project root, or set MLFLOW_TRACKING_URI "
              "(params: tracking.uri)")
     from mlflow.tracking import MlflowClient
@@ -104,8 +108,31 @@ def reproduce(run_id: str = typer.Argument(..., help="an MLflow pipeline run id 
     raise typer.Exit(1)
 
 
+def lineage_sync(params_path: Path = ParamsOpt):
+    """Log to MLflow the runs that stages started alone recorded (params tracking.pending_dir) and the background
+    logger has not logged yet; waits for a logger at work. Exit 1 if a record could not be logged (it stays)."""
+    from stepcode.tracking import pending
+
+    params = load_params(params_path)
+    folder = pending.pending_dir(params)
+    if not pending.records(folder):
+        typer.echo(f"nothing pending in {folder}")
+        return
+    out = pending.flush(folder)
+    if not out["logged"] and not out["running"] and not out["failed"]:
+        typer.echo(f"nothing left pending in {folder} (the background logger logged it)")
+        return
+    typer.echo(f"logged {len(out['logged'])} run(s): {' '.join(out['logged']) or '-'}"
+               + (f"; {out['running']} still running (their commands have not ended)" if out["running"] else ""))
+    for name, reason in out["failed"].items():
+        typer.echo(f"not logged: {folder / name}: {reason}", err=True)
+    if out["failed"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     lineage = typer.Typer(help="A run's lineage: get back the data it logged.", no_args_is_help=True)
     app.add_typer(lineage, name="lineage")
     lineage.command("fetch")(lineage_fetch)
+    lineage.command("sync")(lineage_sync)
     app.command("reproduce")(reproduce)

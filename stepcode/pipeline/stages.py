@@ -62,7 +62,7 @@ def trace(params, programs: str | Path, out: str | Path, *, workers: int | None 
     rows, total, preload = open_corpus(programs, skip_bad=skip_bad, rejects_path=rejects_path)
     with stage_run("trace", params, inputs={"programs": str(programs)}, outputs={"traces": str(out)},
                    stage_params={**_flat("trace", params.trace), **_flat("sandbox", params.sandbox)},
-                   description=NOTES["trace"]) as mlflow:
+                   description=NOTES["trace"], deferrable=True) as mlflow:
         summary = trace_to_file(rows, out, params, workers=workers, progress=progress, total=total, preload=preload)
         if mlflow is not None:
             mlflow.log_metrics({"rows": summary["total"], "programs_per_s": summary["programs_per_s"] or 0,
@@ -103,7 +103,8 @@ def validate(params, traces: str | Path, report_dir: str | Path):
     from stepcode.data.validation import validate_traces
 
     with stage_run("validate", params, inputs={"traces": str(traces)},
-                   stage_params=_flat("validate", params.validate_), description=NOTES["validate"]) as mlflow:
+                   stage_params=_flat("validate", params.validate_), description=NOTES["validate"],
+                   deferrable=True) as mlflow:
         result = validate_traces(traces, report_dir, params)
         if mlflow is not None:
             mlflow.log_metrics({"gate.success": float(result.success), "gate.rows": result.n_rows,
@@ -145,7 +146,8 @@ def build(params, traces: str | Path, out_dir: str | Path) -> dict:
 
     out_dir = Path(out_dir)
     with stage_run("build", params, inputs={"traces": str(traces)}, outputs={"dataset": str(out_dir)},
-                   stage_params=_flat("build", params.build), description=NOTES["build"]) as mlflow:
+                   stage_params=_flat("build", params.build), description=NOTES["build"],
+                   deferrable=True) as mlflow:
         stats = build_dataset(traces, out_dir, params, benchmarks=decontamination_sources(params.build))
         if mlflow is not None:
             mlflow.log_metrics({k: v for k, v in _numbers(stats).items()})

@@ -152,39 +152,55 @@ def is_server(uri: str) -> bool:
 def configure(params):
     """Point MLflow at the configured store and experiment (env MLFLOW_TRACKING_URI wins). Returns the module.
 
-    A missing experiment is created with the description and, for a local store only, the artifact location
-    `tracking.artifact_root`; a tracking server's experiment gets none, so the server's artifact store holds the
-    artifacts of every user (a location given here would be this machine's folder, written by this client alone)."""
+    First logs the runs that stages started alone recorded and a background process has not logged yet
+    (`stepcode.tracking.pending`), so whoever reads the store next sees them. A missing experiment is created with
+    the description and, for a local store only, the artifact location `tracking.artifact_root`; a tracking
+    server's experiment gets none, so the server's artifact store holds the artifacts of every user (a location
+    given here would be this machine's folder, written by this client alone)."""
+    from stepcode.tracking import pending
+
+    t = params.tracking
+    left = pending.flush(pending.pending_dir(params))     # first: a background logger may be creating the store
+    if left["failed"]:
+        warnings.warn(f"{len(left['failed'])} recorded run(s) could not be logged to MLflow and stay in "
+                      f"{pending.pending_dir(params)}: {next(iter(left['failed'].values()))}", stacklevel=2)
+    return configure_store(os.environ.get("MLFLOW_TRACKING_URI") or t.uri, t.experiment, t.artifact_root)
+
+
+def configure_store(uri: str, experiment_name: str, artifact_root: str):
+    """`configure` for a given store URI, experiment and local artifact root (no pending runs logged)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     warnings.filterwarnings("ignore", message=_DATASET_SOURCE_WARNING)
-    t = params.tracking
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or t.uri
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(t.experiment)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         location = None
         if not is_server(uri):
-            artifacts = Path(t.artifact_root).resolve()
+            artifacts = Path(artifact_root).resolve()
             artifacts.mkdir(parents=True, exist_ok=True)
             location = artifacts.as_uri()
         with contextlib.suppress(Exception):  # created concurrently by another stage: fine
-            mlflow.create_experiment(t.experiment, artifact_location=location,
+            mlflow.create_experiment(experiment_name, artifact_location=location,
                                      tags={NOTE_TAG: EXPERIMENT_DESCRIPTION})
     elif NOTE_TAG not in experiment.tags:     # made before descriptions, or by hand: say what it holds
         with contextlib.suppress(Exception):
             mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
-    mlflow.set_experiment(t.experiment)
+    mlflow.set_experiment(experiment_name)
     return mlflow
 
 
 def log_dataset(mlflow, path: str | os.PathLike, role: str, context: str, digest: str | None = None) -> str:
-    """Log `path` as an mlflow.data input of the active run, named by its role, digest = its DVC md5."""
+    """Log `path` as an mlflow.data input of the active run, named by its role, digest = its DVC md5. `mlflow` may be
+    a recorded run (`pending.Recorder`): it keeps the digest for the background logger."""
+    digest = digest or dvc_md5(path)
+    if hasattr(mlflow, "log_dataset"):
+        mlflow.log_dataset(str(path), role, context, digest)
+        return digest
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    digest = digest or dvc_md5(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DATASET_SOURCE_WARNING)
         source = resolve_dataset_source(str(Path(path).resolve()))
@@ -278,7 +294,8 @@ def parent_run(name: str, params, *, tags: dict | None = None, killed: Callable[
 @contextlib.contextmanager
 def stage_run(stage: str, params, *, run_name: str | None = None, inputs: dict[str, str] | None = None,
               outputs: dict[str, str] | None = None, stage_params: dict | None = None,
-              tags: dict | None = None, started: float | None = None, description: str | None = None) -> Iterator:
+              tags: dict | None = None, started: float | None = None, description: str | None = None,
+              deferrable: bool = False) -> Iterator:
     """An MLflow run for one stage, named `run_name` (default: the stage), tagged `stage`; yields the mlflow module,
     or None when tracking is off (params tracking.enabled). Nested under the active run, else under the run named by
     `STEPCODE_PARENT_RUN_ID` (see `parent_run`). Inputs are digested and logged now; outputs when the block ends
@@ -288,13 +305,24 @@ def stage_run(stage: str, params, *, run_name: str | None = None, inputs: dict[s
     tracking.system_metrics). `started` (a time.time()) is for work done before the block, elsewhere (the flow's
     trace batches in worker processes): the run starts then, and `seconds` counts from then; no system metrics.
     `description`: the run's description in the MLflow UI (markdown): what the stage did, where its outputs are;
-    `{run_id}` in it becomes the run's id."""
+    `{run_id}` in it becomes the run's id.
+
+    `deferrable` (a stage whose block only logs metrics, tags, params and files): when this process has not imported
+    MLflow and no parent run is open (a stage started alone: its CLI command, `dvc repro`), the block gets a
+    `pending.Recorder` instead of the module, and a background process logs the run to MLflow after the command
+    exits (`stepcode.tracking.pending`), so MLflow's import and store are not in front of the work."""
     if not params.tracking.enabled:
         yield None
         return
-    mlflow = configure(params)
-    run_id = _start(mlflow, run_name or stage, system_metrics=params.tracking.system_metrics and started is None,
-                    started=started, experiment=params.tracking.experiment).info.run_id
+    from stepcode.tracking import pending
+
+    if deferrable and started is None and pending.should_defer(params):
+        mlflow = pending.start(params, run_name or stage, system_metrics=params.tracking.system_metrics)
+        run_id = "{run_id}"               # the background logger fills it in once the run exists
+    else:
+        mlflow = configure(params)
+        run_id = _start(mlflow, run_name or stage, system_metrics=params.tracking.system_metrics and started is None,
+                        started=started, experiment=params.tracking.experiment).info.run_id
     try:
         note = {NOTE_TAG: description.replace("{run_id}", run_id)} if description else {}
         mlflow.set_tags({**_run_tags(stage, params, tags), **note})

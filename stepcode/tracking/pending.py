@@ -44,6 +44,7 @@ RECORD = "record.json"
 RUN_ID = "run_id"          # written once the MLflow run exists: a retry deletes that run and logs the record afresh
 ERROR = "error.txt"
 LOG = "flush.log"          # the background flusher's output
+LOG_MAX_BYTES = 1 << 20    # started afresh beyond this
 SYSTEM_METRICS_INTERVAL_S = 2.0
 
 
@@ -84,8 +85,8 @@ def _alive(record: dict) -> bool:
     """Whether the process that wrote a `running` record is still running (same host, same pid and start time)."""
     if record.get("host") != socket.gethostname():
         return True                      # another machine's record: not ours to judge
-    started = _process_start(record["pid"])
-    return started is not None and abs(started - record.get("pid_started", started)) < 1.0
+    started, recorded = _process_start(record["pid"]), record.get("pid_started")
+    return started is not None and (recorded is None or abs(started - recorded) < 1.0)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -229,7 +230,9 @@ def spawn_flusher(folder: Path) -> None:
     """Start `python -m stepcode.tracking.pending FOLDER` detached (its own session, output to flush.log): it outlives
     this process and logs what is pending. A failure to start it loses nothing: the next flush logs the record."""
     with contextlib.suppress(OSError):
-        with open(folder / LOG, "ab") as log:
+        log_path = folder / LOG
+        mode = "wb" if log_path.exists() and log_path.stat().st_size > LOG_MAX_BYTES else "ab"   # keep it small
+        with open(log_path, mode) as log:
             subprocess.Popen([sys.executable, "-m", "stepcode.tracking.pending", str(folder)],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                              close_fds=True)

@@ -12,10 +12,13 @@ A subprocess, so the test process's own Prefect settings and database stay out o
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -26,6 +29,38 @@ def read_flow_runs(project: Path) -> list[dict]:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_MIGRATED: list[Path] = []   # the migrated, empty database every seeded project copies (made once per session)
+
+
+def _migrated_db() -> Path:
+    """An empty Prefect database, migrated once per session by Prefect itself (`prefect server database upgrade`)."""
+    if not _MIGRATED:
+        home = Path(tempfile.mkdtemp(prefix="stepcode-prefect-db-"))
+        atexit.register(shutil.rmtree, home, True)
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true")
+        proc = subprocess.run([str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and (home / "prefect.db").is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
+        _MIGRATED.append(home / "prefect.db")
+    return _MIGRATED[0]
+
+
+def seed_prefect_db(home: Path) -> None:
+    """Put the migrated, empty database in a PREFECT_HOME (a project's .prefect/, a `prefect server start`'s home):
+    what its first run would create. Migrating a fresh database costs each run about 10 s of CPU; the runs, logs
+    and artifacts in it are still that run's own. tests/test_packaging.py leaves its folder (a user's new project)
+    unseeded, so a first run's migration stays covered."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_migrated_db(), home / "prefect.db")
+
+
+def seed_prefect_home(project: Path) -> None:
+    """A project folder with the migrated, empty database where `stepcode pipeline` keeps its runs."""
+    seed_prefect_db(Path(project) / ".prefect")
 
 
 def main() -> None:

@@ -375,11 +375,14 @@ def _stop(proc: subprocess.Popen) -> str:
 def test_schedule_serves_the_retrain_deployment_on_the_cron_from_params(tmp_path):
     from datetime import datetime, timezone
 
+    from _prefect_runs import seed_prefect_db
+
     project = tmp_path / "project"
     project.mkdir()
     (project / "params.yaml").write_text('pipeline:\n  schedule_cron: "17 4 * * 2"\n')   # Tuesdays 04:17
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
+    seed_prefect_db(tmp_path / "server-home")
     server_env = dict(_env(), PREFECT_HOME=str(tmp_path / "server-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                       PREFECT_SERVER_UI_ENABLED="false", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1")
     server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",

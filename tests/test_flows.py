@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _prefect_runs import read_flow_runs
+from _prefect_runs import read_flow_runs, seed_prefect_home
 
 from stepcode.jsonl import read_table
 
@@ -117,6 +117,7 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
     import mlflow
 
     d = _project(tmp_path, "proj", 60, "flow-e2e")
+    seed_prefect_home(d)
     first = _pipeline(d)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "model     registered model-flow-e2e v1" in first.stdout
@@ -224,6 +225,7 @@ def test_pipeline_end_to_end_lineage_and_cached_rerun(tmp_path, mlflow_store):
 
 def test_a_failing_gate_stops_the_flow_before_training(tmp_path, mlflow_store):
     d = _project(tmp_path, "gate", 30, "flow-gate", validate__min_mean_anchors=7.5, validate__max_mean_anchors=8.0)
+    seed_prefect_home(d)
     proc = _pipeline(d)
     assert proc.returncode == 1
     assert "data gate failed" in proc.stderr and "ok_mean_anchors" in proc.stderr
@@ -265,6 +267,7 @@ def test_sigterm_mid_trace_then_rerun_loses_and_duplicates_nothing(tmp_path, mlf
     # the test, not by the clock.
     d = _project(tmp_path, "kill", 200, "flow-kill", sandbox__workers=1, sandbox__timeout_s=120.0,
                  trace__part_rows=20)
+    seed_prefect_home(d)
     gate = Path(tempfile.mkdtemp(prefix="stepcode-gate-", dir="/tmp"))
     try:
         gate.chmod(0o755)
@@ -314,6 +317,7 @@ def test_sigterm_during_training_marks_runs_killed_and_rerun_finishes(tmp_path, 
     import mlflow
 
     d = _project(tmp_path, "killtrain", 40, "flow-killtrain")
+    seed_prefect_home(d)
     p = yaml.safe_load((d / "params.yaml").read_text())
     # Far more steps than the run could take before termination's watchdog (60 s) ends it: whether the signal's
     # exception unwinds the stage at once or is swallowed by a destructor (then the watchdog marks the runs KILLED),

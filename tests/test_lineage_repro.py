@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _prefect_runs import seed_prefect_home
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -81,6 +82,7 @@ def project(tmp_path_factory):
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     _run(["git", "add", "-A"], d)
     _run(["git", "commit", "-q", "-m", "the code under test, a 60-program corpus, micro params"], d)
+    seed_prefect_home(d)                                  # .prefect/ is git-ignored: the tree stays clean
     return d
 
 

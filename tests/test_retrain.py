@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _prefect_runs import read_flow_runs
+from _prefect_runs import read_flow_runs, seed_prefect_home
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMOTE = ["heldout.final_acc", "heldout.step_acc"]   # params.yaml pipeline.promote_metrics
@@ -157,6 +157,7 @@ def _project(base: Path, experiment: str, model_name: str) -> Path:
     p["pipeline"].update(eval_limit=1, heldout_limit=4, eval_max_new_tokens=24,
                          model_name=model_name)
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    seed_prefect_home(d)
     return d
 
 

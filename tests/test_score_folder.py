@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _prefect_runs import seed_prefect_home
 
 ROOT = Path(__file__).resolve().parents[1]
 CRUXEVAL = ROOT / "data" / "benchmarks" / "cruxeval" / "cruxeval.jsonl"
@@ -109,6 +110,7 @@ def _check_folder_results(project: Path, r: subprocess.CompletedProcess, broken:
 @pytest.mark.slow
 def test_a_folder_on_the_process_runner_equals_each_file_alone_and_a_bad_file_is_an_error_row(tmp_path):
     project = _project(tmp_path)
+    seed_prefect_home(project)
     (project / "gens" / "broken.json").write_text('{"sample_0":\n  ["1",\n}\n')
     (project / "scored").mkdir()
     (project / "scored" / "broken.scored.json").write_text("an earlier run's result")
@@ -125,6 +127,7 @@ def test_a_folder_on_a_dask_cluster_equals_each_file_alone(tmp_path):
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         project = _project(tmp_path, task_runner="dask", dask_address=cluster.scheduler_address)
+        seed_prefect_home(project)
         start = time.perf_counter()
         # fsspec URLs in and out, as for a bucket (s3://... with s3fs installed)
         r = _score(project, f"file://{project}/gens", "-o", f"file://{project}/scored")

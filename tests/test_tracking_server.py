@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _prefect_runs import seed_prefect_home
 from test_flows import STAGES, _pipeline, _project
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,7 @@ def test_micro_pipeline_against_a_tracking_server(tmp_path, server, monkeypatch,
     from mlflow.tracking import MlflowClient
 
     d = _project(tmp_path, "proj", 40, "server-e2e")
+    seed_prefect_home(d)
     p = yaml.safe_load((d / "params.yaml").read_text())
     del p["tracking"]["artifact_root"]            # a server's user sets none: the embedded default stays
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

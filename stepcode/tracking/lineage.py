@@ -194,8 +194,10 @@ def configure_store(uri: str, experiment_name: str, artifact_root: str):
 def log_dataset(mlflow, path: str | os.PathLike, role: str, context: str, digest: str | None = None) -> str:
     """Log `path` as an mlflow.data input of the active run, named by its role, digest = its DVC md5. `mlflow` may be
     a recorded run (`pending.Recorder`): it keeps the digest for the background logger."""
+    from stepcode.tracking.pending import Recorder
+
     digest = digest or dvc_md5(path)
-    if hasattr(mlflow, "log_dataset"):
+    if isinstance(mlflow, Recorder):
         mlflow.log_dataset(str(path), role, context, digest)
         return digest
     from mlflow.data.dataset_source_registry import resolve_dataset_source

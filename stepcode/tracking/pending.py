@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 RECORD = "record.json"
@@ -300,7 +299,7 @@ def log_record(record: dict, folder: Path) -> str:
     from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from stepcode.tracking.lineage import _DATASET_SOURCE_WARNING, NOTE_TAG, configure_store
+    from stepcode.tracking.lineage import NOTE_TAG, configure_store
 
     t = record["tracking"]
     mlflow = configure_store(t["uri"], t["experiment"], t["artifact_root"])
@@ -325,10 +324,8 @@ def log_record(record: dict, folder: Path) -> str:
         client.log_batch(run_id, tags=tag_list[i:i + 100])
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
-    for ds in record["datasets"]:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_DATASET_SOURCE_WARNING)
-            source = resolve_dataset_source(ds["path"])
+    for ds in record["datasets"]:          # configure_store silenced MLflow's "interpreted in multiple ways" warning
+        source = resolve_dataset_source(ds["path"])
         dataset = MetaDataset(source=source, name=ds["role"], digest=ds["digest"][:36])
         client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                                          tags=[InputTag("mlflow.data.context", ds["context"])])])

@@ -109,11 +109,11 @@ def test_a_flush_cut_short_after_creating_the_run_logs_it_once(project):
     """The run a cut-short flush created is deleted and the record logged afresh: one live run, not two."""
     params = load_params(project / "params.yaml")
     recorder = _record(params)
-    from stepcode.tracking.lineage import configure_store
+    from stepcode.tracking.lineage import ensure_experiment
 
-    configure_store(f"sqlite:///{project}/mlflow.db", "pending", "mlruns")
-    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
-    half = client.create_run(client.get_experiment_by_name("pending").experiment_id, run_name="trace")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")    # not the fluent API: the session's
+    half = client.create_run(ensure_experiment(client, f"sqlite:///{project}/mlflow.db", "pending", "mlruns"),
+                             run_name="trace")
     (recorder.folder / pending.RUN_ID).write_text(half.info.run_id)
 
     pending.flush(pending.pending_dir(params))

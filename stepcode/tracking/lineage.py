@@ -172,9 +172,17 @@ def configure_store(uri: str, experiment_name: str, artifact_root: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    warnings.filterwarnings("ignore", message=_DATASET_SOURCE_WARNING)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(experiment_name)
+    ensure_experiment(mlflow.MlflowClient(), uri, experiment_name, artifact_root)
+    mlflow.set_experiment(experiment_name)
+    return mlflow
+
+
+def ensure_experiment(client, uri: str, experiment_name: str, artifact_root: str) -> str:
+    """The experiment's id in the store `client` reads (`uri`), created if missing (see `configure`); no global
+    MLflow state changes, so a background logger can log into any store from any process."""
+    warnings.filterwarnings("ignore", message=_DATASET_SOURCE_WARNING)
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         location = None
         if not is_server(uri):
@@ -182,13 +190,13 @@ def configure_store(uri: str, experiment_name: str, artifact_root: str):
             artifacts.mkdir(parents=True, exist_ok=True)
             location = artifacts.as_uri()
         with contextlib.suppress(Exception):  # created concurrently by another stage: fine
-            mlflow.create_experiment(experiment_name, artifact_location=location,
+            client.create_experiment(experiment_name, artifact_location=location,
                                      tags={NOTE_TAG: EXPERIMENT_DESCRIPTION})
+        experiment = client.get_experiment_by_name(experiment_name)
     elif NOTE_TAG not in experiment.tags:     # made before descriptions, or by hand: say what it holds
         with contextlib.suppress(Exception):
-            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
-    mlflow.set_experiment(experiment_name)
-    return mlflow
+            client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
+    return experiment.experiment_id
 
 
 def log_dataset(mlflow, path: str | os.PathLike, role: str, context: str, digest: str | None = None) -> str:

@@ -299,15 +299,14 @@ def log_record(record: dict, folder: Path) -> str:
     from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from stepcode.tracking.lineage import NOTE_TAG, configure_store
+    from stepcode.tracking.lineage import NOTE_TAG, ensure_experiment
 
     t = record["tracking"]
-    mlflow = configure_store(t["uri"], t["experiment"], t["artifact_root"])
-    client = MlflowClient(t["uri"])
+    client = MlflowClient(t["uri"])                     # no global MLflow state: the caller's stays as it was
+    experiment_id = ensure_experiment(client, t["uri"], t["experiment"], t["artifact_root"])
     if (folder / RUN_ID).exists():                       # a flush cut short after creating the run: start over
         with contextlib.suppress(Exception):
             client.delete_run((folder / RUN_ID).read_text().strip())
-    experiment_id = mlflow.get_experiment_by_name(t["experiment"]).experiment_id
     run = client.create_run(experiment_id, start_time=record["start_ms"], run_name=record["run_name"],
                             tags={"mlflow.runName": record["run_name"]})
     run_id = run.info.run_id
@@ -324,7 +323,7 @@ def log_record(record: dict, folder: Path) -> str:
         client.log_batch(run_id, tags=tag_list[i:i + 100])
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
-    for ds in record["datasets"]:          # configure_store silenced MLflow's "interpreted in multiple ways" warning
+    for ds in record["datasets"]:          # ensure_experiment silenced MLflow's "interpreted in multiple ways"
         source = resolve_dataset_source(ds["path"])
         dataset = MetaDataset(source=source, name=ds["role"], digest=ds["digest"][:36])
         client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),

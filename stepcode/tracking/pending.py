@@ -89,9 +89,9 @@ def _alive(record: dict) -> bool:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
+    from stepcode.jsonl import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, default=str))
 
 
 class _SystemSampler(threading.Thread):

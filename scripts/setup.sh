@@ -21,6 +21,9 @@ if ! (cd / && python -c "import stepcode, stepcode.sandbox._forkloop, flows, pre
   pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
   pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 fi
+# The package's bytecode, written now: an editable install leaves it to the first import, which never writes it
+# under PYTHONDONTWRITEBYTECODE (some shells and CI set it), so every command would compile its modules again.
+python -m compileall -q -j 0 stepcode flows >/dev/null
 python -c "import stepcode, torch, pytest; print('stepcode env ready: torch', torch.__version__)"
 python -c "import stepcode.sandbox._forkloop" 2>/dev/null \
   || echo "note: the sandbox's C fork loop was not built (no C compiler?): it runs its slower Python loop"

@@ -142,7 +142,7 @@ def test_a_default_params_yaml_that_is_a_directory_is_one_line(work):
 
 @pytest.mark.parametrize("content, words", [
     (b"\x7fELF\x02\x01\x01\x00\xd0\xff binary", ["bad.yaml", "UTF-8"]),
-    (b"sandbox: " + b"[" * 5000 + b"]" * 5000 + b"\n", ["bad.yaml", "nested too deeply"]),
+    (b"sandbox: " + b"[" * 5000 + b"]" * 5000 + b"\n", ["bad.yaml", "nest"]),
     (b"sandbox: [\n", ["bad.yaml", "not valid YAML"]),
     (b"sandbox:\n  workers: many\n", ["bad.yaml", "sandbox.workers"]),
     (b"- a list\n", ["bad.yaml", "mapping"]),

@@ -118,7 +118,11 @@ class TransformersBackend:
         hf_logging.disable_progress_bar()
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path)
+        # On a GPU (no vLLM installed): the model goes there, in bf16 where the card has it (a 7B model in fp32 is
+        # 28 GB); on a CPU it stays as before, in the checkpoint's fp32.
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"torch_dtype": torch.bfloat16} if self.device == "cuda" and torch.cuda.is_bf16_supported() else {}
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, **dtype).to(self.device)
         self.model.eval()
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
@@ -129,7 +133,7 @@ class TransformersBackend:
     def complete(self, prompt: Prompt, d: Decoding, *, top_p: float, max_new_tokens: int,
                  stops: Sequence[str], seed: int) -> list[str]:
         self.torch.manual_seed(seed)   # reproducible sampling per (prompt, run)
-        enc = self.tok(self.render(prompt), return_tensors="pt", add_special_tokens=False)
+        enc = self.tok(self.render(prompt), return_tensors="pt", add_special_tokens=False).to(self.device)
         sampling = {"do_sample": True, "temperature": d.temperature, "top_p": top_p} if d.temperature > 0 \
             else {"do_sample": False}
         with self.torch.no_grad():
@@ -152,7 +156,7 @@ class TransformersBackend:
         try:
             for k in range(0, len(prompts), batch_size):
                 texts = [self.render(p) for p in prompts[k:k + batch_size]]
-                enc = self.tok(texts, return_tensors="pt", add_special_tokens=False, padding=True)
+                enc = self.tok(texts, return_tensors="pt", add_special_tokens=False, padding=True).to(self.device)
                 with self.torch.no_grad():
                     ids = self.model.generate(**enc, **sampling, max_new_tokens=max_new_tokens,
                                               num_return_sequences=d.n, stop_strings=list(stops) or None,
@@ -197,7 +201,7 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
 
 
 def load_backend(model_path: str):
-    """vLLM if importable and a GPU is present, else transformers on CPU."""
+    """vLLM if importable and a GPU is present, else transformers (on the GPU when there is one, else the CPU)."""
     if not Path(model_path).is_dir():
         raise MissingInput(f"--model must be a local Hugging Face model folder, got {model_path}")
     if importlib.util.find_spec("vllm") is not None:

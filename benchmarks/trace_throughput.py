@@ -160,7 +160,7 @@ def main_cli(args) -> None:
             ref_ms.append(1000 * t_ref / n)
             print(f"round {k + 1}: ours {ours_ms[-1]:.2f} ms/program ({t:.2f} s process start to exit, "
                   f"{ok_rows(out)} ok of {n}, 2 runs each)   reference {ref_ms[-1]:.2f} ms/program ({passed} passed "
-                  f"of {n}, 1 run each)", flush=True)
+                  f"of {n}, 1 run each)   ratio {ref_ms[-1] / ours_ms[-1]:.1f}x", flush=True)
     report(ours_ms, ref_ms)
     if LOGGED_AFTER:
         print(f"lineage: each tracked run was in MLflow {statistics.median(LOGGED_AFTER):.1f} s (median; max "
@@ -189,7 +189,8 @@ def main() -> None:
         t_ref, passed = reference(rows, args.workers)
         ref_ms.append(1000 * t_ref / n)
         print(f"round {k + 1}: ours {ours_ms[-1]:.2f} ms/program ({ok} ok of {n}, 2 runs each)   "
-              f"reference {ref_ms[-1]:.2f} ms/program ({passed} passed of {n}, 1 run each)", flush=True)
+              f"reference {ref_ms[-1]:.2f} ms/program ({passed} passed of {n}, 1 run each)   "
+              f"ratio {ref_ms[-1] / ours_ms[-1]:.1f}x", flush=True)
     report(ours_ms, ref_ms)
 
 

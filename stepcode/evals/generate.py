@@ -119,7 +119,7 @@ class TransformersBackend:
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(model_path)
         # On a GPU (no vLLM installed): the model goes there, in bf16 where the card has it (a 7B model in fp32 is
-        # 28 GB); on a CPU it stays as before, in the checkpoint's fp32.
+        # 28 GB); on a CPU it loads as it always did.
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = {"torch_dtype": torch.bfloat16} if self.device == "cuda" and torch.cuda.is_bf16_supported() else {}
         self.model = AutoModelForCausalLM.from_pretrained(model_path, **dtype).to(self.device)
